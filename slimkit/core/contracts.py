@@ -1,0 +1,171 @@
+"""The contracts of the three method families: scorers, compressors and evaluators.
+
+A method is a class with a stable ``name``, an integer ``version`` (bump it when the same config
+would give a different result), a frozen pydantic ``Config`` and one method that does the work.
+Subclass :class:`BaseScorer`, :class:`BaseCompressor` or :class:`BaseEvaluator` for the defaults;
+the :class:`Scorer`, :class:`Compressor` and :class:`Evaluator` protocols state what slimkit relies
+on. Instances are created with no arguments, once per use, so methods keep no state between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Protocol, runtime_checkable
+
+from slimkit.core.config import EmptyConfig, MethodConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.architecture import ArchitectureAdapter
+    from slimkit.core.data import CalibrationData
+    from slimkit.core.host import Host
+    from slimkit.core.model_io import LoadedModel
+    from slimkit.core.scores import Scores
+
+Granularity = Literal["weight", "neuron", "head", "block"]
+GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "block")
+Family = Literal["scorer", "compressor", "architecture", "evaluator"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress update: ``done`` of ``total`` units of ``stage`` (e.g. blocks, windows)."""
+
+    stage: str
+    done: int
+    total: int
+    message: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class MethodContext:
+    """What a running method may use besides the model and its config.
+
+    :ivar host: the plugin host, to look up other methods (a compressor computes scores with
+        :meth:`score`).
+    :ivar calibration: calibration samples when the recipe provides them.
+    :ivar seed: the step's seed; methods that draw random numbers must use it.
+    :ivar progress: called with :class:`ProgressEvent` updates (CLI bars, Jupyter widgets).
+    """
+
+    host: "Host"
+    calibration: "CalibrationData | None" = None
+    seed: int = 0
+    progress: ProgressCallback | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, stage: str, done: int, total: int, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, done, total, message))
+
+    def score(
+        self,
+        scorer: str,
+        model: "LoadedModel",
+        adapter: "ArchitectureAdapter",
+        params: Mapping[str, Any] | None = None,
+    ) -> "Scores":
+        """Run the installed scorer called ``scorer`` on ``model``."""
+        return self.host.score(scorer, model, adapter=adapter, params=params, context=self)
+
+
+@dataclass(frozen=True)
+class CompressionSummary:
+    """What a compressor changed: a one-line description and machine-readable details."""
+
+    description: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Computes importance scores; never changes the model."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    granularity: ClassVar[Granularity]
+    Config: ClassVar[type[MethodConfig]]
+    needs_calibration: ClassVar[bool]
+
+    def score(
+        self, model: "LoadedModel", adapter: "ArchitectureAdapter", config: Any, ctx: MethodContext
+    ) -> "Scores": ...
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """Changes a model in place (the caller owns the model it passes) and says what it changed."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    Config: ClassVar[type[MethodConfig]]
+    needs_calibration: ClassVar[bool]
+
+    def check(
+        self, model: "LoadedModel", adapter: "ArchitectureAdapter", config: Any, ctx: MethodContext
+    ) -> None: ...
+
+    def compress_(
+        self, model: "LoadedModel", adapter: "ArchitectureAdapter", config: Any, ctx: MethodContext
+    ) -> CompressionSummary: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Measures a model and returns named metrics (floats)."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    Config: ClassVar[type[MethodConfig]]
+
+    def check(self, model: "LoadedModel", config: Any, ctx: MethodContext) -> None: ...
+
+    def evaluate(self, model: "LoadedModel", config: Any, ctx: MethodContext) -> dict[str, float]: ...
+
+
+class _MethodBase:
+    """Defaults shared by the three base classes."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    Config: ClassVar[type[MethodConfig]] = EmptyConfig
+    needs_calibration: ClassVar[bool] = False
+
+    @classmethod
+    def describe(cls) -> str:
+        """First line of the class docstring: the one-line description listings show."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class BaseScorer(_MethodBase):
+    """Base class for scorers: set ``name``, ``granularity``, ``Config``; implement ``score``."""
+
+    granularity: ClassVar[Granularity] = "weight"
+
+    def score(self, model, adapter, config, ctx):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BaseCompressor(_MethodBase):
+    """Base class for compressors: set ``name`` and ``Config``; implement ``compress_``."""
+
+    def check(self, model, adapter, config, ctx) -> None:
+        """Raise :class:`~slimkit.core.errors.ArchitectureError` (or another
+        :class:`~slimkit.core.errors.SlimkitError`) if the method cannot apply to this model.
+        Called for every step before any step runs."""
+
+    def compress_(self, model, adapter, config, ctx):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class BaseEvaluator(_MethodBase):
+    """Base class for evaluators: set ``name`` and ``Config``; implement ``evaluate``."""
+
+    def check(self, model, config, ctx) -> None:
+        """Raise a :class:`~slimkit.core.errors.SlimkitError` if the metric does not apply."""
+
+    def evaluate(self, model, config, ctx):  # pragma: no cover - abstract
+        raise NotImplementedError

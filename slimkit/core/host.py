@@ -1,0 +1,353 @@
+"""The plugin host: builds a pluggy manager, loads plugins and answers "what is installed?".
+
+Nothing is loaded at import time. :func:`make_host` builds a fresh :class:`Host` (tests build
+their own); :func:`get_host` returns a lazily built process-wide one for the CLI and the API.
+A plugin that fails to import, registers something invalid or raises in a hook is recorded in
+:attr:`Host.problems` by name, a warning is issued, and every other plugin keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import pluggy
+from torch import nn
+
+from slimkit.core import hookspecs
+from slimkit.core.architecture import ArchitectureAdapter
+from slimkit.core.config import MethodConfig, build_config
+from slimkit.core.contracts import Family, MethodContext
+from slimkit.core.errors import ArchitectureError, ConfigError, PluginError
+from slimkit.core.registry import MethodInfo, Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.model_io import LoadedModel
+    from slimkit.core.scores import Scores
+
+ENTRY_POINT_GROUP = "slimkit"
+ENV_LOAD = "SLIMKIT_LOAD_PLUGINS"
+ENV_BLOCK = "SLIMKIT_BLOCK_PLUGINS"
+
+#: Bundled plugins: ordinary plugin modules registered through the same hooks as third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "slimkit.plugins.architectures.llama",
+    "slimkit.plugins.architectures.gpt2",
+    "slimkit.plugins.architectures.opt",
+    "slimkit.plugins.architectures.bert",
+    "slimkit.plugins.architectures.finder",
+    "slimkit.plugins.pruning.magnitude",
+    "slimkit.plugins.pruning.unstructured",
+    "slimkit.plugins.evaluators.perplexity",
+    "slimkit.plugins.evaluators.size",
+    "slimkit.plugins.evaluators.stsb",
+    "slimkit.plugins.evaluators.latency",
+)
+
+FAMILY_HOOKS: dict[str, str] = {
+    "scorer": "register_scorers",
+    "compressor": "register_compressors",
+    "architecture": "register_architectures",
+    "evaluator": "register_evaluators",
+}
+
+
+def slimkit_version() -> str:
+    try:
+        return importlib.metadata.version("slimkit")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0.0.0+unknown"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin: its name, distribution version, hooks and where it came from."""
+
+    name: str
+    version: str | None
+    hooks: tuple[str, ...]
+    source: str  # "bundled", "entrypoint" or "registered"
+    distribution: str | None = None
+
+
+def _split_env(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+class Host:
+    """A plugin manager plus the registries it feeds. Build one with :func:`make_host`."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.problems: list[PluginError] = []
+        self._meta: dict[str, tuple[str | None, str, str | None]] = {}
+        self._registries: dict[str, Registry[Any]] | None = None
+        self._adapters: dict[str, ArchitectureAdapter] | None = None
+
+    # -- plugins -------------------------------------------------------------------------
+    def register(
+        self,
+        plugin: object,
+        name: str | None = None,
+        *,
+        version: str | None = None,
+        source: str = "registered",
+        distribution: str | None = None,
+    ) -> str:
+        """Register a plugin object or module; returns the name it was registered under."""
+        registered = self.pm.register(plugin, name=name)
+        if registered is None:
+            raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
+        plugin_version = version if version is not None else getattr(plugin, "__version__", None)
+        self._meta[registered] = (plugin_version, source, distribution)
+        self._invalidate()
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        removed = self.pm.unregister(plugin=plugin, name=name)
+        if removed is not None:
+            self._meta.pop(name or self.pm.get_name(removed) or "", None)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._registries = None
+        self._adapters = None
+
+    def _report(self, problem: PluginError) -> None:
+        if str(problem) not in {str(p) for p in self.problems}:
+            self.problems.append(problem)
+            warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        infos = []
+        for name, plugin in self.pm.list_name_plugin():
+            version, source, dist = self._meta.get(name, (None, "registered", None))
+            hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
+            infos.append(PluginInfo(name, version, hooks, source, dist))
+        return infos
+
+    # -- registries ----------------------------------------------------------------------
+    def _collect(self) -> dict[str, Registry[Any]]:
+        if self._registries is not None:
+            return self._registries
+        registries: dict[str, Registry[Any]] = {}
+        for family, hook_name in FAMILY_HOOKS.items():
+            registry: Registry[Any] = Registry(family)  # type: ignore[arg-type]
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                version = self._meta.get(impl.plugin_name, (None,))[0]
+                register = registry.callback(impl.plugin_name, version, self._report)
+                try:
+                    impl.function(register=register)
+                except Exception as error:  # a broken plugin must not take the others down
+                    self._report(
+                        PluginError(f"plugin {impl.plugin_name!r} raised in {hook_name}: {error!r}")
+                    )
+            registries[family] = registry
+        self._registries = registries
+        return registries
+
+    def registry(self, family: Family) -> Registry[Any]:
+        return self._collect()[family]
+
+    @property
+    def scorers(self) -> Registry[Any]:
+        return self.registry("scorer")
+
+    @property
+    def compressors(self) -> Registry[Any]:
+        return self.registry("compressor")
+
+    @property
+    def evaluators(self) -> Registry[Any]:
+        return self.registry("evaluator")
+
+    @property
+    def architectures(self) -> Registry[Any]:
+        return self.registry("architecture")
+
+    def methods(self, family: Family | None = None) -> list[MethodInfo[Any]]:
+        families = [family] if family else list(FAMILY_HOOKS)
+        return [info for fam in families for info in self.registry(fam)]  # type: ignore[arg-type]
+
+    def find_method(self, name: str, families: Iterable[Family] | None = None) -> MethodInfo[Any]:
+        """The method called ``name`` in any family (or the given ones)."""
+        matches = [info for info in self.methods() if info.name == name]
+        if families is not None:
+            matches = [info for info in matches if info.family in set(families)]
+        if not matches:
+            names = ", ".join(sorted({info.name for info in self.methods()}))
+            from slimkit.core.errors import UnknownMethodError
+
+            raise UnknownMethodError(f"no installed method called {name!r}; installed: {names}")
+        return matches[0]
+
+    # -- configs -------------------------------------------------------------------------
+    def config(self, info: MethodInfo[Any], params: Mapping[str, Any] | None) -> MethodConfig:
+        return build_config(info.cls.Config, params, what=f"{info.family} {info.name!r}")
+
+    def config_from_dict(self, family: Family, stored: Mapping[str, Any]) -> tuple[MethodInfo[Any], MethodConfig]:
+        """Resolve a stored ``{type, version, data}`` config back to its class and values."""
+        try:
+            name, version, data = stored["type"], stored["version"], stored["data"]
+        except (KeyError, TypeError):
+            raise ConfigError(f"stored config must have type, version and data, got {stored!r}") from None
+        info = self.registry(family).get(name)
+        if version != info.version:
+            raise ConfigError(
+                f"{family} {name!r} config is version {version} but the installed plugin "
+                f"{info.plugin!r} implements version {info.version}"
+            )
+        return info, self.config(info, data)
+
+    # -- architectures -------------------------------------------------------------------
+    def adapters(self) -> dict[str, ArchitectureAdapter]:
+        if self._adapters is None:
+            self._adapters = {info.name: info.create() for info in self.architectures}
+        return self._adapters
+
+    def adapter_for(self, model: "nn.Module | LoadedModel") -> ArchitectureAdapter:
+        """The adapter for ``model``, chosen through the ``find_architecture`` hook."""
+        module = getattr(model, "model", model)
+        adapters = self.adapters()
+        # Call implementations one by one (pluggy's order) so a raising plugin is reported by name.
+        for impl in reversed(self.pm.hook.find_architecture.get_hookimpls()):
+            try:
+                answer = impl.function(model=module, adapters=adapters)
+            except Exception as error:
+                self._report(PluginError(f"plugin {impl.plugin_name!r} raised in find_architecture: {error!r}"))
+                continue
+            if answer is not None:
+                return answer
+        config = getattr(module, "config", None)
+        model_type = getattr(config, "model_type", None)
+        installed = ", ".join(
+            f"{name} ({'/'.join(a.model_types) or 'custom'})" for name, a in adapters.items()
+        ) or "none"
+        raise ArchitectureError(
+            f"no architecture adapter for {type(module).__name__} (model_type {model_type!r}); "
+            f"installed adapters: {installed}"
+        )
+
+    # -- running single methods ------------------------------------------------------------
+    def context(self, **kwargs: Any) -> MethodContext:
+        return MethodContext(host=self, **kwargs)
+
+    def score(
+        self,
+        name: str,
+        model: "LoadedModel",
+        *,
+        adapter: ArchitectureAdapter | None = None,
+        params: Mapping[str, Any] | None = None,
+        context: MethodContext | None = None,
+    ) -> "Scores":
+        """Run the scorer ``name`` on ``model`` and return its :class:`~slimkit.core.scores.Scores`."""
+        info = self.scorers.get(name)
+        config = self.config(info, params)
+        ctx = context or self.context()
+        if info.cls.needs_calibration and ctx.calibration is None:
+            raise ConfigError(f"scorer {name!r} needs calibration data")
+        return info.create().score(model, adapter or self.adapter_for(model), config, ctx)
+
+    def evaluate(
+        self,
+        name: str,
+        model: "LoadedModel",
+        *,
+        params: Mapping[str, Any] | None = None,
+        context: MethodContext | None = None,
+    ) -> dict[str, float]:
+        """Run the evaluator ``name`` on ``model`` and return its metrics."""
+        info = self.evaluators.get(name)
+        config = self.config(info, params)
+        evaluator = info.create()
+        ctx = context or self.context()
+        evaluator.check(model, config, ctx)
+        return dict(evaluator.evaluate(model, config, ctx))
+
+
+def _load_entrypoints(host: Host, only: set[str] | None, block: set[str]) -> None:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = getattr(dist, "name", None)
+        if ep.name in block or (dist_name and dist_name in block):
+            continue
+        if only is not None and ep.name not in only and dist_name not in only:
+            continue
+        if host.pm.get_plugin(ep.name) is not None:
+            continue
+        label = f"{ep.name!r}" + (f" (distribution {dist_name})" if dist_name else "")
+        try:
+            plugin = ep.load()
+        except Exception as error:
+            host._report(PluginError(f"plugin {label} failed to import: {error!r}"))
+            continue
+        try:
+            host.register(
+                plugin,
+                name=ep.name,
+                version=getattr(dist, "version", None),
+                source="entrypoint",
+                distribution=dist_name,
+            )
+        except (pluggy.PluginValidationError, PluginError, ValueError) as error:
+            host._report(PluginError(f"plugin {label} is invalid: {error}"))
+
+
+def _check_pending(host: Host) -> None:
+    """Unregister plugins that implement hooks slimkit does not define (usually typos)."""
+    while True:
+        try:
+            host.pm.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            name = host.pm.get_name(error.plugin) or repr(error.plugin)
+            host._report(PluginError(f"plugin {name!r} is invalid: {error}"))
+            host.unregister(plugin=error.plugin)
+
+
+def make_host(
+    load_entrypoints: bool = True,
+    only: Iterable[str] | None = None,
+    block: Iterable[str] | None = None,
+    default_plugins: Iterable[str] = DEFAULT_PLUGINS,
+) -> Host:
+    """Build a fresh host with the bundled plugins and (optionally) installed ones.
+
+    :param load_entrypoints: load plugins from the ``slimkit`` entry-point group.
+    :param only: load only these entry-point or distribution names (default: ``SLIMKIT_LOAD_PLUGINS``,
+        a comma list, empty for none; unset means all).
+    :param block: never load these (default: ``SLIMKIT_BLOCK_PLUGINS``); bundled ones can be blocked too.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    host = Host(pm)
+    blocked = set(block) if block is not None else (_split_env(os.environ.get(ENV_BLOCK)) or set())
+    version = slimkit_version()
+    for module_name in default_plugins:
+        if module_name in blocked:
+            continue
+        host.register(importlib.import_module(module_name), name=module_name, version=version, source="bundled", distribution="slimkit")
+    if load_entrypoints:
+        wanted = set(only) if only is not None else _split_env(os.environ.get(ENV_LOAD))
+        _load_entrypoints(host, wanted, blocked)
+    _check_pending(host)
+    return host
+
+
+_default_host: Host | None = None
+
+
+def get_host() -> Host:
+    """The process-wide host, built on first use."""
+    global _default_host
+    if _default_host is None:
+        _default_host = make_host()
+    return _default_host

@@ -1,0 +1,236 @@
+"""Loading models (Hugging Face folder, GGUF file, hub id, bundled example) and saving derived ones.
+
+Derived models are saved as ordinary Hugging Face folders (safetensors only) plus ``slimkit.json``
+with their provenance, so they reload with plain ``transformers`` and carry their lineage with
+them. Saving writes to a hidden temporary folder beside the target and renames it into place on
+success: a failed or interrupted run never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import ModelLoadError, OutputExistsError, SlimkitError
+
+PROVENANCE_FILE = "slimkit.json"
+EXAMPLE_PREFIX = "example:"
+
+
+@dataclass
+class LoadedModel:
+    """A model with what travels with it.
+
+    :ivar model: the ``transformers`` model (``PreTrainedModel``).
+    :ivar tokenizer: its tokenizer, or ``None`` if the source had none.
+    :ivar source: what the user asked for (path, hub id or ``example:NAME``).
+    :ivar path: the local folder or file it was read from, if any.
+    :ivar provenance: the parsed ``slimkit.json`` of a derived model, else ``None``.
+    """
+
+    model: nn.Module
+    tokenizer: Any = None
+    source: str = ""
+    path: Path | None = None
+    provenance: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+
+def examples() -> dict[str, Path]:
+    """Bundled example models by name."""
+    root = Path(str(importlib.resources.files("slimkit") / "examples"))
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+
+
+def example_text(name: str = "tinystories") -> Path:
+    """Path of a bundled example text file."""
+    root = Path(str(importlib.resources.files("slimkit") / "examples" / name))
+    files = sorted(root.glob("*.txt"))
+    if not files:
+        raise SlimkitError(f"no bundled example text {name!r}")
+    return files[0]
+
+
+def _model_class(config: Any) -> type:
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type):
+            return cls
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    return AutoModel
+
+
+def _load_tokenizer(*args: Any, **kwargs: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(*args, **kwargs)
+    except Exception:  # a model without a tokenizer is still a model (size, latency, pruning)
+        return None
+
+
+def _read_provenance(folder: Path) -> dict[str, Any] | None:
+    file = folder / PROVENANCE_FILE
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{file} is not valid JSON: {error}") from None
+
+
+def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a model folder: it has no config.json")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as error:
+        raise ModelLoadError(f"{folder}/config.json is not a usable model config: {error}") from None
+    has_safetensors = any(folder.glob("*.safetensors"))
+    if not has_safetensors and not any(folder.glob("*.bin")):
+        raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors)")
+    cls = _model_class(config)
+    try:
+        # safetensors whenever present; transformers loads any .bin with weights_only=True.
+        model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=has_safetensors or None)
+    except Exception as error:
+        raise ModelLoadError(f"could not load the model in {folder}: {error}") from None
+    model.eval()
+    return LoadedModel(model, _load_tokenizer(folder), source, folder, _read_provenance(folder))
+
+
+def _load_gguf(file: Path, source: str, dtype: torch.dtype) -> LoadedModel:
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(
+            f"loading {file.name} needs the gguf package: pip install 'slimkit[gguf]'"
+        )
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+        model = _model_class(config).from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
+    except Exception as error:
+        raise ModelLoadError(f"could not load GGUF file {file}: {error}") from None
+    # The weights are dequantized now; drop the GGUF quantization marker so the model saves.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.eval()
+    tokenizer = _load_tokenizer(file.parent, gguf_file=file.name)
+    if tokenizer is None and (file.parent / "tokenizer").is_dir():
+        tokenizer = _load_tokenizer(file.parent / "tokenizer")
+    return LoadedModel(model, tokenizer, source, file, None, {"gguf_file": file.name})
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(repo_id)
+        model = _model_class(config).from_pretrained(repo_id, dtype=dtype, use_safetensors=True)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local path and could not be loaded from the Hugging Face hub "
+            f"(offline, private, or no safetensors weights): {first}"
+        ) from None
+    model.eval()
+    return LoadedModel(model, _load_tokenizer(repo_id), repo_id, None, None)
+
+
+def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model from a folder, a ``.gguf`` file, ``example:NAME`` or a hub id (``org/name``).
+
+    Local paths win over hub ids; a path that does not exist is an error, never a hub lookup,
+    when it is clearly a path (starts with ``.``, ``/`` or ``~``, or ends in ``.gguf``).
+    """
+    text = str(spec)
+    if text.startswith(EXAMPLE_PREFIX):
+        name = text[len(EXAMPLE_PREFIX) :]
+        bundled = examples()
+        if name not in bundled:
+            raise ModelLoadError(f"no bundled example {name!r}; bundled: {', '.join(bundled)}")
+        return _load_folder(bundled[name], text, dtype)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_folder(path, text, dtype)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return _load_gguf(path, text, dtype)
+        if path.name == "config.json":
+            return _load_folder(path.parent, text, dtype)
+        raise ModelLoadError(f"{path} is a file but not a model (expected a folder or a .gguf file)")
+    if text.startswith((".", "/", "~")) or text.endswith(".gguf") or text.count("/") != 1:
+        raise ModelLoadError(f"no such model folder or file: {text}")
+    return _load_hub(text, dtype)
+
+
+def check_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an output folder that exists (unless ``overwrite``) before any work starts."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path} exists and is not a folder")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {path} already exists (use --overwrite to replace it)")
+    return path
+
+
+def save_model(
+    loaded: LoadedModel,
+    out: str | os.PathLike[str],
+    provenance: dict[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``loaded`` as a Hugging Face folder with ``slimkit.json``, atomically.
+
+    The folder is written under a temporary name beside ``out`` and renamed into place; an
+    existing ``out`` is only replaced (when ``overwrite``) after the new one is complete.
+    """
+    target = check_output(out, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = target.parent / f".{target.name}.partial-{token}"
+    try:
+        loaded.model.save_pretrained(staging, safe_serialization=True)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(staging)
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            retired = target.parent / f".{target.name}.old-{token}"
+            target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,115 @@
+"""Provenance of derived models: content ids, step records and the ``slimkit.json`` document.
+
+``slimkit.json`` holds the whole chain from the base model to this one, so a model folder carries
+its lineage even outside any catalogue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+PROVENANCE_FORMAT = 1
+
+
+def content_id(model: nn.Module) -> str:
+    """``sha256:`` hash of the weights (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def runtime_versions() -> dict[str, str]:
+    import transformers
+
+    from slimkit.core.host import slimkit_version
+
+    return {
+        "slimkit": slimkit_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StepRecord:
+    """One step of a chain: which method, with which config, from which plugin, at what cost."""
+
+    method: str
+    family: str
+    config: dict[str, Any]
+    plugin: str
+    plugin_version: str | None
+    versions: dict[str, str]
+    parent_id: str
+    child_id: str = ""
+    calibration_fingerprint: str | None = None
+    seed: int = 0
+    wall_time_s: float = 0.0
+    peak_rss_bytes: int | None = None
+    summary: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    started: str = field(default_factory=now_iso)
+    status: str = "done"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_provenance(
+    *,
+    model: nn.Module,
+    child_id: str,
+    base: Mapping[str, Any],
+    steps: list[StepRecord],
+    parent: Mapping[str, Any] | None,
+    evaluations: list[dict[str, Any]] | None = None,
+    recipe: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``slimkit.json`` document of a derived model.
+
+    ``parent`` is the parent's own provenance (if it was itself derived): its steps come first so
+    the document always holds the full chain back to the base.
+    """
+    earlier = list(parent.get("steps", [])) if parent else []
+    return {
+        "format": PROVENANCE_FORMAT,
+        "content_id": child_id,
+        "architecture": type(model).__name__,
+        "created": now_iso(),
+        "base": dict(parent.get("base", base)) if parent else dict(base),
+        "steps": earlier + [step.to_dict() for step in steps],
+        "evaluations": list(evaluations or []),
+        "recipe": dict(recipe) if recipe else None,
+        "versions": runtime_versions(),
+    }
+
+
+class Stopwatch:
+    """Wall time of a block of work: ``with Stopwatch() as sw: ...; sw.seconds``."""
+
+    def __enter__(self) -> "Stopwatch":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

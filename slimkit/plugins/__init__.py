@@ -1,0 +1,2 @@
+"""Bundled plugins. Each module is an ordinary slimkit plugin, registered through the same hooks
+as third-party ones (see ``slimkit.core.host.DEFAULT_PLUGINS``)."""

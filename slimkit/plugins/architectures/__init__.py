@@ -1,0 +1,1 @@
+"""Bundled architecture adapters: Llama family, GPT-2, OPT and BERT-style encoders."""

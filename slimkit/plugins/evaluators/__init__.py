@@ -1,0 +1,1 @@
+"""Bundled evaluators: perplexity, size, STS-B similarity and latency."""

@@ -1,0 +1,73 @@
+"""Size: parameters, non-zero parameters, sparsity, bytes in memory and bytes on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from slimkit import hookimpl
+from slimkit.core.config import MethodConfig
+from slimkit.core.contracts import BaseEvaluator
+
+
+class SizeConfig(MethodConfig):
+    include_embeddings: bool = Field(
+        True, description="Count embedding and LM-head parameters in params and sparsity."
+    )
+
+
+def unique_parameters(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Named parameters with tied ones counted once (``named_parameters`` already dedupes)."""
+    return list(module.named_parameters())
+
+
+def disk_bytes(path: Path | None) -> int | None:
+    """Bytes of the weight files of a saved model (safetensors, or the file itself for GGUF)."""
+    if path is None:
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+class SizeEvaluator(BaseEvaluator):
+    """Parameter count, non-zero parameters, sparsity, in-memory and on-disk bytes."""
+
+    name = "size"
+    version = 1
+    Config = SizeConfig
+
+    def evaluate(self, model, config, ctx):
+        embedding_ids = set()
+        if not config.include_embeddings:
+            for module in (model.model.get_input_embeddings(), model.model.get_output_embeddings()):
+                if module is not None:
+                    embedding_ids.add(id(module.weight))
+        params = nonzero = memory = 0
+        with torch.no_grad():
+            for _, tensor in unique_parameters(model.model):
+                memory += tensor.numel() * tensor.element_size()
+                if id(tensor) in embedding_ids:
+                    continue
+                params += tensor.numel()
+                nonzero += int(torch.count_nonzero(tensor))
+        for buffer in model.model.buffers():
+            memory += buffer.numel() * buffer.element_size()
+        metrics = {
+            "params": float(params),
+            "nonzero_params": float(nonzero),
+            "sparsity": 1.0 - nonzero / params if params else 0.0,
+            "memory_bytes": float(memory),
+        }
+        on_disk = disk_bytes(model.path)
+        if on_disk is not None:
+            metrics["disk_bytes"] = float(on_disk)
+        return metrics
+
+
+@hookimpl
+def register_evaluators(register):
+    register(SizeEvaluator)

@@ -1,0 +1,1 @@
+"""Placeholder until the evaluator lands (being written in this change)."""

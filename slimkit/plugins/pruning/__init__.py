@@ -1,0 +1,1 @@
+"""Bundled pruning methods."""
