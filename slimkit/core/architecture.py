@@ -154,6 +154,12 @@ class ArchitectureAdapter:
         Unknown or unsupported fields raise :class:`ArchitectureError` rather than being ignored,
         because a silently stale config produces a model that will not reload.
         """
+        unknown = [name for name in changes if name != "kept_layers" and name not in self.config_fields]
+        if unknown:
+            supported = ", ".join(sorted(self.config_fields)) or "none"
+            raise ArchitectureError(
+                f"adapter {self.name!r} cannot rewrite {', '.join(map(repr, unknown))} (supported: {supported})"
+            )
         kept_layers = changes.pop("kept_layers", None)
         if kept_layers is not None:
             kept = list(kept_layers)
@@ -163,13 +169,7 @@ class ArchitectureAdapter:
             if isinstance(layer_types, list):
                 config.layer_types = [layer_types[i] for i in kept]
         for canonical, value in changes.items():
-            attribute = self.config_fields.get(canonical)
-            if attribute is None:
-                supported = ", ".join(sorted(self.config_fields)) or "none"
-                raise ArchitectureError(
-                    f"adapter {self.name!r} cannot rewrite {canonical!r} (supported: {supported})"
-                )
-            setattr(config, attribute, value)
+            setattr(config, self.config_fields[canonical], value)
 
 
 def resolve(model: nn.Module, name: str) -> nn.Module:

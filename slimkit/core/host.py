@@ -110,9 +110,10 @@ class Host:
         return registered
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
-        removed = self.pm.unregister(plugin=plugin, name=name)
-        if removed is not None:
-            self._meta.pop(name or self.pm.get_name(removed) or "", None)
+        registered_name = name or (self.pm.get_name(plugin) if plugin is not None else None)
+        self.pm.unregister(plugin=plugin, name=name)
+        if registered_name is not None:
+            self._meta.pop(registered_name, None)
         self._invalidate()
 
     def _invalidate(self) -> None:
@@ -214,7 +215,7 @@ class Host:
 
     def adapter_for(self, model: "nn.Module | LoadedModel") -> ArchitectureAdapter:
         """The adapter for ``model``, chosen through the ``find_architecture`` hook."""
-        module = getattr(model, "model", model)
+        module = model if isinstance(model, nn.Module) else model.model
         adapters = self.adapters()
         # Call implementations one by one (pluggy's order) so a raising plugin is reported by name.
         for impl in reversed(self.pm.hook.find_architecture.get_hookimpls()):

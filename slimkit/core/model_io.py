@@ -54,16 +54,33 @@ class LoadedModel:
         return getattr(self.model, "config", None)
 
 
+def is_causal_lm(module: nn.Module) -> bool:
+    """Whether ``module`` is a causal (generating) language model rather than an encoder."""
+    name = type(module).__name__
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return True
+    can_generate = getattr(module, "can_generate", None)
+    try:
+        if callable(can_generate) and can_generate():
+            return True
+    except Exception:  # can_generate is a transformers detail; its absence means "no"
+        pass
+    return bool(getattr(getattr(module, "config", None), "is_decoder", False))
+
+
+def examples_root() -> Path:
+    """The folder of bundled examples (models, text and recipes) inside the package."""
+    return Path(str(importlib.resources.files("slimkit") / "examples"))
+
+
 def examples() -> dict[str, Path]:
     """Bundled example models by name."""
-    root = Path(str(importlib.resources.files("slimkit") / "examples"))
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+    return {p.name: p for p in sorted(examples_root().iterdir()) if (p / "config.json").is_file()}
 
 
 def example_text(name: str = "tinystories") -> Path:
     """Path of a bundled example text file."""
-    root = Path(str(importlib.resources.files("slimkit") / "examples" / name))
-    files = sorted(root.glob("*.txt"))
+    files = sorted((examples_root() / name).glob("*.txt"))
     if not files:
         raise SlimkitError(f"no bundled example text {name!r}")
     return files[0]
@@ -82,6 +99,11 @@ def _model_class(config: Any) -> type:
     if getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return AutoModelForCausalLM
     return AutoModel
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load_tokenizer(*args: Any, **kwargs: Any) -> Any:
@@ -111,7 +133,7 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as error:
-        raise ModelLoadError(f"{folder}/config.json is not a usable model config: {error}") from None
+        raise ModelLoadError(f"{folder}/config.json is not a usable model config: {_first_line(error)}") from None
     has_safetensors = any(folder.glob("*.safetensors"))
     if not has_safetensors and not any(folder.glob("*.bin")):
         raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors)")
@@ -120,7 +142,7 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
         # safetensors whenever present; transformers loads any .bin with weights_only=True.
         model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=has_safetensors or None)
     except Exception as error:
-        raise ModelLoadError(f"could not load the model in {folder}: {error}") from None
+        raise ModelLoadError(f"could not load the model in {folder}: {_first_line(error)}") from None
     model.eval()
     return LoadedModel(model, _load_tokenizer(folder), source, folder, _read_provenance(folder))
 
@@ -136,7 +158,7 @@ def _load_gguf(file: Path, source: str, dtype: torch.dtype) -> LoadedModel:
         config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
         model = _model_class(config).from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
     except Exception as error:
-        raise ModelLoadError(f"could not load GGUF file {file}: {error}") from None
+        raise ModelLoadError(f"could not load GGUF file {file}: {_first_line(error)}") from None
     # The weights are dequantized now; drop the GGUF quantization marker so the model saves.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -156,10 +178,9 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
         config = AutoConfig.from_pretrained(repo_id)
         model = _model_class(config).from_pretrained(repo_id, dtype=dtype, use_safetensors=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(
             f"{repo_id!r} is not a local path and could not be loaded from the Hugging Face hub "
-            f"(offline, private, or no safetensors weights): {first}"
+            f"(offline, private, or no safetensors weights): {_first_line(error)}"
         ) from None
     model.eval()
     return LoadedModel(model, _load_tokenizer(repo_id), repo_id, None, None)
@@ -226,7 +247,11 @@ def save_model(
         if target.exists():
             retired = target.parent / f".{target.name}.old-{token}"
             target.rename(retired)
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except BaseException:
+                retired.rename(target)  # put the old model back before reporting the failure
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             staging.rename(target)

@@ -25,9 +25,10 @@ class BertAdapter(ArchitectureAdapter):
 
     name = "bert"
     model_types = ("bert", "roberta")
+    # No "num_heads": these configs derive the head size as hidden_size / heads, so removing
+    # heads cannot be expressed in the config and must be refused rather than saved broken.
     config_fields = {
         "num_layers": "num_hidden_layers",
-        "num_heads": "num_attention_heads",
         "intermediate_size": "intermediate_size",
         "hidden_size": "hidden_size",
     }

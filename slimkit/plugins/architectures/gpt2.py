@@ -25,9 +25,10 @@ class GPT2Adapter(ArchitectureAdapter):
 
     name = "gpt2"
     model_types = ("gpt2",)
+    # No "num_heads": these configs derive the head size as hidden_size / heads, so removing
+    # heads cannot be expressed in the config and must be refused rather than saved broken.
     config_fields = {
         "num_layers": "n_layer",
-        "num_heads": "n_head",
         "intermediate_size": "n_inner",
         "hidden_size": "n_embd",
     }

@@ -73,6 +73,15 @@ class LlamaAdapter(ArchitectureAdapter):
         )
 
 
+    def rewrite_config(self, config: Any, **changes: Any) -> None:
+        # Some family members (Qwen2) derive head_dim from hidden_size / heads when the config
+        # has none; pin it before the head count changes so the reloaded shapes stay the same.
+        if "num_heads" in changes and not getattr(config, "head_dim", None):
+            head_dim = config.hidden_size // config.num_attention_heads
+            super().rewrite_config(config, head_dim=head_dim)
+        super().rewrite_config(config, **changes)
+
+
 @hookimpl
 def register_architectures(register):
     register(LlamaAdapter)

@@ -25,9 +25,10 @@ class OPTAdapter(ArchitectureAdapter):
 
     name = "opt"
     model_types = ("opt",)
+    # No "num_heads": these configs derive the head size as hidden_size / heads, so removing
+    # heads cannot be expressed in the config and must be refused rather than saved broken.
     config_fields = {
         "num_layers": "num_hidden_layers",
-        "num_heads": "num_attention_heads",
         "intermediate_size": "ffn_dim",
         "hidden_size": "hidden_size",
     }

@@ -20,11 +20,11 @@ from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseEvaluator
 from slimkit.core.data import TextSource, tokenize
 from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.model_io import example_text
+from slimkit.core.model_io import example_text, is_causal_lm
 
 
 class PerplexityConfig(MethodConfig):
-    text: str | None = Field(
+    text: Path | None = Field(
         None, description="Text or JSONL file to evaluate on (default: the bundled TinyStories sample)."
     )
     seq_len: int = Field(512, ge=2, le=131072, description="Window length in tokens.")
@@ -59,8 +59,8 @@ class PerplexityEvaluator(BaseEvaluator):
         return TextSource(path, config.field, config.join, config.collapse_blank_lines)
 
     def check(self, model, config, ctx):
-        if not hasattr(model.model, "get_output_embeddings") or model.model.get_output_embeddings() is None:
-            raise ConfigError(f"perplexity needs a causal language model; {model.architecture} has no LM head")
+        if not is_causal_lm(model.model):
+            raise ConfigError(f"perplexity needs a causal language model; {model.architecture} is not one")
         if model.tokenizer is None:
             raise ConfigError(f"perplexity needs a tokenizer and {model.source} has none")
         limit = getattr(model.config, "max_position_embeddings", None)

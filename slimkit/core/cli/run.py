@@ -1,0 +1,142 @@
+"""``slimkit run``, ``slimkit eval`` and ``slimkit validate``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+import yaml
+
+from slimkit.core.cli import get_host_from
+from slimkit.core.cli.render import ProgressBars, format_value, human_bytes, print_json, table
+from slimkit.core.errors import ConfigError
+
+
+def _display(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric.endswith("_bytes"):
+        return human_bytes(value)
+    if metric.endswith("sparsity"):
+        return f"{value:.1%}"
+    return format_value(value)
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if before is None or after is None or before == after:
+        return "" if before == after else "-"
+    if before == 0:
+        return "-"
+    return f"x{after / before:.3g}"
+
+
+@click.command()
+@click.argument("recipe")
+@click.option("--model", "-m", "model_spec", required=True,
+              help="Model folder, .gguf file, hub id, or example:stories260K.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Folder to save the derived model in.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (after the new model is complete).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
+@click.pass_context
+def run(ctx: click.Context, recipe: str, model_spec: str, out: str, overwrite: bool, as_json: bool,
+        no_progress: bool) -> None:
+    """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
+    from slimkit.core.model_io import check_output, load_model
+    from slimkit.core.recipe import load_recipe
+    from slimkit.core.runner import run_recipe
+
+    host = get_host_from(ctx)
+    started = time.perf_counter()
+    parsed = load_recipe(recipe)
+    check_output(out, overwrite)
+    parsed.validate(host)  # everything the model does not decide, before loading it
+    model = load_model(model_spec)
+    with ProgressBars(enabled=not (no_progress or as_json)) as bars:
+        result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True)
+    total = time.perf_counter() - started
+    if as_json:
+        print_json({
+            "output": str(result.output), "content_id": result.provenance["content_id"],
+            "steps": [step.to_dict() for step in result.steps],
+            "before": result.before, "after": result.after, "total_seconds": total,
+        })
+        return
+    for index, step in enumerate(result.steps, start=1):
+        click.echo(f"step {index} {step.method}: {step.summary} ({step.wall_time_s:.2f} s)")
+    rows: list[tuple[Any, ...]] = [
+        (metric, _display(metric, before), _display(metric, after), _change(before, after))
+        for metric, before, after in result.comparison()
+    ]
+    rows.append(("compression time (s)", "", f"{result.compression_seconds:.2f}", ""))
+    table(f"{parsed.name or recipe} on {model_spec}", ["metric", "before", "after", "change"], rows)
+    click.echo(f"saved {result.output} ({result.provenance['content_id'][:19]}) in {total:.1f} s")
+
+
+def _parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = {metric: {} for metric in metrics}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        metric, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise ConfigError(f"--param takes METRIC.FIELD=VALUE, got {item!r}")
+        if metric not in params:
+            raise ConfigError(f"--param {item!r} is for {metric!r}, which is not among --metric {', '.join(metrics)}")
+        params[metric][field] = yaml.safe_load(raw)
+    return params
+
+
+@click.command(name="eval")
+@click.argument("model_spec", metavar="MODEL")
+@click.option("--metric", "metrics", multiple=True,
+              help="Evaluator to run (repeatable; default: size, plus perplexity for causal LMs).")
+@click.option("--param", "-p", "param_items", multiple=True, help="METRIC.FIELD=VALUE, e.g. perplexity.max_windows=20.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], param_items: tuple[str, ...],
+             as_json: bool) -> None:
+    """Evaluate MODEL with one or more evaluators."""
+    from slimkit.core.model_io import is_causal_lm, load_model
+
+    host = get_host_from(ctx)
+    for metric in metrics:
+        host.evaluators.get(metric)  # unknown names fail before the model loads
+    model = load_model(model_spec)
+    chosen = list(metrics)
+    if not chosen:
+        chosen = ["size"]
+        if model.tokenizer is not None and is_causal_lm(model.model):
+            chosen.append("perplexity")
+    params = _parse_params(param_items, chosen)
+    configs = {metric: host.config(host.evaluators.get(metric), params[metric]) for metric in chosen}
+    results: dict[str, dict[str, float]] = {}
+    with ProgressBars(enabled=not as_json) as bars:
+        for metric in chosen:
+            ctx_ = host.context(progress=bars)
+            evaluator = host.evaluators.get(metric).create()
+            evaluator.check(model, configs[metric], ctx_)
+            results[metric] = dict(evaluator.evaluate(model, configs[metric], ctx_))
+    if as_json:
+        print_json({"model": model_spec, "metrics": results})
+        return
+    table(str(model_spec), ["metric", "value"],
+          [(f"{m}.{k}", _display(k, v)) for m, values in results.items() for k, v in values.items()])
+
+
+@click.command()
+@click.argument("recipe")
+@click.option("--model", "-m", "model_spec", help="Also check that every step fits this model.")
+@click.pass_context
+def validate(ctx: click.Context, recipe: str, model_spec: str | None) -> None:
+    """Check RECIPE against the installed methods (and a model) without running it."""
+    from slimkit.core.model_io import load_model
+    from slimkit.core.recipe import load_recipe
+
+    host = get_host_from(ctx)
+    parsed = load_recipe(recipe)
+    parsed.validate(host, load_model(model_spec) if model_spec else None)
+    click.echo(f"{recipe}: {len(parsed.steps)} step(s), {len(parsed.evaluate)} evaluation(s): valid")
+
+
+COMMANDS = (run, evaluate, validate)

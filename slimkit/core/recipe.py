@@ -1,0 +1,260 @@
+"""Recipes: an ordered list of compression steps, with optional calibration data and evaluations.
+
+A recipe is YAML (or the same structure from Python)::
+
+    name: prune-50
+    calibration: {text: data.txt, n_samples: 16, seq_len: 128, seed: 0}   # optional
+    steps:
+      - method: prune.unstructured
+        params: {sparsity: 0.5}
+    evaluate:                                                            # optional
+      - metric: perplexity
+        params: {max_windows: 40}
+
+It is validated completely before any work starts: every problem found is reported at once, each
+naming the step, the method, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slimkit.core.config import MethodConfig, describe_validation_error
+from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.host import Host
+    from slimkit.core.model_io import LoadedModel
+    from slimkit.core.registry import MethodInfo
+
+EXAMPLE_PREFIX = "example:"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepSpec(_Strict):
+    method: str = Field(description="Name of an installed compressor.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The compressor's config fields.")
+    seed: int | None = Field(None, description="Seed for this step (default: the recipe's seed).")
+
+
+class EvalSpec(_Strict):
+    metric: str = Field(description="Name of an installed evaluator.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The evaluator's config fields.")
+
+
+class CalibrationSpec(_Strict):
+    text: str | None = Field(None, description="Text or JSONL file (default: the bundled TinyStories sample).")
+    n_samples: int = Field(16, ge=1, le=100000, description="Number of windows.")
+    seq_len: int = Field(128, ge=2, le=131072, description="Tokens per window.")
+    seed: int = Field(0, description="Seed for drawing the windows.")
+    field: str = Field("text", description="JSONL field holding the text.")
+    join: str = Field("\n\n", description="Separator between JSONL records.")
+    collapse_blank_lines: bool = Field(False, description="Replace runs of blank lines by one newline.")
+
+
+class Recipe(_Strict):
+    """A validated-shape recipe. Use :meth:`validate` to check it against the installed methods."""
+
+    name: str | None = None
+    description: str | None = None
+    seed: int = 0
+    calibration: CalibrationSpec | None = None
+    steps: list[StepSpec] = Field(min_length=1)
+    evaluate: list[EvalSpec] = Field(default_factory=list)
+    base_dir: Path | None = Field(None, exclude=True, description="Folder relative paths are read from.")
+
+    @classmethod
+    def from_data(cls, data: Any, *, source: str | None = None, base_dir: Path | None = None) -> "Recipe":
+        if isinstance(data, list):  # a bare list of steps is a recipe too
+            data = {"steps": data}
+        if not isinstance(data, dict):
+            raise RecipeError([f"a recipe is a mapping with 'steps' (got {type(data).__name__})"], source)
+        try:
+            return cls.model_validate({**data, "base_dir": base_dir})
+        except ValidationError as error:
+            raise RecipeError([_locate(line) for line in describe_validation_error(error)], source) from None
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str | None = None, base_dir: Path | None = None) -> "Recipe":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+            if context and context_mark:  # where the unclosed thing began is often the real mistake
+                problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+            raise RecipeError([f"malformed YAML{where}: {problem}"], source) from None
+        if data is None:
+            raise RecipeError(["the recipe is empty"], source)
+        return cls.from_data(data, source=source, base_dir=base_dir)
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True, exclude={"base_dir"})
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the recipe, relative to the recipe's folder when not absolute."""
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        return path
+
+    def validate(self, host: "Host", model: "LoadedModel | None" = None) -> "ValidatedRecipe":
+        """Check every step and evaluation against the installed methods (and ``model``).
+
+        Raises :class:`RecipeError` listing every problem; nothing has run when it does.
+        """
+        problems: list[str] = []
+        steps: list[tuple[StepSpec, MethodInfo[Any], MethodConfig]] = []
+        for index, step in enumerate(self.steps, start=1):
+            label = f"step {index} ({step.method})"
+            resolved = _resolve(host, "compressor", step.method, step.params, label, problems, self)
+            if resolved is not None:
+                steps.append((step, *resolved))
+                if resolved[0].cls.needs_calibration and self.calibration is None:
+                    problems.append(f"{label}: needs calibration data; add a 'calibration:' section")
+        evaluations: list[tuple[EvalSpec, MethodInfo[Any], MethodConfig]] = []
+        for index, spec in enumerate(self.evaluate, start=1):
+            label = f"evaluate {index} ({spec.metric})"
+            resolved = _resolve(host, "evaluator", spec.metric, spec.params, label, problems, self)
+            if resolved is not None:
+                evaluations.append((spec, *resolved))
+        if self.calibration is not None and self.calibration.text is not None:
+            if not self.resolve_path(self.calibration.text).is_file():
+                problems.append(f"calibration: no such text file {self.resolve_path(self.calibration.text)}")
+        validated = ValidatedRecipe(self, steps, evaluations)
+        if model is not None and not problems:
+            problems.extend(validated.check_model(host, model))
+        if problems:
+            raise RecipeError(problems)
+        return validated
+
+
+def _locate(line: str) -> str:
+    """Turn pydantic locations (``steps.0.method``) into recipe words (``step 1: method``)."""
+    head, _, rest = line.partition(": ")
+    parts = head.split(".")
+    if len(parts) >= 2 and parts[0] in {"steps", "evaluate"} and parts[1].isdigit():
+        kind = "step" if parts[0] == "steps" else "evaluate"
+        field = ".".join(parts[2:]) or "(entry)"
+        return f"{kind} {int(parts[1]) + 1}: {field}: {rest}"
+    return line
+
+
+def _resolve(
+    host: "Host",
+    family: str,
+    name: str,
+    params: Mapping[str, Any],
+    label: str,
+    problems: list[str],
+    recipe: Recipe,
+) -> "tuple[MethodInfo[Any], MethodConfig] | None":
+    try:
+        info = host.registry(family).get(name)  # type: ignore[arg-type]
+    except UnknownMethodError as error:
+        problems.append(f"{label}: {error}")
+        return None
+    params = _resolve_paths(info.cls.Config, params, recipe)
+    try:
+        return info, info.cls.Config.model_validate(params)
+    except ValidationError as error:
+        for line in describe_validation_error(error):
+            problems.append(f"{label}: {line}{_allowed(info.cls.Config, line)}")
+        return None
+
+
+def _allowed(config_cls: type[BaseModel], line: str) -> str:
+    """For an unknown parameter, list the ones the method does take."""
+    if "unknown parameter" not in line:
+        return ""
+    return f"; {config_cls.__name__} takes: {', '.join(config_cls.model_fields) or 'no parameters'}"
+
+
+def _resolve_paths(config_cls: type[BaseModel], params: Mapping[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """Make relative file parameters (fields typed as paths) relative to the recipe's folder."""
+    if recipe.base_dir is None:
+        return dict(params)
+    properties = config_cls.model_json_schema().get("properties", {})
+    out = dict(params)
+    for key, value in params.items():
+        schema = properties.get(key, {})
+        formats = {schema.get("format")} | {alt.get("format") for alt in schema.get("anyOf", [])}
+        if "path" in formats and isinstance(value, str) and not os.path.isabs(value):
+            out[key] = str(recipe.resolve_path(value))
+    return out
+
+
+@dataclass
+class ValidatedRecipe:
+    """A recipe whose methods were found and whose params were validated into configs."""
+
+    recipe: Recipe
+    steps: list[tuple[StepSpec, "MethodInfo[Any]", MethodConfig]]
+    evaluations: list[tuple[EvalSpec, "MethodInfo[Any]", MethodConfig]]
+
+    def check_model(self, host: "Host", model: "LoadedModel") -> list[str]:
+        """Problems with applying this recipe to ``model`` (architecture fit, evaluator fit)."""
+        problems: list[str] = []
+        ctx = host.context(calibration=None, extras={"validating": True})
+        adapter = None
+        if self.steps:
+            try:
+                adapter = host.adapter_for(model)
+            except SlimkitError as error:
+                return [f"model: {error}"]
+        for index, (step, info, config) in enumerate(self.steps, start=1):
+            try:
+                info.create().check(model, adapter, config, _ValidationContext(ctx, self.recipe))
+            except SlimkitError as error:
+                problems.append(f"step {index} ({step.method}): {error}")
+        for index, (spec, info, config) in enumerate(self.evaluations, start=1):
+            try:
+                info.create().check(model, config, ctx)
+            except SlimkitError as error:
+                problems.append(f"evaluate {index} ({spec.metric}): {error}")
+        return problems
+
+
+class _ValidationContext:
+    """A context for ``check``: calibration is 'present' when the recipe declares it."""
+
+    def __init__(self, ctx: Any, recipe: Recipe) -> None:
+        self._ctx = ctx
+        self.calibration = recipe.calibration
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
+def load_recipe(spec: str | os.PathLike[str]) -> Recipe:
+    """Read a recipe file, or a bundled one as ``example:NAME``."""
+    text = str(spec)
+    if text.startswith(EXAMPLE_PREFIX):
+        from slimkit.core.model_io import examples_root
+
+        name = text[len(EXAMPLE_PREFIX) :]
+        path = examples_root() / "recipes" / f"{name}.yaml"
+        if not path.is_file():
+            bundled = sorted(p.stem for p in (examples_root() / "recipes").glob("*.yaml"))
+            raise SlimkitError(f"no bundled recipe {name!r}; bundled: {', '.join(bundled)}")
+    else:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise SlimkitError(f"no such recipe file: {text}")
+    try:
+        content = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SlimkitError(f"cannot read recipe {path}: {error}") from None
+    return Recipe.from_yaml(content, source=str(path), base_dir=path.parent)
