@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,7 +138,10 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, args, messag
 def test_install_and_uninstall_a_plugin_into_slimkits_environment(tmp_path):
     if not PLUGIN.is_dir():
         pytest.skip("the example plugin fixture is missing")
-    installed = slimkit("install", "--no-deps", str(PLUGIN))
+    # Build from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+    source = tmp_path / "plugin"
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    installed = slimkit("install", "--no-deps", "--no-build-isolation", str(source))
     try:
         assert installed.returncode == 0, installed.stderr
         listed = json.loads(slimkit("plugins", "--json").stdout)

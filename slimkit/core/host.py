@@ -101,9 +101,12 @@ class Host:
         distribution: str | None = None,
     ) -> str:
         """Register a plugin object or module; returns the name it was registered under."""
-        registered = self.pm.register(plugin, name=name)
+        try:
+            registered = self.pm.register(plugin, name=name)
+        except ValueError as error:  # pluggy: the name or the object is already registered
+            raise PluginError(f"plugin {name or plugin!r} cannot be registered: {error}") from None
         if registered is None:
-            raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
+            raise PluginError(f"plugin {name or plugin!r} is blocked")
         plugin_version = version if version is not None else getattr(plugin, "__version__", None)
         self._meta[registered] = (plugin_version, source, distribution)
         self._invalidate()
@@ -141,7 +144,7 @@ class Host:
         for family, hook_name in FAMILY_HOOKS.items():
             registry: Registry[Any] = Registry(family)  # type: ignore[arg-type]
             caller = getattr(self.pm.hook, hook_name)
-            for impl in caller.get_hookimpls():
+            for impl in _plain_impls(caller):
                 version = self._meta.get(impl.plugin_name, (None,))[0]
                 register = registry.callback(impl.plugin_name, version, self._report)
                 try:
@@ -218,14 +221,20 @@ class Host:
         module = model if isinstance(model, nn.Module) else model.model
         adapters = self.adapters()
         # Call implementations one by one (pluggy's order) so a raising plugin is reported by name.
-        for impl in reversed(self.pm.hook.find_architecture.get_hookimpls()):
+        for impl in reversed(_plain_impls(self.pm.hook.find_architecture)):
             try:
                 answer = impl.function(model=module, adapters=adapters)
             except Exception as error:
                 self._report(PluginError(f"plugin {impl.plugin_name!r} raised in find_architecture: {error!r}"))
                 continue
-            if answer is not None:
+            if answer is None:
+                continue
+            if isinstance(answer, ArchitectureAdapter):
                 return answer
+            self._report(PluginError(
+                f"plugin {impl.plugin_name!r} answered find_architecture with "
+                f"{type(answer).__name__}, not an ArchitectureAdapter"
+            ))
         config = getattr(module, "config", None)
         model_type = getattr(config, "model_type", None)
         installed = ", ".join(
@@ -274,6 +283,15 @@ class Host:
         return dict(evaluator.evaluate(model, config, ctx))
 
 
+def _plain_impls(caller: Any) -> list[Any]:
+    """Hook implementations in pluggy's order, without wrappers.
+
+    slimkit calls the implementations one by one, so that a plugin that raises is reported by
+    name while the others still answer; wrappers only make sense around pluggy's own call loop.
+    """
+    return [impl for impl in caller.get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]
+
+
 def _load_entrypoints(host: Host, only: set[str] | None, block: set[str]) -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
@@ -283,6 +301,10 @@ def _load_entrypoints(host: Host, only: set[str] | None, block: set[str]) -> Non
         if only is not None and ep.name not in only and dist_name not in only:
             continue
         if host.pm.get_plugin(ep.name) is not None:
+            holder = host._meta.get(ep.name, (None, "", None))[2] or "another plugin"
+            host._report(PluginError(
+                f"plugin {ep.name!r} from distribution {dist_name} skipped: the name is taken by {holder}"
+            ))
             continue
         label = f"{ep.name!r}" + (f" (distribution {dist_name})" if dist_name else "")
         try:
@@ -340,6 +362,7 @@ def make_host(
         wanted = set(only) if only is not None else _split_env(os.environ.get(ENV_LOAD))
         _load_entrypoints(host, wanted, blocked)
     _check_pending(host)
+    host._collect()  # run the register_* hooks now, so problems show up at start
     return host
 
 

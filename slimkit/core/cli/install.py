@@ -21,7 +21,9 @@ def _pip(*args: str) -> None:
 @click.option("-U", "--upgrade", is_flag=True, help="Upgrade to the newest version.")
 @click.option("--force-reinstall", is_flag=True, help="Reinstall even if already installed.")
 @click.option("--no-deps", is_flag=True, help="Do not install dependencies.")
-def install(packages: tuple[str, ...], editable: bool, upgrade: bool, force_reinstall: bool, no_deps: bool) -> None:
+@click.option("--no-build-isolation", is_flag=True, help="Build local projects with the installed build tools.")
+def install(packages: tuple[str, ...], editable: bool, upgrade: bool, force_reinstall: bool, no_deps: bool,
+            no_build_isolation: bool) -> None:
     """Install plugin PACKAGES into slimkit's own environment."""
     args = ["install"]
     if upgrade:
@@ -30,6 +32,8 @@ def install(packages: tuple[str, ...], editable: bool, upgrade: bool, force_rein
         args.append("--force-reinstall")
     if no_deps:
         args.append("--no-deps")
+    if no_build_isolation:
+        args.append("--no-build-isolation")
     for package in packages:
         args.extend(["-e", package] if editable else [package])
     _pip(*args)

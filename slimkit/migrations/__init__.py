@@ -1,0 +1,1 @@
+"""Alembic migrations of the lineage catalogue (issue 3: not built yet)."""
