@@ -11,13 +11,13 @@ from slimkit.core.errors import RecipeError, SlimkitError
 
 def problems_of(text: str, host, model=None) -> list[str]:
     with pytest.raises(RecipeError) as caught:
-        Recipe.from_yaml(text, source="r.yaml").validate(host, model)
+        Recipe.from_yaml(text, source="r.yaml").resolve(host, model)
     return caught.value.problems
 
 
 def test_bundled_recipe_is_valid(host):
     recipe = load_recipe("example:prune-50")
-    validated = recipe.validate(host, load_model("example:stories260K"))
+    validated = recipe.resolve(host, load_model("example:stories260K"))
     assert [info.name for _, info, _ in validated.steps] == ["prune.unstructured"]
     assert validated.steps[0][2].sparsity == 0.5
     assert [spec.metric for spec in recipe.evaluate] == ["perplexity", "size"]
@@ -89,7 +89,7 @@ def test_recipe_from_python_and_yaml_round_trip(host):
     recipe = Recipe.from_data([{"method": "prune.unstructured", "params": {"sparsity": 0.25}}])
     again = Recipe.from_yaml(recipe.to_yaml())
     assert again == recipe
-    assert again.validate(host).steps[0][2].sparsity == 0.25
+    assert again.resolve(host).steps[0][2].sparsity == 0.25
 
 
 def test_relative_paths_are_relative_to_the_recipe(host, tmp_path):
@@ -102,13 +102,13 @@ def test_relative_paths_are_relative_to_the_recipe(host, tmp_path):
         "evaluate: [{metric: perplexity, params: {text: eval.txt, seq_len: 32}}]\n"
     )
     recipe = load_recipe(folder / "r.yaml")
-    validated = recipe.validate(host)
+    validated = recipe.resolve(host)
     assert recipe.resolve_path(recipe.calibration.text) == folder / "eval.txt"
     assert validated.evaluations[0][2].text == folder / "eval.txt"
 
     (folder / "missing.yaml").write_text("calibration: {text: nowhere.txt}\nsteps: [{method: prune.unstructured}]\n")
     with pytest.raises(RecipeError, match="calibration: no such text file .*nowhere.txt"):
-        load_recipe(folder / "missing.yaml").validate(host)
+        load_recipe(folder / "missing.yaml").resolve(host)
 
 
 def test_missing_and_unknown_recipe_files(tmp_path):

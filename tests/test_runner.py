@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slimkit import BaseCompressor, CompressionSummary, Recipe, hookimpl, load_model, run_recipe
+from slimkit import BaseCompressor, Recipe, hookimpl, load_model, run_recipe
 from slimkit.core.errors import OutputExistsError, RecipeError
 from slimkit.core.provenance import content_id
 

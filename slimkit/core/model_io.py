@@ -38,7 +38,7 @@ class LoadedModel:
     :ivar provenance: the parsed ``slimkit.json`` of a derived model, else ``None``.
     """
 
-    model: nn.Module
+    model: Any  # a transformers PreTrainedModel (an nn.Module with from/save_pretrained)
     tokenizer: Any = None
     source: str = ""
     path: Path | None = None
@@ -86,7 +86,7 @@ def example_text(name: str = "tinystories") -> Path:
     return files[0]
 
 
-def _model_class(config: Any) -> type:
+def _model_class(config: Any) -> Any:
     import transformers
 
     for name in getattr(config, "architectures", None) or []:

@@ -21,7 +21,7 @@ LM head is relative to the model root.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping, cast
 
 from torch import nn
 
@@ -63,9 +63,11 @@ class ModuleMapAdapter(ArchitectureAdapter):
         head_dim = self.head_dim(config)
         blocks_name = prefix + self.blocks_path
         blocks = []
-        for index, _ in enumerate(resolve(model, blocks_name)):
+        for index in range(len(cast(nn.ModuleList, resolve(model, blocks_name)))):
             name = f"{blocks_name}.{index}"
-            refs = {role: linear_ref(model, role, f"{name}.{path}") for role, path in self.projections.items()}
+            refs: dict[str, LinearRef] = {
+                role: linear_ref(model, role, f"{name}.{path}") for role, path in self.projections.items()
+            }
             blocks.append(
                 BlockLayout(
                     index=index,
@@ -90,7 +92,7 @@ class ModuleMapAdapter(ArchitectureAdapter):
         )
 
     @staticmethod
-    def _attention(refs: dict[str, LinearRef], head_dim: int) -> AttentionLayout:
+    def _attention(refs: Mapping[str, LinearRef], head_dim: int) -> AttentionLayout:
         # Head counts come from the weight shapes, so a layout stays right after heads are pruned.
         if "qkv" in refs:
             heads = refs["qkv"].out_features // 3 // head_dim

@@ -62,7 +62,7 @@ class CalibrationSpec(_Strict):
 
 
 class Recipe(_Strict):
-    """A validated-shape recipe. Use :meth:`validate` to check it against the installed methods."""
+    """A well-formed recipe. :meth:`resolve` checks it against the installed methods (and a model)."""
 
     name: str | None = None
     description: str | None = None
@@ -110,7 +110,7 @@ class Recipe(_Strict):
             path = self.base_dir / path
         return path
 
-    def validate(self, host: "Host", model: "LoadedModel | None" = None) -> "ValidatedRecipe":
+    def resolve(self, host: "Host", model: "LoadedModel | None" = None) -> "ValidatedRecipe":
         """Check every step and evaluation against the installed methods (and ``model``).
 
         Raises :class:`RecipeError` listing every problem; nothing has run when it does.

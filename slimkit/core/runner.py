@@ -48,7 +48,7 @@ class RunResult:
 
     def comparison(self) -> list[tuple[str, float | None, float | None]]:
         """``(evaluator.metric, before, after)`` rows in evaluation order."""
-        rows = []
+        rows: list[tuple[str, float | None, float | None]] = []
         for evaluator, metrics in self.after.items():
             for metric, value in metrics.items():
                 rows.append((f"{evaluator}.{metric}", self.before.get(evaluator, {}).get(metric), value))
@@ -93,7 +93,7 @@ def run_recipe(
     """
     host = host or get_host()
     target = check_output(out, overwrite) if out is not None else None
-    validated = recipe.validate(host)
+    validated = recipe.resolve(host)
     if isinstance(model, LoadedModel):
         loaded = model if inplace else copy.deepcopy(model)
     else:

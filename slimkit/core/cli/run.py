@@ -51,7 +51,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str, overwrite: b
     started = time.perf_counter()
     parsed = load_recipe(recipe)
     check_output(out, overwrite)
-    parsed.validate(host)  # everything the model does not decide, before loading it
+    parsed.resolve(host)  # everything the model does not decide, before loading it
     model = load_model(model_spec)
     with ProgressBars(enabled=not (no_progress or as_json)) as bars:
         result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True)
@@ -135,7 +135,7 @@ def validate(ctx: click.Context, recipe: str, model_spec: str | None) -> None:
 
     host = get_host_from(ctx)
     parsed = load_recipe(recipe)
-    parsed.validate(host, load_model(model_spec) if model_spec else None)
+    parsed.resolve(host, load_model(model_spec) if model_spec else None)
     click.echo(f"{recipe}: {len(parsed.steps)} step(s), {len(parsed.evaluate)} evaluation(s): valid")
 
 

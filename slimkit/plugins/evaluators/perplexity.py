@@ -66,7 +66,9 @@ class PerplexityEvaluator(BaseEvaluator):
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit is not None and config.seq_len > limit:
             raise ConfigError(f"seq_len {config.seq_len} exceeds the model's context of {limit} tokens")
-        self.source(config).raw  # fail now, not after loading, if the file is missing
+        source = self.source(config)
+        if not source.path.is_file():  # fail at validation, not after the compression ran
+            raise DataError(f"no such text file: {source.path}")
 
     def evaluate(self, model, config, ctx):
         source = self.source(config)
