@@ -152,3 +152,18 @@ def test_install_and_uninstall_a_plugin_into_slimkits_environment(tmp_path):
         removed = slimkit("uninstall", "-y", "slimkit-example-plugin")
     assert removed.returncode == 0, removed.stderr
     assert json.loads(slimkit("plugins", "--json").stdout) == []
+
+
+def test_score_writes_inspectable_scores(cli, tmp_path):
+    from slimkit import Scores
+
+    out = tmp_path / "scores.safetensors"
+    result = invoke(cli, "score", "example:stories260K", "-s", "magnitude", "-p", "roles=[down]", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "model.layers.4.mlp.down_proj" in result.stdout
+    scores = Scores.load(out)
+    assert scores.scorer == "magnitude" and len(scores.values) == 5
+    again = CliRunner().invoke(cli, ["score", "example:stories260K", "-s", "magnitude", "-o", str(out)])
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    bad = CliRunner().invoke(cli, ["score", "example:stories260K", "-s", "magnitude", "-p", "roles=[nose]", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "roles.0: Input should be" in bad.stderr and not (tmp_path / "x").exists()

@@ -51,3 +51,7 @@ class DataError(SlimkitError):
 
 class PluginError(SlimkitError):
     """A plugin failed to import, raised in a hook, or registered something invalid."""
+
+
+class PluginWarning(RuntimeWarning):
+    """Issued once for each plugin problem the host records (see ``Host.problems``)."""

@@ -22,7 +22,7 @@ from slimkit.core import hookspecs
 from slimkit.core.architecture import ArchitectureAdapter
 from slimkit.core.config import MethodConfig, build_config
 from slimkit.core.contracts import Family, MethodContext
-from slimkit.core.errors import ArchitectureError, ConfigError, PluginError
+from slimkit.core.errors import ArchitectureError, ConfigError, PluginError, PluginWarning
 from slimkit.core.registry import MethodInfo, Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,7 +126,7 @@ class Host:
     def _report(self, problem: PluginError) -> None:
         if str(problem) not in {str(p) for p in self.problems}:
             self.problems.append(problem)
-            warnings.warn(str(problem), RuntimeWarning, stacklevel=3)
+            warnings.warn(str(problem), PluginWarning, stacklevel=3)
 
     def plugin_infos(self) -> list[PluginInfo]:
         infos = []

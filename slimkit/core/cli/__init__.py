@@ -77,7 +77,9 @@ def main() -> None:
     import warnings
 
     # Plugin problems are shown by `slimkit plugins`; keep other commands' output clean.
-    warnings.filterwarnings("ignore", category=RuntimeWarning, module="slimkit")
+    from slimkit.core.errors import PluginWarning
+
+    warnings.filterwarnings("ignore", category=PluginWarning)
 
     try:
         cli = make_cli()

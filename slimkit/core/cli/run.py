@@ -125,6 +125,51 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
 
 
 @click.command()
+@click.argument("model_spec", metavar="MODEL")
+@click.option("--scorer", "-s", required=True, help="Installed scorer, e.g. magnitude.")
+@click.option("--param", "-p", "param_items", multiple=True, help="FIELD=VALUE for the scorer's config.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Write the scores here (safetensors).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--calibration", "calibration_text", type=click.Path(dir_okay=False),
+              help="Text or JSONL file for scorers that need calibration data (default: the bundled sample).")
+@click.option("--samples", default=16, show_default=True, type=click.IntRange(min=1), help="Calibration windows.")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Tokens per window.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the windows and the scorer.")
+@click.pass_context
+def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[str, ...], out: str,
+          overwrite: bool, calibration_text: str | None, samples: int, seq_len: int, seed: int) -> None:
+    """Compute importance scores of MODEL with a scorer and save them for inspection or reuse."""
+    from pathlib import Path
+
+    from slimkit.core.errors import OutputExistsError
+    from slimkit.core.model_io import load_model
+
+    host = get_host_from(ctx)
+    info = host.scorers.get(scorer)
+    params = _parse_params(tuple(f"{scorer}.{item}" for item in param_items), [scorer])[scorer]
+    host.config(info, params)  # a bad parameter fails before the model loads
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target} already exists (use --overwrite to replace it)")
+    model = load_model(model_spec)
+    calibration = None
+    if info.cls.needs_calibration:
+        from slimkit.core.data import TextSource, calibration_samples
+        from slimkit.core.model_io import example_text
+
+        source = TextSource(Path(calibration_text) if calibration_text else example_text())
+        calibration = calibration_samples(model.tokenizer, source, n_samples=samples, seq_len=seq_len, seed=seed)
+    with ProgressBars() as bars:
+        context = host.context(progress=bars, calibration=calibration, seed=seed)
+        scores = host.score(scorer, model, params=params, context=context)
+    staging = target.with_name(f".{target.name}.partial")
+    scores.save(staging)
+    staging.replace(target)
+    table(f"{scorer} scores ({scores.granularity}) -> {target}", ["key", "numel", "mean", "min", "max"],
+          [(key, s["numel"], s["mean"], s["min"], s["max"]) for key, s in scores.summary().items()])
+
+
+@click.command()
 @click.argument("recipe")
 @click.option("--model", "-m", "model_spec", help="Also check that every step fits this model.")
 @click.pass_context
@@ -139,4 +184,4 @@ def validate(ctx: click.Context, recipe: str, model_spec: str | None) -> None:
     click.echo(f"{recipe}: {len(parsed.steps)} step(s), {len(parsed.evaluate)} evaluation(s): valid")
 
 
-COMMANDS = (run, evaluate, validate)
+COMMANDS = (run, evaluate, validate, score)
