@@ -98,3 +98,12 @@ def test_docs_example_runs(line: int, code: str, monkeypatch: pytest.MonkeyPatch
         exec(compile(code, f"{DOCS}:{line}", "exec"), module.__dict__)
     finally:
         sys.modules.pop("slimkit_example_plugin", None)
+
+
+def test_cli_reference_is_up_to_date():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_cli", Path(__file__).resolve().parents[1] / "docs" / "gen_cli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DOC.read_text() == module.render(), "run: python docs/gen_cli.py"
