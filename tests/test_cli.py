@@ -167,3 +167,27 @@ def test_score_writes_inspectable_scores(cli, tmp_path):
     assert again.exit_code == 1 and "already exists" in again.stderr
     bad = CliRunner().invoke(cli, ["score", "example:stories260K", "-s", "magnitude", "-p", "roles=[nose]", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "roles.0: Input should be" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_methods_name_shared_by_two_families_must_say_which(slimkit_host, register_plugin):
+    from slimkit import BaseEvaluator, hookimpl
+
+    class MagnitudeMetric(BaseEvaluator):
+        """An evaluator that happens to share the scorer's name."""
+
+        name = "magnitude"
+
+        def evaluate(self, model, config, ctx):
+            return {"x": 1.0}
+
+    class Plugin:
+        @hookimpl
+        def register_evaluators(self, register):
+            register(MagnitudeMetric)
+
+    register_plugin(Plugin(), name="shadow")
+    cli = make_cli(slimkit_host)
+    ambiguous = CliRunner().invoke(cli, ["methods", "magnitude"])
+    assert ambiguous.exit_code == 1 and "'magnitude' is a scorer and an evaluator; say which family" in ambiguous.stderr
+    chosen = CliRunner().invoke(cli, ["methods", "magnitude", "--family", "evaluator", "--json"])
+    assert json.loads(chosen.stdout)["plugin"] == "shadow"

@@ -22,7 +22,7 @@ from slimkit.core import hookspecs
 from slimkit.core.architecture import ArchitectureAdapter
 from slimkit.core.config import MethodConfig, build_config
 from slimkit.core.contracts import Family, MethodContext
-from slimkit.core.errors import ArchitectureError, ConfigError, PluginError, PluginWarning
+from slimkit.core.errors import ArchitectureError, ConfigError, PluginError, PluginWarning, UnknownMethodError
 from slimkit.core.registry import MethodInfo, Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,15 +181,20 @@ class Host:
         return [info for fam in families for info in self.registry(fam)]  # type: ignore[arg-type]
 
     def find_method(self, name: str, families: Iterable[Family] | None = None) -> MethodInfo[Any]:
-        """The method called ``name`` in any family (or the given ones)."""
+        """The method called ``name`` in any family (or the given ones).
+
+        Names are unique within a family; a name used by several families must be asked for
+        with the family, and an ambiguous request says so rather than picking one.
+        """
         matches = [info for info in self.methods() if info.name == name]
         if families is not None:
             matches = [info for info in matches if info.family in set(families)]
         if not matches:
             names = ", ".join(sorted({info.name for info in self.methods()}))
-            from slimkit.core.errors import UnknownMethodError
-
             raise UnknownMethodError(f"no installed method called {name!r}; installed: {names}")
+        if len(matches) > 1:
+            kinds = " and ".join(("an " if info.family[0] in "aeiou" else "a ") + info.family for info in matches)
+            raise UnknownMethodError(f"{name!r} is {kinds}; say which family you mean")
         return matches[0]
 
     # -- configs -------------------------------------------------------------------------
