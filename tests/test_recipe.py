@@ -116,3 +116,25 @@ def test_missing_and_unknown_recipe_files(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
     with pytest.raises(SlimkitError, match="no bundled recipe 'nope'; bundled: prune-50"):
         load_recipe("example:nope")
+
+
+def test_calibration_is_drawn_at_validation_and_problems_named(host, tmp_path):
+    (tmp_path / "tiny.txt").write_text("Once upon a time.")
+    (tmp_path / "ok.txt").write_text("Once upon a time there was a cat who liked the sun. " * 50)
+    stories = load_model("example:stories260K")
+    short = Recipe.from_data(
+        {"calibration": {"text": "tiny.txt", "seq_len": 64}, "steps": [{"method": "prune.unstructured"}]},
+        base_dir=tmp_path,
+    )
+    with pytest.raises(RecipeError, match=r"calibration: .*tiny.txt has \d+ tokens, too few for windows of 64"):
+        short.resolve(host, stories)
+    good = Recipe.from_data(
+        {"calibration": {"text": "ok.txt", "n_samples": 3, "seq_len": 32, "seed": 5},
+         "steps": [{"method": "prune.unstructured"}]},
+        base_dir=tmp_path,
+    )
+    data = good.calibration_data(stories)
+    assert tuple(data.input_ids.shape) == (3, 32) and data.seed == 5
+    assert data.fingerprint == good.calibration_data(stories).fingerprint  # seeded: same windows
+    other = Recipe.from_data({**good.model_dump(exclude={"base_dir"}), "calibration": {"text": "ok.txt", "n_samples": 3, "seq_len": 32, "seed": 6}}, base_dir=tmp_path)
+    assert other.calibration_data(stories).fingerprint != data.fingerprint

@@ -29,6 +29,7 @@ from slimkit.core.config import MethodConfig, describe_validation_error
 from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.data import CalibrationData
     from slimkit.core.host import Host
     from slimkit.core.model_io import LoadedModel
     from slimkit.core.registry import MethodInfo
@@ -135,10 +136,29 @@ class Recipe(_Strict):
                 problems.append(f"calibration: no such text file {self.resolve_path(self.calibration.text)}")
         validated = ValidatedRecipe(self, steps, evaluations)
         if model is not None and not problems:
-            problems.extend(validated.check_model(host, model))
+            try:
+                calibration = self.calibration_data(model)
+            except SlimkitError as error:
+                problems.append(f"calibration: {error}")
+            else:
+                problems.extend(validated.check_model(host, model, calibration))
         if problems:
             raise RecipeError(problems)
         return validated
+
+    def calibration_data(self, model: "LoadedModel") -> "CalibrationData | None":
+        """Draw the recipe's calibration windows with ``model``'s tokenizer (``None`` if none)."""
+        spec = self.calibration
+        if spec is None:
+            return None
+        from slimkit.core.data import TextSource, calibration_samples
+        from slimkit.core.model_io import example_text
+
+        path = self.resolve_path(spec.text) if spec.text else example_text("tinystories")
+        source = TextSource(path, spec.field, spec.join, spec.collapse_blank_lines)
+        return calibration_samples(
+            model.tokenizer, source, n_samples=spec.n_samples, seq_len=spec.seq_len, seed=spec.seed
+        )
 
 
 def _locate(line: str) -> str:
@@ -204,10 +224,15 @@ class ValidatedRecipe:
     steps: list[tuple[StepSpec, "MethodInfo[Any]", MethodConfig]]
     evaluations: list[tuple[EvalSpec, "MethodInfo[Any]", MethodConfig]]
 
-    def check_model(self, host: "Host", model: "LoadedModel") -> list[str]:
-        """Problems with applying this recipe to ``model`` (architecture fit, evaluator fit)."""
+    def check_model(
+        self, host: "Host", model: "LoadedModel", calibration: "CalibrationData | None" = None
+    ) -> list[str]:
+        """Problems with applying this recipe to ``model`` (architecture fit, evaluator fit).
+
+        Each step's ``check`` sees the base model and the recipe's calibration data.
+        """
         problems: list[str] = []
-        ctx = host.context(calibration=None, extras={"validating": True})
+        ctx = host.context(calibration=calibration)
         adapter = None
         if self.steps:
             try:
@@ -216,7 +241,7 @@ class ValidatedRecipe:
                 return [f"model: {error}"]
         for index, (step, info, config) in enumerate(self.steps, start=1):
             try:
-                info.create().check(model, adapter, config, _ValidationContext(ctx, self.recipe))
+                info.create().check(model, adapter, config, ctx)
             except SlimkitError as error:
                 problems.append(f"step {index} ({step.method}): {error}")
         for index, (spec, info, config) in enumerate(self.evaluations, start=1):
@@ -225,17 +250,6 @@ class ValidatedRecipe:
             except SlimkitError as error:
                 problems.append(f"evaluate {index} ({spec.metric}): {error}")
         return problems
-
-
-class _ValidationContext:
-    """A context for ``check``: calibration is 'present' when the recipe declares it."""
-
-    def __init__(self, ctx: Any, recipe: Recipe) -> None:
-        self._ctx = ctx
-        self.calibration = recipe.calibration
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx, name)
 
 
 def load_recipe(spec: str | os.PathLike[str]) -> Recipe:

@@ -15,18 +15,17 @@ from typing import Any
 
 from slimkit.core.contracts import CompressionSummary, ProgressCallback
 from slimkit.core.config import serialise_config
-from slimkit.core.data import CalibrationData, TextSource, calibration_samples
 from slimkit.core.host import Host, get_host
 from slimkit.core.memory import peak_rss_bytes, reset_peak
 from slimkit.core.model_io import (
     PROVENANCE_FILE,
     LoadedModel,
     check_output,
-    example_text,
     load_model,
     save_model,
 )
 from slimkit.core.provenance import Stopwatch, StepRecord, build_provenance, content_id, now_iso, runtime_versions
+from slimkit.core.errors import RecipeError
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 
 
@@ -53,17 +52,6 @@ class RunResult:
             for metric, value in metrics.items():
                 rows.append((f"{evaluator}.{metric}", self.before.get(evaluator, {}).get(metric), value))
         return rows
-
-
-def _calibration(recipe: Recipe, model: LoadedModel) -> CalibrationData | None:
-    spec = recipe.calibration
-    if spec is None:
-        return None
-    path = recipe.resolve_path(spec.text) if spec.text else example_text("tinystories")
-    source = TextSource(path, spec.field, spec.join, spec.collapse_blank_lines)
-    return calibration_samples(
-        model.tokenizer, source, n_samples=spec.n_samples, seq_len=spec.seq_len, seed=spec.seed
-    )
 
 
 def _evaluate(host: Host, validated: ValidatedRecipe, model: LoadedModel, progress: ProgressCallback | None) -> dict[str, dict[str, float]]:
@@ -98,12 +86,10 @@ def run_recipe(
         loaded = model if inplace else copy.deepcopy(model)
     else:
         loaded = load_model(model)
-    problems = validated.check_model(host, loaded)
+    calibration = recipe.calibration_data(loaded)
+    problems = validated.check_model(host, loaded, calibration)
     if problems:
-        from slimkit.core.errors import RecipeError
-
         raise RecipeError(problems, recipe.name)
-    calibration = _calibration(recipe, loaded)
     adapter = host.adapter_for(loaded)
 
     before = _evaluate(host, validated, loaded, progress)
