@@ -87,3 +87,12 @@ def test_bad_inputs(host, model, tmp_path):
         host.evaluate("perplexity", model, params={"text": str(bad)})
     with pytest.raises(ConfigError, match="seq_len"):
         host.evaluate("perplexity", model, params={"seq_len": "long"})
+
+
+def test_crlf_copy_of_a_text_gives_the_same_tokens(model, tmp_path):
+    text = example_text().read_text()[:5000]
+    unix, dos = tmp_path / "unix.txt", tmp_path / "dos.txt"
+    unix.write_bytes(text.encode())
+    dos.write_bytes(text.replace("\n", "\r\n").encode())
+    assert torch.equal(tokenize(model.tokenizer, TextSource(unix).text()), tokenize(model.tokenizer, TextSource(dos).text()))
+    assert TextSource(unix).fingerprint != TextSource(dos).fingerprint  # the bytes differ, and that is recorded

@@ -1,6 +1,6 @@
 """Calibration samples and evaluation text from local files, each with a sha256 fingerprint.
 
-Text comes from plain text files (read whole) or JSONL files (one record per line, the ``field``
+Text comes from plain text files (read whole, with universal newlines) or JSONL files (one record per line, the ``field``
 of each record joined with ``join``; ``"\\n\\n"`` as in the GPTQ/SparseGPT WikiText-2 protocol).
 The fingerprint covers the file's bytes and every option that changes the text, so two runs on
 the same fingerprint saw the same tokens.
@@ -48,6 +48,9 @@ class TextSource:
             decoded = self.raw.decode("utf-8")
         except UnicodeDecodeError as error:
             raise DataError(f"{self.path} is not UTF-8 text: {error}") from None
+        # Universal newlines, as Python's text mode reads files: a CRLF copy of a corpus must
+        # give the same tokens (and perplexity) as the original.
+        decoded = decoded.replace("\r\n", "\n").replace("\r", "\n")
         text = self._jsonl(decoded) if self.path.suffix == ".jsonl" else decoded
         if self.collapse_blank_lines:
             text = re.sub(r"\n{2,}", "\n", text)
