@@ -120,3 +120,17 @@ def test_progress_is_reported(host):
                host=host, progress=events.append)
     layers = [e for e in events if e.stage == "layers"]
     assert layers[-1].done == layers[-1].total == 35
+
+
+def test_calibration_fingerprint_and_seed_are_recorded(host, tmp_path):
+    recipe = Recipe.from_data({
+        "seed": 3,
+        "calibration": {"n_samples": 2, "seq_len": 32, "seed": 11},
+        "steps": [{"method": "prune.unstructured"}, {"method": "prune.unstructured", "seed": 9}],
+    })
+    result = run_recipe(recipe, "example:stories260K", host=host)
+    expected = recipe.calibration_data(result.model).fingerprint
+    assert [s.calibration_fingerprint for s in result.steps] == [expected, expected]
+    assert [s.seed for s in result.steps] == [3, 9]
+    plain = run_recipe(Recipe.from_data([{"method": "prune.unstructured"}]), "example:stories260K", host=host)
+    assert plain.steps[0].calibration_fingerprint is None

@@ -115,7 +115,9 @@ def run_recipe(
                 versions=runtime_versions(),
                 parent_id=parent_id,
                 child_id=child_id,
-                calibration_fingerprint=calibration.fingerprint if calibration and info.cls.needs_calibration else None,
+                # Recorded whenever the step was given calibration data: a compressor may not need it
+                # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
+                calibration_fingerprint=calibration.fingerprint if calibration is not None else None,
                 seed=seed,
                 wall_time_s=round(watch.seconds, 4),
                 peak_rss_bytes=peak_rss_bytes(),
