@@ -433,7 +433,7 @@ def fake_site_report(fake_site: Path) -> dict:
             "plugins": {p.name: p.distribution for p in host.plugin_infos()},
             "at_make_host": at_make_host,
             "problems": [str(p) for p in host.problems],
-            "warnings": [str(w.message) for w in caught if w.category is RuntimeWarning],
+            "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
             "evaluators": evaluators,
             "good": host.evaluate("good.constant", LoadedModel(torch.nn.Linear(2, 2))),
         }))
