@@ -96,3 +96,12 @@ def test_crlf_copy_of_a_text_gives_the_same_tokens(model, tmp_path):
     dos.write_bytes(text.replace("\n", "\r\n").encode())
     assert torch.equal(tokenize(model.tokenizer, TextSource(unix).text()), tokenize(model.tokenizer, TextSource(dos).text()))
     assert TextSource(unix).fingerprint != TextSource(dos).fingerprint  # the bytes differ, and that is recorded
+
+
+def test_wikitext2_tokenizes_like_the_reference_protocol(assets):
+    """The raw WikiText-2 test file (a CRLF copy) gives the 304,986 SmolLM2 tokens of SOURCE.md."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "smollm2-135m-instruct-q4_1" / "tokenizer")
+    ids = tokenize(tokenizer, TextSource(assets / "wikitext-2" / "wikitext-2-raw-test.txt").text())
+    assert ids.numel() == 304_986
