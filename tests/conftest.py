@@ -30,3 +30,19 @@ def host():
 def stories() -> Path:
     """The bundled stories260K example folder (a 260K-parameter Llama)."""
     return STORIES
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_catalogue(tmp_path_factory):
+    """Every test (and every slimkit subprocess a test starts) records into a throwaway
+    catalogue, never into the user's own."""
+    import os
+
+    path = tmp_path_factory.mktemp("catalogue") / "catalogue.db"
+    previous = os.environ.get("SLIMKIT_CATALOGUE")
+    os.environ["SLIMKIT_CATALOGUE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("SLIMKIT_CATALOGUE", None)
+    else:
+        os.environ["SLIMKIT_CATALOGUE"] = previous

@@ -55,6 +55,12 @@ class MethodContext:
     seed: int = 0
     progress: ProgressCallback | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    data_fingerprints: list[str] = field(default_factory=list)
+
+    def used_data(self, fingerprint: str) -> None:
+        """Declare the fingerprint of a dataset the method read (recorded with its results)."""
+        if fingerprint not in self.data_fingerprints:
+            self.data_fingerprints.append(fingerprint)
 
     def report(self, stage: str, done: int, total: int, message: str = "") -> None:
         if self.progress is not None:

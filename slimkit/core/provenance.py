@@ -7,6 +7,7 @@ its lineage even outside any catalogue.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,21 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def step_key(
+    parents: list[dict[str, str]],
+    config: Mapping[str, Any],
+    calibration_fingerprint: str | None,
+    seed: int,
+) -> str:
+    """The id of a step, known before it runs: the same method, config, data and seed applied
+    to the same parent(s) always get the same id, so the catalogue can recognise a repeat."""
+    payload = json.dumps(
+        {"parents": parents, "config": config, "data": calibration_fingerprint, "seed": seed},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
 @dataclass
 class StepRecord:
     """One step of a chain: which method, with which config, from which plugin, at what cost."""
@@ -60,7 +76,10 @@ class StepRecord:
     plugin_version: str | None
     versions: dict[str, str]
     parent_id: str
+    step_id: str = ""
     child_id: str = ""
+    parents: list[dict[str, str]] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
     calibration_fingerprint: str | None = None
     seed: int = 0
     wall_time_s: float = 0.0

@@ -1,7 +1,9 @@
-"""Running a recipe: validate everything, evaluate, apply each step, save, evaluate again.
+"""Running a recipe: validate everything, evaluate, apply each step, save, evaluate again, record.
 
 Every step is timed and its peak memory measured; the chain of steps with their configs, plugins,
-versions, calibration fingerprint and seed goes into the derived model's ``slimkit.json``.
+versions, calibration data and seed goes into the derived model's ``slimkit.json`` and into the
+catalogue. A step the catalogue already knows (same parent, method, config, data and seed) whose
+result is still on disk is reused instead of recomputed, unless ``force`` is set.
 """
 
 from __future__ import annotations
@@ -11,22 +13,29 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from slimkit.core.contracts import CompressionSummary, ProgressCallback
 from slimkit.core.config import serialise_config
+from slimkit.core.contracts import CompressionSummary, ProgressCallback
+from slimkit.core.data import CalibrationData
+from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
 from slimkit.core.memory import peak_rss_bytes, reset_peak
-from slimkit.core.model_io import (
-    PROVENANCE_FILE,
-    LoadedModel,
-    check_output,
-    load_model,
-    save_model,
+from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, check_output, load_model, save_model
+from slimkit.core.provenance import (
+    Stopwatch,
+    StepRecord,
+    build_provenance,
+    content_id,
+    now_iso,
+    runtime_versions,
+    step_key,
 )
-from slimkit.core.provenance import Stopwatch, StepRecord, build_provenance, content_id, now_iso, runtime_versions
-from slimkit.core.errors import RecipeError
 from slimkit.core.recipe import Recipe, ValidatedRecipe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.catalogue import Catalogue
+
 
 
 @dataclass
@@ -40,10 +49,12 @@ class RunResult:
     before: dict[str, dict[str, float]] = field(default_factory=dict)
     after: dict[str, dict[str, float]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    reused: list[bool] = field(default_factory=list)
+    run_id: str | None = None
 
     @property
     def compression_seconds(self) -> float:
-        return sum(step.wall_time_s for step in self.steps)
+        return sum(step.wall_time_s for step, reused in zip(self.steps, self.reused) if not reused)
 
     def comparison(self) -> list[tuple[str, float | None, float | None]]:
         """``(evaluator.metric, before, after)`` rows in evaluation order."""
@@ -54,12 +65,39 @@ class RunResult:
         return rows
 
 
-def _evaluate(host: Host, validated: ValidatedRecipe, model: LoadedModel, progress: ProgressCallback | None) -> dict[str, dict[str, float]]:
-    results = {}
+def open_catalogue(catalogue: "Catalogue | str | None | Literal[False]") -> "Catalogue | None":
+    """``False``: no catalogue; ``None``: the default one; a URL or path: that one."""
+    if catalogue is False:
+        return None
+    from slimkit.core.catalogue import Catalogue
+
+    if isinstance(catalogue, Catalogue):
+        return catalogue
+    return Catalogue(catalogue)
+
+
+def evaluate_all(
+    host: Host, validated: ValidatedRecipe, model: LoadedModel, progress: ProgressCallback | None
+) -> list[dict[str, Any]]:
+    """Run the recipe's evaluators; one record per evaluator (metrics, config, data, time)."""
+    records = []
     for spec, info, config in validated.evaluations:
         ctx = host.context(progress=progress)
-        results[spec.metric] = dict(info.create().evaluate(model, config, ctx))
-    return results
+        metrics = dict(info.create().evaluate(model, config, ctx))
+        records.append({
+            "evaluator": spec.metric, "version": info.version, "config": config.model_dump(mode="json"),
+            "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None, "time": now_iso(),
+        })
+    return records
+
+
+def _calibration_spec(recipe: Recipe) -> dict[str, Any] | None:
+    if recipe.calibration is None:
+        return None
+    spec = recipe.calibration.model_dump(mode="json")
+    if spec.get("text"):
+        spec["text"] = str(recipe.resolve_path(spec["text"]).resolve())
+    return spec
 
 
 def run_recipe(
@@ -71,17 +109,24 @@ def run_recipe(
     host: Host | None = None,
     progress: ProgressCallback | None = None,
     inplace: bool = False,
+    catalogue: "Catalogue | str | None | Literal[False]" = None,
+    force: bool = False,
+    name: str | None = None,
 ) -> RunResult:
     """Apply ``recipe`` to ``model`` (a :class:`LoadedModel` or anything :func:`load_model` takes).
 
     :param out: save the derived model here (Hugging Face folder + ``slimkit.json``).
     :param overwrite: replace ``out`` if it exists (only once the new model is fully written).
     :param inplace: change the given :class:`LoadedModel` itself instead of a copy.
+    :param catalogue: record the run there (``None``: the default catalogue; ``False``: nowhere).
+    :param force: recompute steps the catalogue already has results for.
+    :param name: a unique name for the derived model in the catalogue.
     :raises RecipeError: before any work, listing every problem with the recipe and the model.
     """
     host = host or get_host()
     target = check_output(out, overwrite) if out is not None else None
     validated = recipe.resolve(host)
+    cat = open_catalogue(catalogue)
     if isinstance(model, LoadedModel):
         loaded = model if inplace else copy.deepcopy(model)
     else:
@@ -90,64 +135,160 @@ def run_recipe(
     problems = validated.check_model(host, loaded, calibration)
     if problems:
         raise RecipeError(problems, recipe.name)
-    adapter = host.adapter_for(loaded)
+    run_id = cat.start_run("recipe", recipe.name, recipe.to_yaml()) if cat is not None else None
+    try:
+        result = _execute(host, recipe, validated, loaded, calibration, cat, run_id, target, overwrite,
+                          progress, force, name)
+    except BaseException as error:
+        if cat is not None and run_id is not None:
+            cat.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
+        raise
+    if cat is not None and run_id is not None:
+        cat.finish_run(run_id, "done")
+    return result
 
-    before = _evaluate(host, validated, loaded, progress)
+
+def _execute(
+    host: Host,
+    recipe: Recipe,
+    validated: ValidatedRecipe,
+    loaded: LoadedModel,
+    calibration: CalibrationData | None,
+    cat: "Catalogue | None",
+    run_id: str | None,
+    target: Path | None,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    force: bool,
+    name: str | None,
+) -> RunResult:
+    before_records = evaluate_all(host, validated, loaded, progress)
     parent_id = content_id(loaded.model)
     base = {"source": loaded.source, "content_id": parent_id, "architecture": loaded.architecture}
-    records: list[StepRecord] = []
-    summaries: list[CompressionSummary] = []
+    origin = loaded.provenance  # the chain that led to the input model, if it was derived
+    if cat is not None:
+        _record_input(cat, loaded, parent_id, before_records, run_id)
+
+    fingerprint = calibration.fingerprint if calibration is not None else None
+    calibration_spec = _calibration_spec(recipe)
+    planned = []
     for step, info, config in validated.steps:
         seed = step.seed if step.seed is not None else recipe.seed
+        planned.append((info, config, serialise_config(info.name, info.version, config), seed))
+
+    start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
+    records: list[StepRecord] = []
+    summaries: list[CompressionSummary] = []
+    reused: list[bool] = []
+    for index, (info, config, serial, seed) in enumerate(planned):
+        parents = [{"model_id": parent_id, "role": "input"}]
+        key = step_key(parents, serial, fingerprint, seed)
+        if index < start:  # recorded before and its result is on disk: take it from there
+            prior = cat.step(key) if cat is not None else None
+            assert prior is not None and prior.child_id is not None
+            records.append(_record_from_entry(prior, parent_id))
+            summaries.append(CompressionSummary(f"reused: {prior.summary}", prior.details))
+            reused.append(True)
+            parent_id = prior.child_id
+            if index == start - 1 and reused_model is not None:
+                loaded = reused_model
+            continue
         ctx = host.context(calibration=calibration, seed=seed, progress=progress)
+        adapter = host.adapter_for(loaded)
         reset_peak()
         with Stopwatch() as watch:
             summary = info.create().compress_(loaded, adapter, config, ctx)
         loaded.path = None  # the in-memory model no longer matches any file
         child_id = content_id(loaded.model)
-        records.append(
-            StepRecord(
-                method=info.name,
-                family=info.family,
-                config=serialise_config(info.name, info.version, config),
-                plugin=info.plugin,
-                plugin_version=info.plugin_version,
-                versions=runtime_versions(),
-                parent_id=parent_id,
-                child_id=child_id,
-                # Recorded whenever the step was given calibration data: a compressor may not need it
-                # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
-                calibration_fingerprint=calibration.fingerprint if calibration is not None else None,
-                seed=seed,
-                wall_time_s=round(watch.seconds, 4),
-                peak_rss_bytes=peak_rss_bytes(),
-                summary=summary.description,
-                details=dict(summary.details),
-            )
-        )
+        records.append(StepRecord(
+            method=info.name, family=info.family, config=serial, plugin=info.plugin,
+            plugin_version=info.plugin_version, versions=runtime_versions(), parent_id=parent_id,
+            step_id=key, child_id=child_id, parents=parents, calibration=calibration_spec,
+            # Recorded whenever the step was given calibration data: a compressor may not need it
+            # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
+            calibration_fingerprint=fingerprint, seed=seed, wall_time_s=round(watch.seconds, 4),
+            peak_rss_bytes=peak_rss_bytes(), summary=summary.description, details=dict(summary.details),
+        ))
         summaries.append(summary)
+        reused.append(False)
         parent_id = child_id
 
-    provenance = build_provenance(
-        model=loaded.model,
-        child_id=parent_id,
-        base=base,
-        steps=records,
-        parent=loaded.provenance,
-        recipe=recipe.model_dump(mode="json", exclude={"base_dir"}),
-    )
+    provenance = build_provenance(model=loaded.model, child_id=parent_id, base=base, steps=records,
+                                  parent=origin, recipe=recipe.model_dump(mode="json", exclude={"base_dir"}))
     if target is not None:
         save_model(loaded, target, provenance, overwrite=overwrite)
         loaded.path = target
     loaded.provenance = provenance
-    after = _evaluate(host, validated, loaded, progress)
-    if after:
-        provenance["evaluations"] = [
-            {"evaluator": name, "metrics": metrics, "time": now_iso()} for name, metrics in after.items()
-        ]
-        if target is not None:
-            _rewrite_json(target / PROVENANCE_FILE, provenance)
-    return RunResult(loaded, target, records, summaries, before, after, provenance)
+    after_records = evaluate_all(host, validated, loaded, progress)
+    provenance["evaluations"] = after_records
+    if target is not None and after_records:
+        _rewrite_json(target / PROVENANCE_FILE, provenance)
+    if cat is not None:
+        from slimkit.plugins.evaluators.size import disk_bytes
+
+        size = disk_bytes(target) if target is not None else None
+        params = sum(p.numel() for p in loaded.model.parameters())
+        cat.record_provenance(provenance, location=str(target.resolve()) if target else None,
+                              size_bytes=size, params=params, run_id=run_id, name=name)
+    return RunResult(
+        loaded, target, records, summaries,
+        {r["evaluator"]: r["metrics"] for r in before_records},
+        {r["evaluator"]: r["metrics"] for r in after_records},
+        provenance, reused, run_id,
+    )
+
+
+def _record_input(
+    cat: "Catalogue", loaded: LoadedModel, model_id: str, evaluations: list[dict[str, Any]], run_id: str | None
+) -> None:
+    """Make sure the input model (and, if it was derived, its chain) is in the catalogue."""
+    location = str(loaded.path.resolve()) if loaded.path is not None else None
+    params = sum(p.numel() for p in loaded.model.parameters())
+    if loaded.provenance and loaded.provenance.get("content_id") == model_id:
+        cat.record_provenance(loaded.provenance, location=location, params=params, run_id=run_id)
+    else:
+        cat.record_model(model_id, loaded.architecture, params=params, location=location, source=loaded.source)
+    for record in evaluations:
+        cat.record_evaluations(model_id, record["evaluator"], record["version"], record["metrics"],
+                               config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],
+                               run_id=run_id)
+
+
+def _reusable_prefix(
+    cat: "Catalogue", planned: list[Any], parent_id: str, fingerprint: str | None
+) -> tuple[int, LoadedModel | None]:
+    """How many leading steps are already in the catalogue with a loadable result.
+
+    Step ids only depend on the parent id, so the chain can be followed through the catalogue
+    without computing anything; the furthest step whose model is still on disk wins.
+    """
+    best: tuple[int, LoadedModel | None] = (0, None)
+    current = parent_id
+    for index, (_, _, serial, seed) in enumerate(planned):
+        prior = cat.step(step_key([{"model_id": current, "role": "input"}], serial, fingerprint, seed))
+        if prior is None or prior.status != "done" or prior.child_id is None:
+            break
+        current = prior.child_id
+        location = cat.model(current).location
+        if location and Path(location, "config.json").is_file():
+            try:
+                candidate = load_model(location)
+            except Exception:  # moved, damaged or half-deleted: recompute instead
+                continue
+            if content_id(candidate.model) == current:
+                best = (index + 1, candidate)
+    return best
+
+
+def _record_from_entry(entry: Any, parent_id: str) -> StepRecord:
+    return StepRecord(
+        method=entry.method, family=entry.family, config=entry.config, plugin=entry.plugin,
+        plugin_version=entry.plugin_version, versions=entry.versions, parent_id=parent_id, step_id=entry.id,
+        child_id=entry.child_id, parents=[{"model_id": m, "role": r} for m, r in entry.parents],
+        calibration=entry.calibration, calibration_fingerprint=entry.calibration_fingerprint, seed=entry.seed,
+        wall_time_s=entry.wall_time_s or 0.0, peak_rss_bytes=entry.peak_rss_bytes, summary=entry.summary or "",
+        details=dict(entry.details), started=entry.created.isoformat(timespec="seconds"), status=entry.status,
+    )
 
 
 def _rewrite_json(path: Path, document: dict[str, Any]) -> None:

@@ -43,10 +43,15 @@ def make_cli(host=None) -> click.Group:
         "--threads", type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
         help="Torch CPU threads (default: torch's choice).", is_eager=True,
     )
+    @click.option(
+        "--catalogue", "catalogue_url", envvar="SLIMKIT_CATALOGUE", metavar="URL",
+        help="Lineage catalogue: a SQLAlchemy URL or a SQLite file path "
+             "(default: $SLIMKIT_CATALOGUE, else catalogue.db in the user data folder).",
+    )
     @click.pass_context
-    def cli(ctx: click.Context) -> None:
+    def cli(ctx: click.Context, catalogue_url: str | None) -> None:
         """slimkit: make language models smaller and faster, and remember how."""
-        ctx.obj = host
+        ctx.obj = CliState(host, catalogue_url)
         # slimkit draws its own progress; transformers' per-file bars would interleave with it.
         from transformers.utils import logging as hf_logging
 
@@ -66,10 +71,37 @@ def make_cli(host=None) -> click.Group:
     return cli
 
 
+class CliState:
+    """What the root group hands its commands: the host and the catalogue URL (opened lazily)."""
+
+    def __init__(self, host, catalogue_url: str | None) -> None:
+        self.host = host
+        self.catalogue_url = catalogue_url
+        self._catalogue = None
+
+    def catalogue(self):
+        if self._catalogue is None:
+            from slimkit.core.catalogue import Catalogue
+
+            self._catalogue = Catalogue(self.catalogue_url)
+        return self._catalogue
+
+
 def get_host_from(ctx: click.Context):
     from slimkit.core.host import get_host
 
-    return ctx.obj or get_host()
+    state = ctx.find_object(CliState)
+    return (state.host if state else None) or get_host()
+
+
+def get_catalogue_from(ctx: click.Context):
+    """The catalogue chosen by --catalogue / SLIMKIT_CATALOGUE (opened, and migrated, on first use)."""
+    state = ctx.find_object(CliState)
+    if state is None:  # a command invoked outside the root group
+        from slimkit.core.catalogue import Catalogue
+
+        return Catalogue(None)
+    return state.catalogue()
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import yaml
 
-from slimkit.core.cli import get_host_from
+from slimkit.core.cli import get_catalogue_from, get_host_from
 from slimkit.core.cli.render import ProgressBars, format_value, human_bytes, print_json, table
 from slimkit.core.errors import ConfigError
 
@@ -39,9 +39,12 @@ def _change(before: float | None, after: float | None) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (after the new model is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
+@click.option("--name", help="A unique name for the derived model in the catalogue.")
+@click.option("--force", is_flag=True, help="Recompute steps the catalogue already has results for.")
+@click.option("--no-record", is_flag=True, help="Do not record the run in the catalogue.")
 @click.pass_context
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str, overwrite: bool, as_json: bool,
-        no_progress: bool) -> None:
+        no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
     from slimkit.core.model_io import check_output, load_model
     from slimkit.core.recipe import load_recipe
@@ -52,19 +55,23 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str, overwrite: b
     parsed = load_recipe(recipe)
     check_output(out, overwrite)
     parsed.resolve(host)  # everything the model does not decide, before loading it
+    catalogue = False if no_record else get_catalogue_from(ctx)
     model = load_model(model_spec)
     with ProgressBars(enabled=not (no_progress or as_json)) as bars:
-        result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True)
+        result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True,
+                            catalogue=catalogue, force=force, name=name)
     total = time.perf_counter() - started
     if as_json:
         print_json({
             "output": str(result.output), "content_id": result.provenance["content_id"],
             "steps": [step.to_dict() for step in result.steps],
             "before": result.before, "after": result.after, "total_seconds": total,
+            "reused": result.reused, "run_id": result.run_id,
         })
         return
-    for index, step in enumerate(result.steps, start=1):
-        click.echo(f"step {index} {step.method}: {step.summary} ({step.wall_time_s:.2f} s)")
+    for index, (step, reused) in enumerate(zip(result.steps, result.reused), start=1):
+        how = "reused from the catalogue (--force recomputes)" if reused else f"{step.wall_time_s:.2f} s"
+        click.echo(f"step {index} {step.method}: {step.summary} ({how})")
     rows: list[tuple[Any, ...]] = [
         (metric, _display(metric, before), _display(metric, after), _change(before, after))
         for metric, before, after in result.comparison()
@@ -93,10 +100,12 @@ def _parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[
               help="Evaluator to run (repeatable; default: size, plus perplexity for causal LMs).")
 @click.option("--param", "-p", "param_items", multiple=True, help="METRIC.FIELD=VALUE, e.g. perplexity.max_windows=20.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--no-record", is_flag=True, help="Do not record the results in the catalogue.")
 @click.pass_context
 def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], param_items: tuple[str, ...],
-             as_json: bool) -> None:
+             as_json: bool, no_record: bool) -> None:
     """Evaluate MODEL with one or more evaluators."""
+    from slimkit.core.evaluation import evaluate_model
     from slimkit.core.model_io import is_causal_lm, load_model
 
     host = get_host_from(ctx)
@@ -109,14 +118,9 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
         if model.tokenizer is not None and is_causal_lm(model.model):
             chosen.append("perplexity")
     params = _parse_params(param_items, chosen)
-    configs = {metric: host.config(host.evaluators.get(metric), params[metric]) for metric in chosen}
-    results: dict[str, dict[str, float]] = {}
+    catalogue = False if no_record else get_catalogue_from(ctx)
     with ProgressBars(enabled=not as_json) as bars:
-        for metric in chosen:
-            ctx_ = host.context(progress=bars)
-            evaluator = host.evaluators.get(metric).create()
-            evaluator.check(model, configs[metric], ctx_)
-            results[metric] = dict(evaluator.evaluate(model, configs[metric], ctx_))
+        results = evaluate_model(model, params, host=host, catalogue=catalogue, progress=bars)
     if as_json:
         print_json({"model": model_spec, "metrics": results})
         return

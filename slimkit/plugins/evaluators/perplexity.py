@@ -74,6 +74,7 @@ class PerplexityEvaluator(BaseEvaluator):
 
     def evaluate(self, model, config, ctx):
         source = self.source(config)
+        ctx.used_data(source.fingerprint)
         ids = tokenize(model.tokenizer, source.text(), add_bos=config.add_bos)
         count = ids.numel() // config.seq_len
         if config.max_windows is not None:

@@ -21,6 +21,7 @@ from pydantic import Field
 from slimkit import hookimpl
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseEvaluator
+from slimkit.core.data import sha256_bytes
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.model_io import is_causal_lm
 
@@ -146,7 +147,9 @@ class StsbEvaluator(BaseEvaluator):
         read_pairs(Path(config.path).expanduser(), config.max_pairs)  # fail now on a bad file
 
     def evaluate(self, model, config, ctx):
-        first, second, gold = read_pairs(Path(config.path).expanduser(), config.max_pairs)
+        path = Path(config.path).expanduser()
+        first, second, gold = read_pairs(path, config.max_pairs)
+        ctx.used_data(sha256_bytes(path.read_bytes()))
         count = len(gold)
         total = -(-count // config.batch_size)
         cosines = []

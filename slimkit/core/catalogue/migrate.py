@@ -1,0 +1,173 @@
+"""Opening a catalogue safely: locate it, lock it, back it up, migrate it, or refuse it.
+
+Alembic is configured in code (the scripts live in the ``slimkit.migrations`` package) and never
+touches logging. Upgrading a SQLite file first copies it to ``<file>.backup-<rev>-<time>`` with
+SQLite's online backup API, under an exclusive file lock so two processes never migrate at once.
+A catalogue whose revision this slimkit does not know (made by a newer slimkit) is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterator
+
+from alembic.command import upgrade as alembic_upgrade
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+
+from slimkit.core.errors import SlimkitError
+
+ENV_CATALOGUE = "SLIMKIT_CATALOGUE"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class CatalogueError(SlimkitError):
+    """The catalogue cannot be opened, is not a catalogue, or a reference does not resolve."""
+
+
+def default_url() -> str:
+    """``SLIMKIT_CATALOGUE`` if set, else a SQLite file in the per-user data folder."""
+    configured = os.environ.get(ENV_CATALOGUE)
+    if configured:
+        return to_url(configured)
+    from platformdirs import user_data_dir
+
+    return to_url(str(Path(user_data_dir("slimkit")) / "catalogue.db"))
+
+
+def to_url(spec: str) -> str:
+    """A SQLAlchemy URL from a URL or a plain file path (which means SQLite)."""
+    if "://" in spec:
+        return spec
+    return "sqlite:///" + str(Path(spec).expanduser().resolve())
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+def head_revision() -> str:
+    head = script_directory().get_current_head()
+    assert head is not None  # the package always ships its revisions
+    return head
+
+
+def _config(connection: object | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", "slimkit:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite set up for concurrent use: WAL, a busy timeout, foreign keys."""
+    path = sqlite_path(url)
+    if path is not None:
+        if path.exists() and path.is_dir():
+            raise CatalogueError(f"{path} is a folder, not a catalogue file")
+        if path.exists() and path.stat().st_size and path.read_bytes()[:16] != SQLITE_HEADER:
+            raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CatalogueError(f"cannot create the catalogue folder {path.parent}: {error.strerror}") from None
+    try:
+        engine = create_engine(url, connect_args={"timeout": 60} if path is not None else {})
+    except (ArgumentError, ImportError) as error:
+        raise CatalogueError(f"cannot open catalogue {url!r}: {error}") from None
+    if path is not None:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@contextlib.contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite file while its revision is read and upgraded."""
+    path = sqlite_path(url)
+    if path is None:  # server databases: Alembic's transaction is the unit of safety
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def backup_sqlite(path: Path, revision: str | None) -> Path:
+    """Copy a SQLite catalogue consistently (online backup API) before it is migrated."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.backup-{revision or 'none'}-{stamp}")
+    source = sqlite3.connect(path)
+    try:
+        copy = sqlite3.connect(target)
+        with copy:
+            source.backup(copy)
+        copy.close()
+    finally:
+        source.close()
+    return target
+
+
+def ensure_current(engine: Engine, url: str) -> tuple[str | None, str, Path | None]:
+    """Bring the catalogue to the head revision; returns (old revision, new revision, backup).
+
+    Refuses a database that has tables but is not a slimkit catalogue, and one whose revision is
+    unknown to this slimkit (written by a newer version).
+    """
+    head = head_revision()
+    try:
+        with migration_lock(url):
+            revision = current_revision(engine)
+            if revision is None:
+                tables = set(inspect(engine).get_table_names())
+                if tables:
+                    listed = ", ".join(sorted(tables)[:5])
+                    raise CatalogueError(f"{url} is not a slimkit catalogue (it has other tables: {listed})")
+            elif revision == head:
+                return revision, head, None
+            else:
+                known = {rev.revision for rev in script_directory().walk_revisions()}
+                if revision not in known:
+                    raise CatalogueError(
+                        f"catalogue {url} is at revision {revision}, newer than this slimkit knows "
+                        f"(head {head}); upgrade slimkit to use it"
+                    )
+            path = sqlite_path(url)
+            backup = backup_sqlite(path, revision) if path is not None and revision is not None else None
+            with engine.begin() as connection:
+                alembic_upgrade(_config(connection), "head")
+            return revision, head, backup
+    except (OperationalError, DatabaseError) as error:
+        message = str(error.orig) if getattr(error, "orig", None) else str(error)
+        raise CatalogueError(f"cannot open catalogue {url}: {message.splitlines()[0]}") from None

@@ -1,0 +1,57 @@
+"""Evaluating a model outside a recipe, recorded in the catalogue like everything else."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from slimkit.core.contracts import ProgressCallback
+from slimkit.core.host import Host, get_host
+from slimkit.core.model_io import LoadedModel
+from slimkit.core.provenance import content_id, now_iso
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.catalogue import Catalogue
+
+
+def evaluate_model(
+    model: LoadedModel,
+    evaluations: Mapping[str, Mapping[str, Any] | None],
+    *,
+    host: Host | None = None,
+    catalogue: "Catalogue | str | None | Literal[False]" = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run evaluators (name -> params) on ``model``; all are validated and checked first.
+
+    With a catalogue, the model (and the chain in its ``slimkit.json``, if it was derived) and
+    every metric are recorded under one ``eval`` run.
+    """
+    from slimkit.core.runner import _record_input, open_catalogue
+
+    host = host or get_host()
+    plan = []
+    for name, params in evaluations.items():
+        info = host.evaluators.get(name)
+        config = host.config(info, params)
+        plan.append((name, info, config))
+    for name, info, config in plan:
+        info.create().check(model, config, host.context())
+    cat = open_catalogue(catalogue)
+    run_id = cat.start_run("eval") if cat is not None else None
+    try:
+        records = []
+        for name, info, config in plan:
+            ctx = host.context(progress=progress)
+            metrics = dict(info.create().evaluate(model, config, ctx))
+            records.append({"evaluator": name, "version": info.version, "config": config.model_dump(mode="json"),
+                            "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None,
+                            "time": now_iso()})
+        if cat is not None:
+            _record_input(cat, model, content_id(model.model), records, run_id)
+    except BaseException as error:
+        if cat is not None and run_id is not None:
+            cat.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
+        raise
+    if cat is not None and run_id is not None:
+        cat.finish_run(run_id, "done")
+    return {record["evaluator"]: record["metrics"] for record in records}
