@@ -34,12 +34,12 @@ def evaluate_model(
         info = host.evaluators.get(name)
         config = host.config(info, params)
         plan.append((name, info, config))
-    for name, info, config in plan:
+    for _, info, config in plan:
         info.create().check(model, config, host.context())
     cat = open_catalogue(catalogue)
     run_id = cat.start_run("eval") if cat is not None else None
     try:
-        records = []
+        records: list[dict[str, Any]] = []
         for name, info, config in plan:
             ctx = host.context(progress=progress)
             metrics = dict(info.create().evaluate(model, config, ctx))

@@ -55,7 +55,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str, overwrite: b
     parsed = load_recipe(recipe)
     check_output(out, overwrite)
     parsed.resolve(host)  # everything the model does not decide, before loading it
-    catalogue = False if no_record else get_catalogue_from(ctx)
+    catalogue: Any = False if no_record else get_catalogue_from(ctx)
     model = load_model(model_spec)
     with ProgressBars(enabled=not (no_progress or as_json)) as bars:
         result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True,
@@ -118,7 +118,7 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
         if model.tokenizer is not None and is_causal_lm(model.model):
             chosen.append("perplexity")
     params = _parse_params(param_items, chosen)
-    catalogue = False if no_record else get_catalogue_from(ctx)
+    catalogue: Any = False if no_record else get_catalogue_from(ctx)
     with ProgressBars(enabled=not as_json) as bars:
         results = evaluate_model(model, params, host=host, catalogue=catalogue, progress=bars)
     if as_json:
