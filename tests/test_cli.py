@@ -191,3 +191,28 @@ def test_methods_name_shared_by_two_families_must_say_which(slimkit_host, regist
     assert ambiguous.exit_code == 1 and "'magnitude' is a scorer and an evaluator; say which family" in ambiguous.stderr
     chosen = CliRunner().invoke(cli, ["methods", "magnitude", "--family", "evaluator", "--json"])
     assert json.loads(chosen.stdout)["plugin"] == "shadow"
+
+
+def test_run_records_and_models_are_found_by_name(cli, tmp_path):
+    catalogue = tmp_path / "c.db"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: half\nsteps: [{method: prune.unstructured, params: {sparsity: 0.5}}]\n")
+    first = invoke(cli, "--catalogue", str(catalogue), "run", str(recipe), "-m", "example:stories260K",
+                   "--name", "half-pruned", "--no-progress")
+    assert first.exit_code == 0, first.output
+    from slimkit.core.catalogue import Catalogue
+
+    with Catalogue(str(catalogue)) as cat:
+        entry = cat.resolve("half-pruned")
+        assert entry.location and entry.location.startswith(str(tmp_path / "artifacts"))
+        assert [r.status for r in cat.runs()] == ["done"]
+    again = invoke(cli, "--catalogue", str(catalogue), "run", str(recipe), "-m", "example:stories260K",
+                   "-o", str(tmp_path / "copy"), "--no-progress")
+    assert "reused from the catalogue" in again.stdout
+    evaluated = invoke(cli, "--catalogue", str(catalogue), "eval", "half-pruned", "--metric", "size", "--json")
+    assert json.loads(evaluated.stdout)["metrics"]["size"]["sparsity"] > 0.4
+    with Catalogue(str(catalogue)) as cat:
+        assert cat.metrics(entry.id)["size.sparsity"] > 0.4
+    refused = CliRunner().invoke(cli, ["--catalogue", str(catalogue), "run", str(recipe), "-m",
+                                       "example:stories260K", "--no-record"])
+    assert refused.exit_code == 2 and "--out is needed with --no-record" in refused.stderr

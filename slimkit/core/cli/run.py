@@ -13,6 +13,27 @@ from slimkit.core.cli.render import ProgressBars, format_value, human_bytes, pri
 from slimkit.core.errors import ConfigError
 
 
+def load_model_ref(ctx: click.Context, spec: str) -> Any:
+    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id.
+
+    Local paths and examples win; then the catalogue (where the model was saved); then the hub.
+    """
+    from pathlib import Path
+
+    from slimkit.core.catalogue import CatalogueError
+    from slimkit.core.model_io import EXAMPLE_PREFIX, load_model
+
+    if spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        return load_model(spec)
+    try:
+        entry = get_catalogue_from(ctx).resolve(spec)
+    except CatalogueError:
+        return load_model(spec)  # not in the catalogue: a hub id, or a clear "no such model" error
+    if not entry.location or not Path(entry.location).exists():
+        raise CatalogueError(f"model {entry.label} is in the catalogue but its folder is gone ({entry.location})")
+    return load_model(entry.location)
+
+
 def _display(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
@@ -35,7 +56,8 @@ def _change(before: float | None, after: float | None) -> str:
 @click.argument("recipe")
 @click.option("--model", "-m", "model_spec", required=True,
               help="Model folder, .gguf file, hub id, or example:stories260K.")
-@click.option("--out", "-o", required=True, type=click.Path(), help="Folder to save the derived model in.")
+@click.option("--out", "-o", type=click.Path(),
+              help="Folder to save the derived model in (default: a new folder in the catalogue's artifacts).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (after the new model is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
@@ -43,20 +65,27 @@ def _change(before: float | None, after: float | None) -> str:
 @click.option("--force", is_flag=True, help="Recompute steps the catalogue already has results for.")
 @click.option("--no-record", is_flag=True, help="Do not record the run in the catalogue.")
 @click.pass_context
-def run(ctx: click.Context, recipe: str, model_spec: str, out: str, overwrite: bool, as_json: bool,
+def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
         no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
-    from slimkit.core.model_io import check_output, load_model
+    from slimkit.core.model_io import check_output
     from slimkit.core.recipe import load_recipe
     from slimkit.core.runner import run_recipe
 
     host = get_host_from(ctx)
     started = time.perf_counter()
     parsed = load_recipe(recipe)
-    check_output(out, overwrite)
+    if out is None and no_record:
+        raise click.UsageError("--out is needed with --no-record (there is no catalogue to keep the model in)")
+    if out is not None:
+        check_output(out, overwrite)
     parsed.resolve(host)  # everything the model does not decide, before loading it
     catalogue: Any = False if no_record else get_catalogue_from(ctx)
-    model = load_model(model_spec)
+    if out is None:
+        from slimkit.core.catalogue.artifacts import new_artifact_path
+
+        out = str(new_artifact_path(catalogue, name or parsed.name))
+    model = load_model_ref(ctx, model_spec)
     with ProgressBars(enabled=not (no_progress or as_json)) as bars:
         result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True,
                             catalogue=catalogue, force=force, name=name)
@@ -106,12 +135,12 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
              as_json: bool, no_record: bool) -> None:
     """Evaluate MODEL with one or more evaluators."""
     from slimkit.core.evaluation import evaluate_model
-    from slimkit.core.model_io import is_causal_lm, load_model
+    from slimkit.core.model_io import is_causal_lm
 
     host = get_host_from(ctx)
     for metric in metrics:
         host.evaluators.get(metric)  # unknown names fail before the model loads
-    model = load_model(model_spec)
+    model = load_model_ref(ctx, model_spec)
     chosen = list(metrics)
     if not chosen:
         chosen = ["size"]
@@ -146,7 +175,6 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
     from pathlib import Path
 
     from slimkit.core.errors import OutputExistsError
-    from slimkit.core.model_io import load_model
 
     host = get_host_from(ctx)
     info = host.scorers.get(scorer)
@@ -155,7 +183,7 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
     target = Path(out)
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} already exists (use --overwrite to replace it)")
-    model = load_model(model_spec)
+    model = load_model_ref(ctx, model_spec)
     calibration = None
     if info.cls.needs_calibration:
         from slimkit.core.data import TextSource, calibration_samples
@@ -179,12 +207,11 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
 @click.pass_context
 def validate(ctx: click.Context, recipe: str, model_spec: str | None) -> None:
     """Check RECIPE against the installed methods (and a model) without running it."""
-    from slimkit.core.model_io import load_model
     from slimkit.core.recipe import load_recipe
 
     host = get_host_from(ctx)
     parsed = load_recipe(recipe)
-    parsed.resolve(host, load_model(model_spec) if model_spec else None)
+    parsed.resolve(host, load_model_ref(ctx, model_spec) if model_spec else None)
     click.echo(f"{recipe}: {len(parsed.steps)} step(s), {len(parsed.evaluate)} evaluation(s): valid")
 
 
