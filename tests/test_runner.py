@@ -117,7 +117,7 @@ def test_invalid_recipe_does_no_work(host, tmp_path):
 def test_progress_is_reported(host):
     events = []
     run_recipe(Recipe.from_data([{"method": "prune.unstructured"}]), "example:stories260K",
-               host=host, progress=events.append)
+               host=host, progress=events.append, catalogue=False)
     layers = [e for e in events if e.stage == "layers"]
     assert layers[-1].done == layers[-1].total == 35
 

@@ -81,8 +81,8 @@ def make_engine(url: str) -> Engine:
     if path is not None:
         if path.exists() and path.is_dir():
             raise CatalogueError(f"{path} is a folder, not a catalogue file")
-        if path.exists() and path.stat().st_size and path.read_bytes()[:16] != SQLITE_HEADER:
-            raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
+        if path.exists() and path.stat().st_size:
+            _precheck_sqlite(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -94,6 +94,37 @@ def make_engine(url: str) -> Engine:
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _precheck_sqlite(path: Path) -> None:
+    """Refuse a file that is not a slimkit catalogue, or one from a newer slimkit, read-only.
+
+    This runs before any connection that could change the file (WAL mode is written into the
+    file's header), so a refused file is left byte for byte as it was.
+    """
+    with open(path, "rb") as handle:
+        if handle.read(16) != SQLITE_HEADER:
+            raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            revision = None
+            if "alembic_version" in tables:
+                row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+                revision = row[0] if row else None
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise CatalogueError(f"{path} is not a slimkit catalogue ({error})") from None
+    if revision is None and tables - {"alembic_version"}:
+        listed = ", ".join(sorted(tables)[:5])
+        raise CatalogueError(f"{path} is not a slimkit catalogue (it has other tables: {listed})")
+    if revision is not None and revision not in {rev.revision for rev in script_directory().walk_revisions()}:
+        raise CatalogueError(
+            f"catalogue {path} is at revision {revision}, newer than this slimkit knows "
+            f"(head {head_revision()}); upgrade slimkit to use it"
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
