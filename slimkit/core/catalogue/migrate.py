@@ -13,15 +13,16 @@ import fcntl
 import os
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from alembic.command import upgrade as alembic_upgrade
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
 from slimkit.core.errors import SlimkitError
@@ -48,7 +49,9 @@ def to_url(spec: str) -> str:
     """A SQLAlchemy URL from a URL or a plain file path (which means SQLite)."""
     if "://" in spec:
         return spec
-    return "sqlite:///" + str(Path(spec).expanduser().resolve())
+    # URL.create escapes what a file name may contain but a URL may not ("?", "#", "%").
+    path = str(Path(spec).expanduser().resolve())
+    return URL.create("sqlite", database=path).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -93,6 +96,7 @@ def make_engine(url: str) -> Engine:
         raise CatalogueError(f"cannot open catalogue {url!r}: {error}") from None
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
     return engine
 
 
@@ -106,7 +110,7 @@ def _precheck_sqlite(path: Path) -> None:
         if handle.read(16) != SQLITE_HEADER:
             raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             revision = None
@@ -128,11 +132,23 @@ def _precheck_sqlite(path: Path) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (so SAVEPOINTs work, and see below).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    """Every transaction takes the write lock up front.
+
+    A deferred transaction that reads and then writes while another process has committed in
+    between fails at once with SQLITE_BUSY in WAL mode, whatever the busy timeout; taking the
+    lock at BEGIN makes concurrent writers wait for each other instead.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextlib.contextmanager

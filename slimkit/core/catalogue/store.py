@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, RunEntry, StepEntry
@@ -49,7 +50,11 @@ class Catalogue:
     def __init__(self, url: str | None = None) -> None:
         self.url = to_url(url) if url else default_url()
         self.engine = make_engine(self.url)
-        self.previous_revision, self.revision, self.backup = ensure_current(self.engine, self.url)
+        try:
+            self.previous_revision, self.revision, self.backup = ensure_current(self.engine, self.url)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.failed_runs = self._fail_dead_runs()
 
@@ -123,10 +128,16 @@ class Catalogue:
             if holder is not None and holder.id != model_id:
                 raise CatalogueError(f"the name {name!r} is already used by model {holder.id[7:19]}")
         if row is None:
-            session.add(ModelRow(id=model_id, architecture=architecture, params=params, size_bytes=size_bytes,
-                                 location=location, source=source, name=name, created=utcnow()))
-            session.flush()
-            return None
+            try:
+                with session.begin_nested():  # another writer may insert the same model first
+                    session.add(ModelRow(id=model_id, architecture=architecture, params=params,
+                                         size_bytes=size_bytes, location=location, source=source, name=name,
+                                         created=utcnow()))
+                return None
+            except IntegrityError:
+                row = session.get(ModelRow, model_id)
+                if row is None:
+                    raise
         if location is not None:
             row.location = location
         if size_bytes is not None:
@@ -141,6 +152,14 @@ class Catalogue:
         """Insert a step (a :class:`~slimkit.core.provenance.StepRecord` dict) unless known."""
         if session.get(StepRow, step["step_id"]) is not None:
             return
+        try:
+            with session.begin_nested():  # another writer may record the same step first
+                self._insert_step(step, run_id, session)
+        except IntegrityError:
+            if session.get(StepRow, step["step_id"]) is None:
+                raise
+
+    def _insert_step(self, step: Mapping[str, Any], run_id: str | None, session: Session) -> None:
         session.add(StepRow(
             id=step["step_id"], child_id=step["child_id"], run_id=run_id, method=step["method"],
             method_version=int(step["config"]["version"]), family=step["family"],
@@ -289,12 +308,12 @@ class Catalogue:
         while frontier:
             children = {s.child_id for m in frontier for s in self.steps_from(m) if s.child_id}
             children -= set(doomed)
-            if children and not cascade:
-                raise CatalogueError(
-                    f"model {root.label} has {len(children)} derived model(s); use --cascade to delete them too"
-                )
             doomed.extend(sorted(children))
             frontier = sorted(children)
+        if len(doomed) > 1 and not cascade:
+            raise CatalogueError(
+                f"model {root.label} has {len(doomed) - 1} derived model(s); use --cascade to delete them too"
+            )
         with self.session() as session, session.begin():
             steps = set(session.scalars(select(StepRow.id).where(or_(
                 StepRow.child_id.in_(doomed),

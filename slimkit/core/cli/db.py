@@ -1,0 +1,147 @@
+"""``slimkit db upgrade|current|history``: the catalogue's schema revision.
+
+Every command that opens the catalogue upgrades it already (after a backup); ``db upgrade`` does
+only that and says what happened. ``db current`` and ``db history`` only read: they never create,
+migrate or otherwise change the catalogue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import click
+
+from slimkit.core.catalogue.migrate import (
+    SQLITE_HEADER,
+    CatalogueError,
+    default_url,
+    head_revision,
+    script_directory,
+    sqlite_path,
+    to_url,
+)
+from slimkit.core.cli import CliState, get_catalogue_from
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What is at a catalogue URL: whether it exists and its Alembic revision (None: none yet)."""
+
+    url: str
+    exists: bool
+    revision: str | None
+
+
+def _chosen_url(ctx: click.Context) -> str:
+    state = ctx.find_object(CliState)
+    configured = state.catalogue_url if state is not None else None
+    return to_url(configured) if configured else default_url()
+
+
+def _header(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(len(SQLITE_HEADER))
+
+
+def read_revision(url: str) -> _Found:
+    """The revision of the catalogue at ``url``, read without creating or changing anything.
+
+    :raises CatalogueError: the URL cannot be opened or does not hold a slimkit catalogue.
+    """
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from slimkit.core.catalogue.migrate import current_revision
+
+    path = sqlite_path(url)
+    try:
+        if path is None:
+            engine = create_engine(url)
+        elif path.is_dir():
+            raise CatalogueError(f"{path} is a folder, not a catalogue file")
+        elif not path.exists():
+            return _Found(url, False, None)
+        elif path.stat().st_size and _header(path) != SQLITE_HEADER:
+            raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
+        else:  # read-only: no journal-mode switch, nothing created
+            uri = f"file:{quote(str(path))}?mode=ro"
+            engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
+    except (ArgumentError, ImportError) as error:
+        raise CatalogueError(f"cannot open catalogue {url!r}: {error}") from None
+    try:
+        revision = current_revision(engine)
+        if revision is None and inspect(engine).get_table_names():
+            raise CatalogueError(f"{url} is not a slimkit catalogue (it has tables but no slimkit revision)")
+    except SQLAlchemyError as error:
+        message = str(getattr(error, "orig", None) or error).splitlines()[0]
+        raise CatalogueError(f"cannot open catalogue {url}: {message}") from None
+    finally:
+        engine.dispose()
+    return _Found(url, True, revision)
+
+
+@click.group()
+def db() -> None:
+    """The catalogue's schema revision: show it, list the shipped ones, upgrade."""
+
+
+@db.command()
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Upgrade the catalogue to this slimkit's revision (a SQLite file is backed up first)."""
+    catalogue = get_catalogue_from(ctx)
+    old, new = catalogue.previous_revision, catalogue.revision
+    if old == new:
+        click.echo(f"{catalogue.url}: already at revision {new} (head)")
+    elif old is None:
+        click.echo(f"{catalogue.url}: new catalogue created at revision {new}")
+    else:
+        click.echo(f"{catalogue.url}: upgraded {old} -> {new}")
+    if catalogue.backup is not None:
+        click.echo(f"backup of the revision {old} file: {catalogue.backup}")
+    if catalogue.failed_runs:
+        click.echo(f"marked {len(catalogue.failed_runs)} interrupted run(s) failed")
+    catalogue.close()  # checkpoints the WAL; the engine reconnects if the catalogue is used again
+
+
+@db.command()
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Show the catalogue's revision and this slimkit's head (changes nothing)."""
+    found = read_revision(_chosen_url(ctx))
+    head = head_revision()
+    if not found.exists:
+        click.echo(f"{found.url}: no catalogue yet (it is created on first use)")
+    elif found.revision == head:
+        click.echo(f"{found.url}: revision {found.revision} (head)")
+    elif found.revision is None:
+        click.echo(f"{found.url}: empty database, no revision yet (slimkit db upgrade creates the tables)")
+    elif found.revision in {script.revision for script in script_directory().walk_revisions()}:
+        click.echo(f"{found.url}: revision {found.revision}, behind head {head} (slimkit db upgrade)")
+    else:
+        click.echo(f"{found.url}: revision {found.revision}, newer than this slimkit knows (upgrade slimkit)")
+    click.echo(f"this slimkit ships head revision {head}")
+
+
+@db.command()
+@click.pass_context
+def history(ctx: click.Context) -> None:
+    """List the revisions this slimkit ships, newest first; marks the current one."""
+    try:
+        revision = read_revision(_chosen_url(ctx)).revision
+    except CatalogueError as error:
+        click.echo(f"Warning: {error}", err=True)
+        revision = None
+    head = head_revision()
+    for script in script_directory().walk_revisions():
+        marks = [mark for mark, present in (("head", script.revision == head),
+                                            ("current", script.revision == revision)) if present]
+        message = next(iter((script.doc or "").strip().splitlines()), "")
+        suffix = f"  ({', '.join(marks)})" if marks else ""
+        click.echo(f"{script.down_revision or '<base>'} -> {script.revision}  {message}{suffix}")
+
+
+COMMANDS = (db,)

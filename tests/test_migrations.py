@@ -1,0 +1,390 @@
+"""Catalogue migrations: one head, idempotent opens, schema == ORM, old files upgrade losslessly,
+newer or foreign files are refused untouched, logging is left alone, downgrades are real, and
+``slimkit db current|upgrade|history``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect as pyinspect
+import logging
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.command import downgrade, upgrade
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect
+
+from slimkit.core.catalogue import Catalogue, CatalogueError
+from slimkit.core.catalogue import migrate
+from slimkit.core.catalogue.schema import Base
+from slimkit.core.cli import make_cli
+
+FIXTURE = Path(__file__).parent / "fixtures" / "catalogue-0001.db"
+TABLES_0001 = ("runs", "models", "steps", "step_parents", "evaluations")
+ROWS_0001 = {"runs": 1, "models": 3, "steps": 2, "step_parents": 2, "evaluations": 8}
+PRUNED_30 = "sha256:765c4da15623359abcff35735f04e7036cb50d6f3aa90494285b3011d964afb7"
+PRUNED_50 = "sha256:dd89ec153c9b92c3dca4dce49cde260c835da947ab779c66e3c861f8183039da"
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain read-only SQLite connection (no WAL switch, nothing created)."""
+    connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def columns(connection: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+
+
+def rows(path: Path, table_columns: dict[str, list[str]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, restricted to the given columns, in a stable order."""
+    with read_only(path) as connection:
+        return {
+            table: connection.execute(
+                f"SELECT {', '.join(cols)} FROM {table} ORDER BY {', '.join(cols)}"
+            ).fetchall()
+            for table, cols in table_columns.items()
+        }
+
+
+def revision_of(path: Path) -> str | None:
+    with read_only(path) as connection:
+        found = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    return found[0][0] if found else None
+
+
+def table_names(path: Path) -> set[str]:
+    with read_only(path) as connection:
+        return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def schema_sql(path: Path) -> list[tuple[str, str]]:
+    with read_only(path) as connection:
+        return connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def schema_diff(connection: Any) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+    return compare_metadata(context, Base.metadata)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def old_catalogue(tmp_path: Path) -> Path:
+    """A private copy of the checked-in revision-0001 catalogue."""
+    copy = tmp_path / "old.db"
+    shutil.copyfile(FIXTURE, copy)
+    return copy
+
+
+# -- the revision graph ---------------------------------------------------------------------------
+def test_single_head_is_the_shipped_head() -> None:
+    script = migrate.script_directory()
+    assert script.get_heads() == [migrate.head_revision()] == ["0002"]
+    assert script.get_bases() == ["0001"]
+
+
+def test_revision_chain_has_no_branches_and_real_downgrades() -> None:
+    revisions = list(reversed(list(migrate.script_directory().walk_revisions())))
+    assert [(r.revision, r.down_revision) for r in revisions] == [("0001", None), ("0002", "0001")]
+    for revision in revisions:
+        assert not revision.is_branch_point and not revision.is_merge_point and not revision.branch_labels
+        body = pyinspect.getsource(revision.module.downgrade)
+        assert "op." in body, f"revision {revision.revision} has no real downgrade"
+
+
+# -- opening a fresh catalogue --------------------------------------------------------------------
+def test_opening_three_times_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.db"
+    seen = []
+    for _ in range(3):
+        with Catalogue(str(path)) as catalogue:
+            seen.append((catalogue.previous_revision, catalogue.revision, catalogue.backup))
+        seen[-1] += (table_names(path), revision_of(path))
+    head = migrate.head_revision()
+    expected_tables = set(Base.metadata.tables) | {"alembic_version"}
+    assert seen[0] == (None, head, None, expected_tables, head)
+    assert seen[1] == seen[2] == (head, head, None, expected_tables, head)
+    assert list(tmp_path.glob("*.backup-*")) == []
+    with read_only(path) as connection:
+        assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+
+
+def test_migrated_schema_equals_the_orm(tmp_path: Path) -> None:
+    with Catalogue(str(tmp_path / "catalogue.db")) as catalogue, catalogue.engine.connect() as connection:
+        assert schema_diff(connection) == []
+
+
+def test_schema_comparison_sees_a_missing_column(old_catalogue: Path) -> None:
+    """The check above can fail: revision 0001 lacks ``runs.pid``, and the comparison says so."""
+    engine = create_engine(f"sqlite:///{old_catalogue}")
+    try:
+        with engine.connect() as connection:
+            diff = schema_diff(connection)
+    finally:
+        engine.dispose()
+    assert [(d[0], d[2], d[3].name) for d in diff if d[0] == "add_column"] == [("add_column", "runs", "pid")]
+
+
+# -- the checked-in revision-0001 catalogue ---------------------------------------------------------
+def test_fixture_is_a_small_0001_catalogue_with_rows() -> None:
+    assert FIXTURE.stat().st_size < 100_000
+    assert revision_of(FIXTURE) == "0001"
+    with read_only(FIXTURE) as connection:
+        assert "pid" not in columns(connection, "runs")
+        assert {t: connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES_0001} == ROWS_0001
+
+
+def test_old_catalogue_upgrades_with_every_row_kept(old_catalogue: Path) -> None:
+    fixture_hash = sha256(FIXTURE)
+    with read_only(old_catalogue) as connection:
+        old_columns = {table: columns(connection, table) for table in TABLES_0001}
+    before = rows(old_catalogue, old_columns)
+    assert {table: len(found) for table, found in before.items()} == ROWS_0001
+    old_schema = schema_sql(old_catalogue)
+
+    with Catalogue(str(old_catalogue)) as catalogue:
+        assert (catalogue.previous_revision, catalogue.revision) == ("0001", migrate.head_revision())
+        assert catalogue.failed_runs == []  # the old run had finished: nothing to mark
+        with catalogue.engine.connect() as connection:
+            assert schema_diff(connection) == []
+        # The API reads the old rows: names, lineage, metrics, the run.
+        pruned = catalogue.resolve("stories-p30-p50")
+        assert pruned.id == PRUNED_50 and pruned.params == 260032
+        (step,) = catalogue.steps_into(PRUNED_50)
+        assert step.input_id == PRUNED_30 and step.config["data"]["sparsity"] == 0.5
+        assert catalogue.metrics(PRUNED_50)["size.sparsity"] == pytest.approx(0.43552331866847156)
+        (run,) = catalogue.runs()
+        assert (run.status, run.pid, run.recipe_name) == ("done", None, "prune-30-then-50")
+
+    assert rows(old_catalogue, old_columns) == before
+    with read_only(old_catalogue) as connection:
+        assert connection.execute("SELECT pid FROM runs").fetchall() == [(None,)]
+    assert sha256(FIXTURE) == fixture_hash  # the checked-in file itself is never touched
+
+    (backup,) = old_catalogue.parent.glob("old.db.backup-0001-*")
+    assert revision_of(backup) == "0001"
+    assert schema_sql(backup) == old_schema
+    assert rows(backup, old_columns) == before
+    with read_only(backup) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# -- files that must be refused, unchanged ----------------------------------------------------------
+def test_catalogue_from_a_newer_slimkit_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.db"
+    Catalogue(str(path)).close()
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffff'")
+    content, listing = path.read_bytes(), sorted(tmp_path.iterdir())
+    with pytest.raises(CatalogueError) as refused:
+        Catalogue(str(path))
+    message = str(refused.value)
+    assert "\n" not in message and "newer" in message and "ffff" in message
+    assert path.read_bytes() == content
+    # No backup; a read-only look at a WAL file may leave SQLite's (empty) -wal/-shm companions.
+    assert [p for p in sorted(tmp_path.iterdir()) if not p.name.endswith(("-wal", "-shm"))] == listing
+    assert all(p.stat().st_size == 0 for p in tmp_path.glob("*-wal"))
+
+
+def _not_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n")
+    return path
+
+
+def _foreign_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "shop.db"
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+        connection.execute("INSERT INTO orders (item) VALUES ('tea')")
+    return path
+
+
+def _folder(tmp_path: Path) -> Path:
+    path = tmp_path / "folder.db"
+    path.mkdir()
+    (path / "keep.txt").write_text("precious")
+    return path
+
+
+def _parent_is_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "plain-file").write_text("x")
+    return tmp_path / "plain-file" / "catalogue.db"
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_not_sqlite, "not an SQLite database"),
+        (_foreign_sqlite, "not a slimkit catalogue"),
+        (_folder, "is a folder"),
+        (_parent_is_a_file, "cannot create the catalogue folder"),
+    ],
+    ids=["not-sqlite", "foreign-tables", "folder", "parent-is-a-file"],
+)
+def test_bad_catalogue_paths_are_refused_in_one_line(tmp_path: Path, make: Any, expected: str) -> None:
+    path = make(tmp_path)
+
+    def snapshot() -> dict[str, bytes | None]:
+        return {str(p): p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))}
+
+    before = snapshot()
+    with pytest.raises(CatalogueError) as refused:
+        Catalogue(str(path))
+    assert "\n" not in str(refused.value) and expected in str(refused.value)
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("url", ["nosuchdialect://somewhere/db", "sqlite+nosuchdriver:///x.db"])
+def test_unusable_urls_are_refused_in_one_line(url: str) -> None:
+    with pytest.raises(CatalogueError) as refused:
+        Catalogue(url)
+    assert "\n" not in str(refused.value) and "cannot open catalogue" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["q?x.db", "a%41.db", "hash#1.db"])
+def test_paths_with_url_characters_open_that_exact_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    Catalogue(str(path)).close()
+    Catalogue(str(path)).close()  # the second open checks the existing file first
+    assert path.is_file() and revision_of(path) == migrate.head_revision()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(name)) == []
+
+
+# -- logging ------------------------------------------------------------------------------------------
+def test_opening_never_touches_logging(tmp_path: Path, old_catalogue: Path) -> None:
+    root = logging.getLogger()
+    host_handler = logging.NullHandler()
+    root.addHandler(host_handler)
+    previous_level = root.level
+    root.setLevel(logging.WARNING + 3)  # the host's own, unusual choices
+    app = logging.getLogger("host.application")
+    try:
+        def state() -> dict[str, Any]:
+            loggers = {name: (tuple(lg.handlers), lg.level, lg.propagate, lg.disabled)
+                       for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+            return {"root": (tuple(root.handlers), root.level), "disable": logging.root.manager.disable,
+                    "loggers": loggers}
+
+        before = state()
+        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migration 0001 and 0002
+        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0002 after a backup
+        after = state()
+        assert after["root"] == before["root"] and after["disable"] == before["disable"]
+        assert not app.disabled
+        for name, settings in after["loggers"].items():
+            if name in before["loggers"]:
+                assert settings == before["loggers"][name], name
+            elif name.startswith(("alembic", "sqlalchemy", "slimkit")):
+                # new loggers are fine; handlers on them (fileConfig-style) are not
+                assert all(isinstance(h, logging.NullHandler) for h in settings[0]), name
+    finally:
+        root.removeHandler(host_handler)
+        root.setLevel(previous_level)
+
+
+# -- downgrades -----------------------------------------------------------------------------------------
+def test_downgrades_are_real_and_reversible(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.db"
+    with Catalogue(str(path)) as catalogue:
+        run_id = catalogue.start_run("recipe", "kept")
+        catalogue.finish_run(run_id, "done")
+        with catalogue.engine.begin() as connection:
+            downgrade(migrate._config(connection), "0001")
+        assert revision_of(path) == "0001"
+        assert "pid" not in [c["name"] for c in inspect(catalogue.engine).get_columns("runs")]
+        with read_only(path) as connection:
+            assert connection.execute("SELECT id, status FROM runs").fetchall() == [(run_id, "done")]
+        with catalogue.engine.begin() as connection:
+            downgrade(migrate._config(connection), "base")
+        assert table_names(path) == {"alembic_version"} and revision_of(path) is None
+        with read_only(path) as connection:
+            indexes = connection.execute("SELECT name FROM sqlite_master WHERE type='index'").fetchall()
+        assert all(name.startswith("sqlite_autoindex_alembic") for (name,) in indexes)
+        with catalogue.engine.begin() as connection:
+            upgrade(migrate._config(connection), "head")
+        with catalogue.engine.connect() as connection:
+            assert schema_diff(connection) == []
+
+
+# -- slimkit db ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def cli(host: Any) -> Any:
+    return make_cli(host)
+
+
+def invoke(cli: Any, *args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, env=env)
+
+
+def test_db_current_history_upgrade(cli: Any, old_catalogue: Path) -> None:
+    content = old_catalogue.read_bytes()
+    current = invoke(cli, "--catalogue", str(old_catalogue), "db", "current")
+    assert current.exit_code == 0
+    assert "revision 0001, behind head 0002" in current.output and "ships head revision 0002" in current.output
+    history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
+    assert history[0].startswith("0001 -> 0002  Record the process id") and history[0].endswith("(head)")
+    assert history[1].startswith("<base> -> 0001  Baseline") and history[1].endswith("(current)")
+    assert old_catalogue.read_bytes() == content  # reading the revision changes nothing
+    assert sorted(p.name for p in old_catalogue.parent.iterdir()) == ["old.db"]
+
+    upgraded = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
+    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0002" in upgraded.output
+    (backup,) = old_catalogue.parent.glob("old.db.backup-0001-*")
+    assert str(backup) in upgraded.output
+    assert "revision 0002 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
+    history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
+    assert history[0].endswith("(head, current)") and "(current)" not in history[1]
+    again = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
+    assert "already at revision 0002" in again.output and "backup" not in again.output
+
+
+def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "new" / "catalogue.db"
+    current = invoke(cli, "db", "current", env={"SLIMKIT_CATALOGUE": str(path)})
+    assert current.exit_code == 0 and "no catalogue yet" in current.output
+    assert not path.parent.exists()
+    created = invoke(cli, "db", "upgrade", env={"SLIMKIT_CATALOGUE": str(path)})
+    assert "new catalogue created at revision 0002" in created.output and revision_of(path) == "0002"
+
+
+def test_db_commands_on_a_newer_catalogue(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.db"
+    Catalogue(str(path)).close()
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffff'")
+    content = path.read_bytes()
+    current = invoke(cli, "--catalogue", str(path), "db", "current")
+    assert current.exit_code == 0 and "revision ffff, newer than this slimkit knows" in current.output
+    history = invoke(cli, "--catalogue", str(path), "db", "history").output
+    assert "(current)" not in history
+    refused = CliRunner().invoke(cli, ["--catalogue", str(path), "db", "upgrade"])
+    assert refused.exit_code == 1 and "newer than this slimkit knows" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("command", ["current", "upgrade"])
+def test_db_commands_refuse_a_foreign_file_in_one_line(cli: Any, tmp_path: Path, command: str) -> None:
+    path = _foreign_sqlite(tmp_path)
+    content = path.read_bytes()
+    result = CliRunner().invoke(cli, ["--catalogue", str(path), "db", command])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "not a slimkit catalogue" in lines[0]
+    assert path.read_bytes() == content
