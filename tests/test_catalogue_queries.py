@@ -340,3 +340,26 @@ def test_renderers_escape_names_and_draw_teachers(tmp_path):
     assert m_nodes["m2"] == "teacher"  # extra parents come after the chain
     assert m_edges == [("m0", "-->", "distill.toy (sparsity=0.5)", "m1"), ("m2", "-.->", "teacher", "m1")]
     assert [s.method for s in q.lineage(cat, "student|1")] == ["distill.toy"]
+
+
+def test_diff_pairs_metrics_measured_the_same_way(tmp_path):
+    from datetime import datetime, timezone
+
+    with Catalogue(str(tmp_path / "pair.db")) as cat:
+        for model in ("sha256:" + "a" * 64, "sha256:" + "b" * 64):
+            cat.record_model(model, "LlamaForCausalLM")
+        a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+        cat.record_evaluations(a, "perplexity", 1, {"perplexity": 4.0}, config={"max_windows": 200})
+        cat.record_evaluations(b, "perplexity", 1, {"perplexity": 5.0}, config={"max_windows": 200})
+        cat.record_evaluations(b, "perplexity", 1, {"perplexity": 9.0}, config={"max_windows": 10})  # newest
+        cat.record_evaluations(a, "size", 1, {"params": 10.0}, config={})
+        cat.record_evaluations(b, "size", 1, {"params": 8.0}, config={"include_embeddings": False})
+        rows = {r["metric"]: r for r in q.diff(cat, a, b)["metrics"]}
+        assert (rows["perplexity.perplexity"]["a"], rows["perplexity.perplexity"]["b"]) == (4.0, 5.0)
+        assert rows["perplexity.perplexity"]["same_settings"] is True
+        assert rows["size.params"]["same_settings"] is False and rows["size.params"]["b"] == 8.0
+        # an evaluation imported twice from the same slimkit.json is recorded once
+        when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        for _ in range(2):
+            cat.record_evaluations(a, "latency", 1, {"decode_tokens_per_s": 800.0}, created=when)
+        assert [e.metric for e in cat.evaluations(a)].count("decode_tokens_per_s") == 1

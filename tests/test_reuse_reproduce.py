@@ -94,3 +94,14 @@ def test_gc_removes_only_unreferenced_artifacts(cat, host, tmp_path):
 def test_unknown_references_are_clear(cat):
     with pytest.raises(SlimkitError, match="no model with id or name 'beef'"):
         reproduce(cat, "beef")
+
+
+def test_a_no_op_step_does_not_rename_the_model_it_reproduces(cat, host, tmp_path):
+    half = Recipe.from_data([{"method": "prune.unstructured", "params": {"sparsity": 0.5}}])
+    first = run_recipe(half, "example:stories260K", out=tmp_path / "half", host=host, catalogue=cat, name="half")
+    # 30% of the smallest weights of an already 50%-zero layer are all zeros: nothing changes
+    again = run_recipe(Recipe.from_data([{"method": "prune.unstructured", "params": {"sparsity": 0.3}}]),
+                       tmp_path / "half", out=tmp_path / "same", host=host, catalogue=cat, name="other")
+    assert again.provenance["content_id"] == first.provenance["content_id"]
+    assert cat.resolve("half").id == first.provenance["content_id"]
+    assert cat.model(first.provenance["content_id"]).name == "half"

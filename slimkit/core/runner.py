@@ -242,12 +242,16 @@ def _record_input(
     cat: "Catalogue", loaded: LoadedModel, model_id: str, evaluations: list[dict[str, Any]], run_id: str | None
 ) -> None:
     """Make sure the input model (and, if it was derived, its chain) is in the catalogue."""
+    from slimkit.plugins.evaluators.size import disk_bytes
+
     location = str(loaded.path.resolve()) if loaded.path is not None else None
     params = sum(p.numel() for p in loaded.model.parameters())
+    size = disk_bytes(loaded.path)
     if loaded.provenance and loaded.provenance.get("content_id") == model_id:
-        cat.record_provenance(loaded.provenance, location=location, params=params, run_id=run_id)
+        cat.record_provenance(loaded.provenance, location=location, params=params, size_bytes=size, run_id=run_id)
     else:
-        cat.record_model(model_id, loaded.architecture, params=params, location=location, source=loaded.source)
+        cat.record_model(model_id, loaded.architecture, params=params, size_bytes=size, location=location,
+                         source=loaded.source)
     for record in evaluations:
         cat.record_evaluations(model_id, record["evaluator"], record["version"], record["metrics"],
                                config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],

@@ -254,7 +254,8 @@ def _step_summary(step: StepEntry | None) -> dict[str, Any] | None:
 
 def diff(cat: Catalogue, a: str, b: str) -> dict[str, Any]:
     """Two models side by side: lineage steps by position from the base (``same`` when it is
-    the very same step) and latest metrics with ``change`` = b - a and ``ratio`` = b / a."""
+    the very same step) and metrics with ``change`` = b - a and ``ratio`` = b / a, taken from
+    evaluations with the same settings where both have them (``same_settings``)."""
     first, second = _model(cat, a), _model(cat, b)
     steps_a, steps_b = lineage(cat, first.id), lineage(cat, second.id)
     base_a = steps_a[0].input_id if steps_a else first.id
@@ -266,13 +267,18 @@ def diff(cat: Catalogue, a: str, b: str) -> dict[str, Any]:
         rows.append({"index": index + 1, "a": _step_summary(sa), "b": _step_summary(sb),
                      "same": sa is not None and sb is not None and sa.id == sb.id})
     metrics_a, metrics_b = cat.metrics(first.id), cat.metrics(second.id)
+    paired = cat.paired_metrics(first.id, second.id)
     metrics = []
     for key in sorted(set(metrics_a) | set(metrics_b)):
         va, vb = metrics_a.get(key), metrics_b.get(key)
+        comparable = None
+        if key in paired:
+            va, vb, comparable = paired[key]
         change = ratio = None
         if va is not None and vb is not None:
             change, ratio = vb - va, (vb / va if va else None)
-        metrics.append({"metric": key, "a": va, "b": vb, "change": change, "ratio": ratio})
+        metrics.append({"metric": key, "a": va, "b": vb, "change": change, "ratio": ratio,
+                        "same_settings": comparable})
     return {"a": first.to_dict(), "b": second.to_dict(), "same_base": base_a == base_b,
             "base_a": base_a, "base_b": base_b, "steps": rows, "metrics": metrics}
 

@@ -117,12 +117,18 @@ class Catalogue:
         name: str | None = None,
         session: Session | None = None,
     ) -> None:
-        """Insert a model, or fill in what an existing row lacks (location, size, name)."""
+        """Insert a model, or fill in what an existing row lacks (location, size, name).
+
+        An existing name is never replaced: a run that reproduces a known model's weights does not
+        rename it (the caller can compare :meth:`model`'s name with the one it asked for).
+        """
         if session is None:
             with self.session() as own, own.begin():
                 return self.record_model(model_id, architecture, params=params, size_bytes=size_bytes,
                                          location=location, source=source, name=name, session=own)
         row = session.get(ModelRow, model_id)
+        if name is not None and row is not None and row.name is not None:
+            name = None  # keep the name the model already has
         if name is not None:
             holder = session.scalar(select(ModelRow).where(ModelRow.name == name))
             if holder is not None and holder.id != model_id:
@@ -188,13 +194,22 @@ class Catalogue:
         config: Mapping[str, Any] | None = None,
         dataset_fingerprint: str | None = None,
         run_id: str | None = None,
+        created: datetime | None = None,
         session: Session | None = None,
     ) -> None:
+        """Record metrics. With ``created`` (an evaluation read back from a ``slimkit.json``), an
+        evaluation already recorded at that time is not recorded twice."""
         if session is None:
             with self.session() as own, own.begin():
                 return self.record_evaluations(model_id, evaluator, evaluator_version, metrics, config=config,
-                                               dataset_fingerprint=dataset_fingerprint, run_id=run_id, session=own)
-        now = utcnow()
+                                               dataset_fingerprint=dataset_fingerprint, run_id=run_id,
+                                               created=created, session=own)
+        if created is not None and session.scalar(select(EvaluationRow.id).where(
+            EvaluationRow.model_id == model_id, EvaluationRow.evaluator == evaluator,
+            EvaluationRow.created == created,
+        ).limit(1)) is not None:
+            return None
+        now = created or utcnow()
         for metric, value in metrics.items():
             session.add(EvaluationRow(model_id=model_id, run_id=run_id, evaluator=evaluator,
                                       evaluator_version=evaluator_version, metric=metric, value=float(value),
@@ -227,7 +242,8 @@ class Catalogue:
                 self.record_evaluations(
                     document["content_id"], evaluation["evaluator"], int(evaluation.get("version", 1)),
                     evaluation["metrics"], config=evaluation.get("config"),
-                    dataset_fingerprint=evaluation.get("dataset_fingerprint"), run_id=run_id, session=session,
+                    dataset_fingerprint=evaluation.get("dataset_fingerprint"), run_id=run_id,
+                    created=_parse_time(evaluation.get("time")), session=session,
                 )
         return self.model(document["content_id"])
 
@@ -295,6 +311,29 @@ class Catalogue:
         """Latest value of every ``evaluator.metric`` recorded for the model."""
         return {entry.key: entry.value for entry in self.evaluations(model_id)}
 
+    def paired_metrics(self, a: str, b: str) -> dict[str, tuple[float, float, bool]]:
+        """For every metric both models have: ``(value a, value b, comparable)``.
+
+        Comparable values come from the newest pair of evaluations with the same evaluator
+        version, config and dataset fingerprint; without such a pair, the latest values are given
+        with ``comparable`` false (a perplexity over 50 windows is not one over 200).
+        """
+        def settings(entry: EvaluationEntry) -> str:
+            return json.dumps([entry.evaluator_version, entry.config, entry.dataset_fingerprint], sort_keys=True)
+
+        by_key_b: dict[str, dict[str, float]] = {}
+        for entry in self.evaluations(b):
+            by_key_b.setdefault(entry.key, {})[settings(entry)] = entry.value
+        paired: dict[str, tuple[float, float, bool]] = {}
+        latest_b = self.metrics(b)
+        for entry in self.evaluations(a):  # oldest first, so newer matches overwrite older ones
+            matches = by_key_b.get(entry.key, {})
+            if settings(entry) in matches:
+                paired[entry.key] = (entry.value, matches[settings(entry)], True)
+            elif entry.key in latest_b and not paired.get(entry.key, (0, 0, False))[2]:
+                paired[entry.key] = (entry.value, latest_b[entry.key], False)
+        return paired
+
     # -- deleting --------------------------------------------------------------------------
     def delete(self, reference: str, *, cascade: bool = False) -> list[str]:
         """Delete a model (and, with ``cascade``, everything derived from it); returns the ids.
@@ -331,6 +370,15 @@ class Catalogue:
     def locations(self) -> set[str]:
         with self.session() as session:
             return {loc for loc in session.scalars(select(ModelRow.location)) if loc}
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return _aware(datetime.fromisoformat(text))
+    except ValueError:
+        return None
 
 
 def _model(row: ModelRow) -> ModelEntry:

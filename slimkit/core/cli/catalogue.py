@@ -182,7 +182,10 @@ def diff(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
           [(row["index"], cell(row["a"]), cell(row["b"]), "yes" if row["same"] else "") for row in result["steps"]])
     table("metrics", ["metric", label_a, label_b, "change"],
           [(r["metric"], _value(r["metric"], r["a"]), _value(r["metric"], r["b"]),
-            "-" if r["change"] is None else f"{r['change']:+.4g}") for r in result["metrics"]])
+            ("-" if r["change"] is None else f"{r['change']:+.4g}") + ("" if r["same_settings"] is not False else " *"))
+           for r in result["metrics"]])
+    if any(r["same_settings"] is False for r in result["metrics"]):
+        click.echo("* measured with different settings or data for A and B: not directly comparable")
 
 
 @click.command()

@@ -108,6 +108,11 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
     rows.append(("compression time (s)", "", f"{result.compression_seconds:.2f}", ""))
     table(f"{parsed.name or recipe} on {model_spec}", ["metric", "before", "after", "change"], rows)
     click.echo(f"saved {result.output} ({result.provenance['content_id'][:19]}) in {total:.1f} s")
+    if catalogue:
+        known = catalogue.model(result.provenance["content_id"])
+        if name and known.name != name:
+            click.echo(f"note: these weights were already in the catalogue as {known.label!r}; "
+                       f"the name {name!r} was not applied")
 
 
 def _parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[str, Any]]:
