@@ -4,13 +4,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
+from slimkit.core.catalogue.recording import open_catalogue, record_input
+from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import ProgressCallback
 from slimkit.core.host import Host, get_host
 from slimkit.core.model_io import LoadedModel
 from slimkit.core.provenance import content_id, now_iso
+from slimkit.core.registry import MethodInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue
+
+
+def run_evaluation(
+    host: Host, name: str, info: MethodInfo[Any], config: MethodConfig, model: LoadedModel,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Run one evaluator; the record slimkit.json and the catalogue keep (metrics, version,
+    config, the fingerprints of the data it read, time)."""
+    ctx = host.context(progress=progress)
+    metrics = dict(info.create().evaluate(model, config, ctx))
+    return {"evaluator": name, "version": info.version, "config": config.model_dump(mode="json"),
+            "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None, "time": now_iso()}
 
 
 def evaluate_model(
@@ -26,8 +41,6 @@ def evaluate_model(
     With a catalogue, the model (and the chain in its ``slimkit.json``, if it was derived) and
     every metric are recorded under one ``eval`` run.
     """
-    from slimkit.core.runner import _record_input, open_catalogue
-
     host = host or get_host()
     plan = []
     for name, params in evaluations.items():
@@ -39,15 +52,9 @@ def evaluate_model(
     cat = open_catalogue(catalogue)
     run_id = cat.start_run("eval") if cat is not None else None
     try:
-        records: list[dict[str, Any]] = []
-        for name, info, config in plan:
-            ctx = host.context(progress=progress)
-            metrics = dict(info.create().evaluate(model, config, ctx))
-            records.append({"evaluator": name, "version": info.version, "config": config.model_dump(mode="json"),
-                            "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None,
-                            "time": now_iso()})
+        records = [run_evaluation(host, name, info, config, model, progress) for name, info, config in plan]
         if cat is not None:
-            _record_input(cat, model, content_id(model.model), records, run_id)
+            record_input(cat, model, content_id(model.model), records, run_id)
     except BaseException as error:
         if cat is not None and run_id is not None:
             cat.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")

@@ -213,6 +213,16 @@ def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float
     return _load_hub(text, dtype)
 
 
+def disk_bytes(path: Path | None) -> int | None:
+    """Bytes of the weight files of a saved model (safetensors, or the file itself for GGUF)."""
+    if path is None:
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+    return sum(f.stat().st_size for f in files) if files else None
+
+
 def check_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse an output folder that exists (unless ``overwrite``) before any work starts."""
     path = Path(out).expanduser()

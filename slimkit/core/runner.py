@@ -21,16 +21,17 @@ from slimkit.core.data import CalibrationData
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
 from slimkit.core.memory import peak_rss_bytes, reset_peak
-from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, check_output, load_model, save_model
+from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, check_output, disk_bytes, load_model, save_model
 from slimkit.core.provenance import (
     Stopwatch,
     StepRecord,
     build_provenance,
     content_id,
-    now_iso,
     runtime_versions,
     step_key,
 )
+from slimkit.core.catalogue.recording import open_catalogue, record_input
+from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,30 +66,12 @@ class RunResult:
         return rows
 
 
-def open_catalogue(catalogue: "Catalogue | str | None | Literal[False]") -> "Catalogue | None":
-    """``False``: no catalogue; ``None``: the default one; a URL or path: that one."""
-    if catalogue is False:
-        return None
-    from slimkit.core.catalogue import Catalogue
-
-    if isinstance(catalogue, Catalogue):
-        return catalogue
-    return Catalogue(catalogue)
-
-
 def evaluate_all(
     host: Host, validated: ValidatedRecipe, model: LoadedModel, progress: ProgressCallback | None
 ) -> list[dict[str, Any]]:
     """Run the recipe's evaluators; one record per evaluator (metrics, config, data, time)."""
-    records = []
-    for spec, info, config in validated.evaluations:
-        ctx = host.context(progress=progress)
-        metrics = dict(info.create().evaluate(model, config, ctx))
-        records.append({
-            "evaluator": spec.metric, "version": info.version, "config": config.model_dump(mode="json"),
-            "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None, "time": now_iso(),
-        })
-    return records
+    return [run_evaluation(host, spec.metric, info, config, model, progress)
+            for spec, info, config in validated.evaluations]
 
 
 def _calibration_spec(recipe: Recipe) -> dict[str, Any] | None:
@@ -167,7 +150,7 @@ def _execute(
     base = {"source": loaded.source, "content_id": parent_id, "architecture": loaded.architecture}
     origin = loaded.provenance  # the chain that led to the input model, if it was derived
     if cat is not None:
-        _record_input(cat, loaded, parent_id, before_records, run_id)
+        record_input(cat, loaded, parent_id, before_records, run_id)
 
     fingerprint = calibration.fingerprint if calibration is not None else None
     calibration_spec = _calibration_spec(recipe)
@@ -224,8 +207,6 @@ def _execute(
     if target is not None and after_records:
         _rewrite_json(target / PROVENANCE_FILE, provenance)
     if cat is not None:
-        from slimkit.plugins.evaluators.size import disk_bytes
-
         size = disk_bytes(target) if target is not None else None
         params = sum(p.numel() for p in loaded.model.parameters())
         cat.record_provenance(provenance, location=str(target.resolve()) if target else None,
@@ -236,26 +217,6 @@ def _execute(
         {r["evaluator"]: r["metrics"] for r in after_records},
         provenance, reused, run_id,
     )
-
-
-def _record_input(
-    cat: "Catalogue", loaded: LoadedModel, model_id: str, evaluations: list[dict[str, Any]], run_id: str | None
-) -> None:
-    """Make sure the input model (and, if it was derived, its chain) is in the catalogue."""
-    from slimkit.plugins.evaluators.size import disk_bytes
-
-    location = str(loaded.path.resolve()) if loaded.path is not None else None
-    params = sum(p.numel() for p in loaded.model.parameters())
-    size = disk_bytes(loaded.path)
-    if loaded.provenance and loaded.provenance.get("content_id") == model_id:
-        cat.record_provenance(loaded.provenance, location=location, params=params, size_bytes=size, run_id=run_id)
-    else:
-        cat.record_model(model_id, loaded.architecture, params=params, size_bytes=size, location=location,
-                         source=loaded.source)
-    for record in evaluations:
-        cat.record_evaluations(model_id, record["evaluator"], record["version"], record["metrics"],
-                               config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],
-                               run_id=run_id)
 
 
 def _reusable_prefix(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from pydantic import Field
 
 from slimkit import hookimpl
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseEvaluator
+from slimkit.core.model_io import disk_bytes
 
 
 class SizeConfig(MethodConfig):
@@ -21,16 +20,6 @@ class SizeConfig(MethodConfig):
 def unique_parameters(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Named parameters with tied ones counted once (``named_parameters`` already dedupes)."""
     return list(module.named_parameters())
-
-
-def disk_bytes(path: Path | None) -> int | None:
-    """Bytes of the weight files of a saved model (safetensors, or the file itself for GGUF)."""
-    if path is None:
-        return None
-    if path.is_file():
-        return path.stat().st_size
-    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
-    return sum(f.stat().st_size for f in files) if files else None
 
 
 class SizeEvaluator(BaseEvaluator):
