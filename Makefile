@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/slimkit --threads 2 run example:prune-50 --model example:stories260K --out runs/stories260K-pruned50 --overwrite
+	$(BIN)/slimkit --threads 2 run example:prune-50 --model example:stories260K --out runs/stories260K-pruned50 --overwrite --name stories260K-pruned50
+	$(BIN)/slimkit lineage stories260K-pruned50
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -99,7 +99,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         })
         return
     for index, (step, reused) in enumerate(zip(result.steps, result.reused), start=1):
-        how = "reused from the catalogue (--force recomputes)" if reused else f"{step.wall_time_s:.2f} s"
+        how = "reused from the catalogue; --force recomputes" if reused else f"{step.wall_time_s:.2f} s"
         click.echo(f"step {index} {step.method}: {step.summary} ({how})")
     rows: list[tuple[Any, ...]] = [
         (metric, _display(metric, before), _display(metric, after), _change(before, after))
