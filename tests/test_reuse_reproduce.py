@@ -105,3 +105,16 @@ def test_a_no_op_step_does_not_rename_the_model_it_reproduces(cat, host, tmp_pat
     assert again.provenance["content_id"] == first.provenance["content_id"]
     assert cat.resolve("half").id == first.provenance["content_id"]
     assert cat.model(first.provenance["content_id"]).name == "half"
+
+
+def test_a_second_copy_does_not_orphan_the_first(cat, host, tmp_path):
+    recipe = Recipe.from_data([{"method": "prune.unstructured", "params": {"sparsity": 0.5}}])
+    managed = artifact_dir(cat) / "first"
+    result = run_recipe(recipe, "example:stories260K", out=managed, host=host, catalogue=cat)
+    run_recipe(recipe, "example:stories260K", out=tmp_path / "copy", host=host, catalogue=cat)
+    model_id = result.provenance["content_id"]
+    assert cat.model(model_id).location == str(managed.resolve())
+    assert collect_garbage(cat).removed == [] and managed.is_dir()
+    shutil.rmtree(managed)  # once the first folder is gone, the next save is where the model lives
+    run_recipe(recipe, "example:stories260K", out=tmp_path / "third", host=host, catalogue=cat)
+    assert cat.model(model_id).location == str((tmp_path / "third").resolve())

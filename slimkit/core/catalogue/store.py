@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import uuid
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -119,6 +120,7 @@ class Catalogue:
     ) -> None:
         """Insert a model, or fill in what an existing row lacks (location, size, name).
 
+        The location is replaced only when the recorded folder no longer exists.
         An existing name is never replaced: a run that reproduces a known model's weights does not
         rename it (the caller can compare :meth:`model`'s name with the one it asked for).
         """
@@ -144,7 +146,9 @@ class Catalogue:
                 row = session.get(ModelRow, model_id)
                 if row is None:
                     raise
-        if location is not None:
+        # A model keeps the folder it was first recorded at while that folder exists: a later copy
+        # (the same weights saved elsewhere) must not orphan the managed artifact gc looks after.
+        if location is not None and (row.location is None or not Path(row.location).exists()):
             row.location = location
         if size_bytes is not None:
             row.size_bytes = size_bytes
