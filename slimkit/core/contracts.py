@@ -147,12 +147,39 @@ class _MethodBase:
 
 
 class BaseScorer(_MethodBase):
-    """Base class for scorers: set ``name``, ``granularity``, ``Config``; implement ``score``."""
+    """Base class for scorers: set ``name``, ``granularity``, ``Config``; implement ``score``.
+
+    A data-aware scorer instead sets ``needs_calibration = True`` and ``statistics`` (what the
+    calibration engine must accumulate at each linear layer's input: ``"input_sq_sum"``,
+    ``"hessian"``) and implements ``score_block``. ``score`` then scores every block on the dense
+    model, and pruners can score block by block as they go (the sequential protocol).
+    """
 
     granularity: ClassVar[Granularity] = "weight"
+    statistics: ClassVar[tuple[str, ...]] = ()
 
-    def score(self, model, adapter, config, ctx):  # pragma: no cover - abstract
+    def roles(self, config: Any) -> tuple[str, ...] | None:
+        """Which projections to score (``None``: all); by default the config's ``roles``."""
+        return getattr(config, "roles", None)
+
+    def score_block(self, block, stats, config, ctx) -> dict:  # pragma: no cover - abstract
+        """Scores of one block's projections from the statistics collected at their inputs."""
         raise NotImplementedError
+
+    def score(self, model, adapter, config, ctx):
+        if not self.statistics:  # pragma: no cover - a data-free scorer overrides score()
+            raise NotImplementedError
+        from slimkit.core.calibration import SequentialCalibration
+        from slimkit.core.scores import Scores
+
+        engine = SequentialCalibration(model, adapter, ctx.calibration)
+        values = {}
+        for index, step in enumerate(engine, start=1):
+            roles = self.roles(config)
+            refs = [ref for ref in step.block.linears() if roles is None or ref.role in roles]
+            values.update(self.score_block(step.block, step.collect(refs, self.statistics), config, ctx))
+            ctx.report("blocks", index, len(engine))
+        return Scores(self.name, self.granularity, values, config.model_dump(mode="json"))
 
 
 class BaseCompressor(_MethodBase):

@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.architectures.bert",
     "slimkit.plugins.architectures.finder",
     "slimkit.plugins.pruning.magnitude",
+    "slimkit.plugins.pruning.wanda",
     "slimkit.plugins.pruning.unstructured",
     "slimkit.plugins.evaluators.perplexity",
     "slimkit.plugins.evaluators.size",

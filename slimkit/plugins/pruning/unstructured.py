@@ -33,6 +33,11 @@ class UnstructuredConfig(MethodConfig):
     roles: tuple[RoleName, ...] = Field(
         ALL_ROLES, description="Which block projections to prune (embeddings and LM head are never pruned)."
     )
+    sequential: bool = Field(
+        True,
+        description="With a data-aware scorer: score and prune block by block, each block seeing the outputs "
+        "of the already-pruned blocks before it (the SparseGPT/Wanda protocol); false scores the dense model.",
+    )
 
 
 def prune_mask(scores: torch.Tensor, sparsity: float, scope: str) -> torch.Tensor:
@@ -71,6 +76,9 @@ class UnstructuredPruner(BaseCompressor):
             )
 
     def compress_(self, model, adapter, config, ctx):
+        scorer = ctx.host.scorers.get(config.scorer)
+        if config.sequential and getattr(scorer.cls, "statistics", ()):
+            return self._sequential(model, adapter, config, ctx, scorer)
         layout = adapter.layout(model.model)
         params = dict(config.scorer_params)
         if "roles" in ctx.host.scorers.get(config.scorer).cls.Config.model_fields:
@@ -91,10 +99,40 @@ class UnstructuredPruner(BaseCompressor):
                 total += mask.numel()
                 per_layer[ref.name] = round(count / mask.numel(), 6)
                 ctx.report("layers", done, len(targets), ref.name)
+        return self._summary(config, pruned, total, per_layer)
+
+    def _sequential(self, model, adapter, config, ctx, info):
+        """Score and prune one block at a time on the outputs of the already-pruned blocks."""
+        from slimkit.core.calibration import SequentialCalibration
+
+        scorer = info.create()
+        params = dict(config.scorer_params)
+        if "roles" in info.cls.Config.model_fields:
+            params.setdefault("roles", list(config.roles))
+        scorer_config = ctx.host.config(info, params)
+        engine = SequentialCalibration(model, adapter, ctx.calibration)
+        pruned = total = 0
+        per_layer = {}
+        for index, step in enumerate(engine, start=1):
+            refs = [ref for ref in step.block.linears() if ref.role in config.roles]
+            scores = scorer.score_block(step.block, step.collect(refs, scorer.statistics), scorer_config, ctx)
+            with torch.no_grad():
+                for ref in refs:
+                    mask = prune_mask(scores[ref.name], config.sparsity, config.scope)
+                    ref.weight_out_in().masked_fill_(mask, 0.0)
+                    pruned += int(mask.sum())
+                    total += mask.numel()
+                    per_layer[ref.name] = round(int(mask.sum()) / mask.numel(), 6)
+            ctx.report("blocks", index, len(engine), step.block.name)
+        return self._summary(config, pruned, total, per_layer, sequential=True)
+
+    @staticmethod
+    def _summary(config, pruned, total, per_layer, sequential=False):
         achieved = pruned / total if total else 0.0
+        how = ", block by block on calibration data" if sequential else ""
         return CompressionSummary(
-            f"zeroed {pruned:,} of {total:,} weights ({achieved:.1%}) in {len(targets)} layers "
-            f"by {config.scorer} score, per {config.scope}",
+            f"zeroed {pruned:,} of {total:,} weights ({achieved:.1%}) in {len(per_layer)} layers "
+            f"by {config.scorer} score, per {config.scope}{how}",
             {"pruned_weights": pruned, "target_weights": total, "sparsity": achieved, "per_layer": per_layer},
         )
 
