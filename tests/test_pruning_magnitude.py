@@ -121,5 +121,5 @@ def test_non_weight_scorer_is_refused(slimkit_host, register_plugin):
             register(NeuronScorer)
 
     register_plugin(Plugin(), name="neurons")
-    with pytest.raises(ConfigError, match="scores neurons; unstructured pruning needs a weight scorer"):
+    with pytest.raises(ConfigError, match="scores neurons; prune.unstructured needs a weight scorer"):
         _prune(slimkit_host, load_model("example:stories260K"), scorer="test.neurons")

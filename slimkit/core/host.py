@@ -43,6 +43,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.pruning.magnitude",
     "slimkit.plugins.pruning.wanda",
     "slimkit.plugins.pruning.unstructured",
+    "slimkit.plugins.pruning.nm",
+    "slimkit.plugins.pruning.sparsegpt",
     "slimkit.plugins.evaluators.perplexity",
     "slimkit.plugins.evaluators.size",
     "slimkit.plugins.evaluators.stsb",

@@ -1,7 +1,9 @@
 """Unstructured pruning: zero the lowest-scoring weights of each layer (or each output row).
 
 The scores come from any installed ``weight`` scorer (``magnitude`` by default), so a third-party
-scorer prunes with this compressor without writing one.
+scorer prunes with this compressor without writing one. With a data-aware scorer (``wanda``) the
+pruning goes block by block on the calibration data. :class:`ScoredPruner` is the shared
+machinery; subclasses only choose the mask (see ``prune.nm`` for N:M patterns).
 """
 
 from __future__ import annotations
@@ -18,14 +20,9 @@ from slimkit.core.errors import ArchitectureError, ConfigError
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 
 
-class UnstructuredConfig(MethodConfig):
-    sparsity: float = Field(
-        0.5, ge=0.0, lt=1.0, description="Fraction of the weights of each pruned layer to set to zero."
-    )
-    scope: Literal["layer", "row"] = Field(
-        "layer",
-        description="Rank weights within each whole layer, or within each output row (each row keeps the same count).",
-    )
+class ScoredPruningConfig(MethodConfig):
+    """Fields of every pruner that ranks weights with a scorer."""
+
     scorer: str = Field("magnitude", description="Installed weight scorer that ranks the weights.")
     scorer_params: dict[str, Any] = Field(
         default_factory=dict, description="Parameters for the scorer (its own config fields)."
@@ -37,6 +34,16 @@ class UnstructuredConfig(MethodConfig):
         True,
         description="With a data-aware scorer: score and prune block by block, each block seeing the outputs "
         "of the already-pruned blocks before it (the SparseGPT/Wanda protocol); false scores the dense model.",
+    )
+
+
+class UnstructuredConfig(ScoredPruningConfig):
+    sparsity: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Fraction of the weights of each pruned layer to set to zero."
+    )
+    scope: Literal["layer", "row"] = Field(
+        "layer",
+        description="Rank weights within each whole layer, or within each output row (each row keeps the same count).",
     )
 
 
@@ -54,18 +61,20 @@ def prune_mask(scores: torch.Tensor, sparsity: float, scope: str) -> torch.Tenso
     return mask.reshape(scores.shape)
 
 
-class UnstructuredPruner(BaseCompressor):
-    """Zero the lowest-scoring weights of every block projection (per layer or per output row)."""
+class ScoredPruner(BaseCompressor):
+    """Zero weights by scorer rank; subclasses implement :meth:`mask` and :meth:`describe_mask`."""
 
-    name = "prune.unstructured"
-    version = 1
-    Config = UnstructuredConfig
+    def mask(self, scores: torch.Tensor, config: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe_mask(self, config: Any) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def check(self, model, adapter, config, ctx):
         info = ctx.host.scorers.get(config.scorer)
         if info.cls.granularity != "weight":
             raise ConfigError(
-                f"scorer {config.scorer!r} scores {info.cls.granularity}s; unstructured pruning needs a weight scorer"
+                f"scorer {config.scorer!r} scores {info.cls.granularity}s; {self.name} needs a weight scorer"
             )
         if info.cls.needs_calibration and ctx.calibration is None:
             raise ConfigError(f"scorer {config.scorer!r} needs calibration data; add a calibration section")
@@ -75,66 +84,83 @@ class UnstructuredPruner(BaseCompressor):
                 f"{model.architecture} has no projections with roles {', '.join(config.roles)}"
             )
 
-    def compress_(self, model, adapter, config, ctx):
-        scorer = ctx.host.scorers.get(config.scorer)
-        if config.sequential and getattr(scorer.cls, "statistics", ()):
-            return self._sequential(model, adapter, config, ctx, scorer)
-        layout = adapter.layout(model.model)
+    def _scorer(self, config, ctx):
+        info = ctx.host.scorers.get(config.scorer)
         params = dict(config.scorer_params)
-        if "roles" in ctx.host.scorers.get(config.scorer).cls.Config.model_fields:
+        if "roles" in info.cls.Config.model_fields:
             params.setdefault("roles", list(config.roles))
+        return info, params
+
+    def compress_(self, model, adapter, config, ctx):
+        info, params = self._scorer(config, ctx)
+        if config.sequential and getattr(info.cls, "statistics", ()):
+            return self._sequential(model, adapter, config, ctx, info, params)
         scores = ctx.score(config.scorer, model, adapter, params)
-        targets = list(layout.linears(config.roles))
-        missing = [ref.name for _, ref in targets if ref.name not in scores]
+        targets = [ref for _, ref in adapter.layout(model.model).linears(config.roles)]
+        missing = [ref.name for ref in targets if ref.name not in scores]
         if missing:
             raise ConfigError(f"scorer {config.scorer!r} gave no scores for {', '.join(missing[:3])}")
-        pruned = total = 0
-        per_layer = {}
-        with torch.no_grad():
-            for done, (_, ref) in enumerate(targets, start=1):
-                mask = prune_mask(scores[ref.name], config.sparsity, config.scope)
-                ref.weight_out_in().masked_fill_(mask, 0.0)
-                count = int(mask.sum())
-                pruned += count
-                total += mask.numel()
-                per_layer[ref.name] = round(count / mask.numel(), 6)
-                ctx.report("layers", done, len(targets), ref.name)
-        return self._summary(config, pruned, total, per_layer)
+        tally = _Tally()
+        for done, ref in enumerate(targets, start=1):
+            tally.apply(ref, self.mask(scores[ref.name], config))
+            ctx.report("layers", done, len(targets), ref.name)
+        return tally.summary(config, self.describe_mask(config), sequential=False)
 
-    def _sequential(self, model, adapter, config, ctx, info):
+    def _sequential(self, model, adapter, config, ctx, info, params):
         """Score and prune one block at a time on the outputs of the already-pruned blocks."""
         from slimkit.core.calibration import SequentialCalibration
 
         scorer = info.create()
-        params = dict(config.scorer_params)
-        if "roles" in info.cls.Config.model_fields:
-            params.setdefault("roles", list(config.roles))
         scorer_config = ctx.host.config(info, params)
         engine = SequentialCalibration(model, adapter, ctx.calibration)
-        pruned = total = 0
-        per_layer = {}
+        tally = _Tally()
         for index, step in enumerate(engine, start=1):
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             scores = scorer.score_block(step.block, step.collect(refs, scorer.statistics), scorer_config, ctx)
-            with torch.no_grad():
-                for ref in refs:
-                    mask = prune_mask(scores[ref.name], config.sparsity, config.scope)
-                    ref.weight_out_in().masked_fill_(mask, 0.0)
-                    pruned += int(mask.sum())
-                    total += mask.numel()
-                    per_layer[ref.name] = round(int(mask.sum()) / mask.numel(), 6)
+            for ref in refs:
+                tally.apply(ref, self.mask(scores[ref.name], config))
             ctx.report("blocks", index, len(engine), step.block.name)
-        return self._summary(config, pruned, total, per_layer, sequential=True)
+        return tally.summary(config, self.describe_mask(config), sequential=True)
 
-    @staticmethod
-    def _summary(config, pruned, total, per_layer, sequential=False):
-        achieved = pruned / total if total else 0.0
-        how = ", block by block on calibration data" if sequential else ""
+
+class _Tally:
+    """Applies masks and counts what was zeroed."""
+
+    def __init__(self) -> None:
+        self.pruned = self.total = 0
+        self.per_layer: dict[str, float] = {}
+
+    def apply(self, ref, mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            ref.weight_out_in().masked_fill_(mask, 0.0)
+        count = int(mask.sum())
+        self.pruned += count
+        self.total += mask.numel()
+        self.per_layer[ref.name] = round(count / mask.numel(), 6)
+
+    def summary(self, config, how: str, sequential: bool) -> CompressionSummary:
+        achieved = self.pruned / self.total if self.total else 0.0
+        where = ", block by block on calibration data" if sequential else ""
         return CompressionSummary(
-            f"zeroed {pruned:,} of {total:,} weights ({achieved:.1%}) in {len(per_layer)} layers "
-            f"by {config.scorer} score, per {config.scope}{how}",
-            {"pruned_weights": pruned, "target_weights": total, "sparsity": achieved, "per_layer": per_layer},
+            f"zeroed {self.pruned:,} of {self.total:,} weights ({achieved:.1%}) in {len(self.per_layer)} layers "
+            f"by {config.scorer} score, {how}{where}",
+            {"pruned_weights": self.pruned, "target_weights": self.total, "sparsity": achieved,
+             "per_layer": self.per_layer},
         )
+
+
+class UnstructuredPruner(ScoredPruner):
+    """Zero the lowest-scoring weights of every block projection (per layer or per output row)."""
+
+    name = "prune.unstructured"
+    version = 1
+    Config = UnstructuredConfig
+
+    def mask(self, scores, config):
+        return prune_mask(scores, config.sparsity, config.scope)
+
+    def describe_mask(self, config):
+        return f"per {config.scope}"
 
 
 @hookimpl
