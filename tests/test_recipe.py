@@ -114,7 +114,7 @@ def test_relative_paths_are_relative_to_the_recipe(host, tmp_path):
 def test_missing_and_unknown_recipe_files(tmp_path):
     with pytest.raises(SlimkitError, match="no such recipe file"):
         load_recipe(tmp_path / "nope.yaml")
-    with pytest.raises(SlimkitError, match="no bundled recipe 'nope'; bundled: prune-50"):
+    with pytest.raises(SlimkitError, match="no bundled recipe 'nope'; bundled: prune-50, sparsegpt-50"):
         load_recipe("example:nope")
 
 
