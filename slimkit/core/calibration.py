@@ -70,10 +70,11 @@ def _output(result: Any) -> torch.Tensor:
     return result[0] if isinstance(result, (tuple, list)) else result
 
 
-def _weights_version(module: nn.Module) -> int:
-    # Every in-place change to a tensor bumps its version counter; a changed sum means the block
+def _weights_version(module: nn.Module) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    # Every in-place change to a tensor bumps its version counter, and replacing a parameter
+    # (structured pruning shrinks matrices) changes its identity or shape: either means the block
     # was modified and its outputs must be recomputed.
-    return sum(p._version for p in module.parameters())
+    return tuple((id(p), p._version, tuple(p.shape)) for p in module.parameters())
 
 
 class BlockStep:

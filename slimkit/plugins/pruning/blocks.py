@@ -63,7 +63,9 @@ class CosineBlockScorer(BaseScorer):
 
 
 class BlockPruningConfig(MethodConfig):
-    count: int | None = Field(None, ge=1, description="How many blocks to remove (or give fraction).")
+    count: int | None = Field(
+        None, ge=1, description="How many blocks to remove (or give fraction; neither means one block)."
+    )
     fraction: float | None = Field(
         None, gt=0.0, lt=1.0, description="Fraction of the blocks to remove, rounded to the nearest count."
     )
@@ -74,8 +76,10 @@ class BlockPruningConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _one_amount(self) -> "BlockPruningConfig":
-        if (self.count is None) == (self.fraction is None):
+        if self.count is not None and self.fraction is not None:
             raise ValueError("give exactly one of count and fraction")
+        if self.count is None and self.fraction is None:
+            object.__setattr__(self, "count", 1)  # the default: remove the single least useful block
         return self
 
 
