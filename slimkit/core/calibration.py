@@ -27,7 +27,7 @@ from slimkit.core.architecture import ArchitectureAdapter, BlockLayout, LinearRe
 from slimkit.core.data import CalibrationData
 from slimkit.core.errors import ArchitectureError
 
-STATISTICS = ("input_sq_sum", "hessian")
+STATISTICS = ("input_sum", "input_sq_sum", "hessian")
 
 
 class _Captured(Exception):
@@ -38,12 +38,14 @@ class _Captured(Exception):
 class LinearStatistics:
     """What was seen at one linear layer's input over all calibration tokens.
 
-    ``input_sq_sum[j]`` is the sum of squares of input feature j (so its L2 norm over the data
-    is the square root); ``hessian`` is the sum of x xᵀ over tokens (``[in, in]``, float64).
+    ``input_sum[j]`` and ``input_sq_sum[j]`` are the sum and the sum of squares of input feature j
+    (so its L2 norm over the data is the square root of the latter); ``hessian`` is the sum of
+    x xᵀ over tokens (``[in, in]``, float64).
     """
 
     in_features: int
     tokens: int = 0
+    input_sum: torch.Tensor | None = None
     input_sq_sum: torch.Tensor | None = None
     hessian: torch.Tensor | None = None
     wanted: tuple[str, ...] = field(default=STATISTICS)
@@ -51,6 +53,9 @@ class LinearStatistics:
     def add(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, self.in_features).to(torch.float64)
         self.tokens += rows.shape[0]
+        if "input_sum" in self.wanted:
+            total = rows.sum(dim=0)
+            self.input_sum = total if self.input_sum is None else self.input_sum + total
         if "input_sq_sum" in self.wanted:
             squares = (rows * rows).sum(dim=0)
             self.input_sq_sum = squares if self.input_sq_sum is None else self.input_sq_sum + squares

@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.pruning.sparsegpt",
     "slimkit.plugins.pruning.blocks",
     "slimkit.plugins.pruning.neuron_scores",
+    "slimkit.plugins.pruning.mutual_information",
     "slimkit.plugins.pruning.structured",
     "slimkit.plugins.pruning.taylor",
     "slimkit.plugins.evaluators.perplexity",

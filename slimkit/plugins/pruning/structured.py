@@ -45,6 +45,11 @@ class NeuronConfig(StructuredConfig):
         description="Fraction of each block's MLP neurons to remove (floor; the same count in every block).",
     )
     scorer: str = Field("neurons.magnitude", description="Installed neuron scorer that ranks the neurons.")
+    fold: bool = Field(
+        False,
+        description="Add each removed neuron's contribution to its redundant twin's down-projection column "
+        "(least squares); needs a scorer that reports twins, such as neurons.mi.",
+    )
 
 
 class HeadConfig(StructuredConfig):
@@ -131,6 +136,29 @@ def _accepts(config: Any, adapter, heads: int, kv_heads: int) -> bool:
     return True
 
 
+def _extras(values: dict[str, torch.Tensor], block: str) -> dict[str, Any]:
+    prefix = f"{block}::"
+    return {key[len(prefix):]: value for key, value in values.items() if key.startswith(prefix)}
+
+
+def fold_into_twins_(
+    down: LinearRef, dropped_in_order: torch.Tensor, extras: dict[str, Any], block: str, scorer: str
+) -> None:
+    """Replace each removed neuron a by alpha x its twin b: add alpha x down[:, a] to down[:, b].
+
+    Dropped neurons are folded in removal order, so a twin removed later carries on what was
+    folded into it.
+    """
+    if "twin" not in extras or "alpha" not in extras:
+        raise ConfigError(f"fold needs twins, and scorer {scorer!r} reports none for {block}")
+    weight = down.weight_out_in()
+    with torch.no_grad():
+        for victim in dropped_in_order.tolist():
+            twin = int(extras["twin"][victim])
+            if twin >= 0:
+                weight[:, twin] += float(extras["alpha"][victim]) * weight[:, victim]
+
+
 def _parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -158,8 +186,11 @@ class _StructuredPruner(BaseCompressor):
         if info.cls.needs_calibration and ctx.calibration is None:
             raise ConfigError(f"scorer {config.scorer!r} needs calibration data; add a calibration section")
 
-    def _prune_blocks(self, model, adapter, config, ctx, apply: Callable[[BlockLayout, torch.Tensor], None]) -> bool:
-        """Call ``apply(block, scores)`` for every block; returns whether it went sequentially."""
+    def _prune_blocks(
+        self, model, adapter, config, ctx, apply: Callable[[BlockLayout, torch.Tensor, dict[str, Any]], None]
+    ) -> bool:
+        """Call ``apply(block, scores, extras)`` for every block (``extras``: the scorer's other
+        outputs for that block, keyed ``"<block>::<what>"``); returns whether it went sequentially."""
         info = ctx.host.scorers.get(config.scorer)
         if config.sequential and getattr(info.cls, "statistics", ()):
             from slimkit.core.calibration import SequentialCalibration
@@ -170,7 +201,8 @@ class _StructuredPruner(BaseCompressor):
                 roles = scorer.roles(scorer_config)
                 refs = [ref for ref in step.block.linears() if roles is None or ref.role in roles]
                 values = scorer.score_block(step.block, step.collect(refs, scorer.statistics), scorer_config, ctx)
-                apply(step.block, _finite(values[step.block.name], step.block, config.scorer))
+                apply(step.block, _finite(values[step.block.name], step.block, config.scorer),
+                      _extras(values, step.block.name))
                 ctx.report("blocks", index, len(engine), step.block.name)
             return True
         scores = ctx.score(config.scorer, model, adapter, config.scorer_params)
@@ -178,7 +210,7 @@ class _StructuredPruner(BaseCompressor):
         for index, block in enumerate(blocks, start=1):
             if block.name not in scores:
                 raise ConfigError(f"scorer {config.scorer!r} gave no scores for {block.name}")
-            apply(block, _finite(scores[block.name], block, config.scorer))
+            apply(block, _finite(scores[block.name], block, config.scorer), _extras(scores.values, block.name))
             ctx.report("blocks", index, len(blocks), block.name)
         return False
 
@@ -193,6 +225,8 @@ class NeuronPruner(_StructuredPruner):
 
     def check(self, model, adapter, config, ctx):
         self._check_scorer(config, ctx)
+        if config.fold and not getattr(ctx.host.scorers.get(config.scorer).cls, "reports_twins", False):
+            raise ConfigError(f"fold needs twins, and scorer {config.scorer!r} reports none (use neurons.mi)")
         sizes = {block.mlp.intermediate_size for block in adapter.layout(model.model).blocks}
         if len(sizes) > 1:
             raise ArchitectureError(f"{model.architecture} has blocks of different MLP sizes {sorted(sizes)}")
@@ -205,11 +239,14 @@ class NeuronPruner(_StructuredPruner):
         params_before = _parameter_count(model.model)
         removed: dict[str, list[int]] = {}
         if count:
-            def apply(block: BlockLayout, scores: torch.Tensor) -> None:
+            def apply(block: BlockLayout, scores: torch.Tensor, extras: dict[str, Any]) -> None:
                 if scores.numel() != block.mlp.intermediate_size:
                     raise ConfigError(f"scorer {config.scorer!r} gave {scores.numel()} scores for "
                                       f"{block.mlp.intermediate_size} neurons in {block.name}")
                 drop, keep = lowest(scores, count)
+                if config.fold:
+                    fold_into_twins_(block.mlp.down, drop[torch.argsort(scores[drop], stable=True)], extras,
+                                     block.name, config.scorer)
                 shrink_mlp_(block.mlp, keep)
                 removed[block.name] = drop.tolist()
 
@@ -299,7 +336,7 @@ class HeadPruner(_StructuredPruner):
         removed: dict[str, list[int]] = {}
         sequential = False
         if count:
-            def apply(block: BlockLayout, scores: torch.Tensor) -> None:
+            def apply(block: BlockLayout, scores: torch.Tensor, extras: dict[str, Any]) -> None:
                 if scores.numel() != block.attention.num_heads:
                     raise ConfigError(f"scorer {config.scorer!r} gave {scores.numel()} scores for "
                                       f"{block.attention.num_heads} heads in {block.name}")
