@@ -53,7 +53,7 @@ def test_methods_lists_every_family_and_shows_schema(cli, host):
     sparsity = one["config_schema"]["properties"]["sparsity"]
     assert sparsity["minimum"] == 0 and sparsity["exclusiveMaximum"] == 1
     text = invoke(cli, "methods", "prune.unstructured").output
-    assert "number >=0.0 <1.0" in text and "layer | row" in text
+    assert "number >=0.0 <1.0" in text and "layer | row | global" in text
     assert invoke(cli, "methods", "--family", "evaluator", "--json").output.count('"family": "evaluator"') >= 4
 
 

@@ -123,3 +123,27 @@ def test_non_weight_scorer_is_refused(slimkit_host, register_plugin):
     register_plugin(Plugin(), name="neurons")
     with pytest.raises(ConfigError, match="scores neurons; prune.unstructured needs a weight scorer"):
         _prune(slimkit_host, load_model("example:stories260K"), scorer="test.neurons")
+
+
+def test_global_scope_ranks_across_layers(host):
+    model = load_model("example:stories260K")
+    original = {name: p.detach().clone() for name, p in model.model.named_parameters()}
+    summary, adapter = _prune(host, model, sparsity=0.5, scope="global")
+    refs = [ref for _, ref in adapter.layout(model.model).linears()]
+    removed = torch.cat([original[r.name + ".weight"][r.weight_out_in() == 0].abs() for r in refs])
+    kept = torch.cat([original[r.name + ".weight"][r.weight_out_in() != 0].abs() for r in refs])
+    assert removed.numel() == int(0.5 * (removed.numel() + kept.numel()))
+    assert removed.max() <= kept.min()  # one threshold for every layer
+    per_layer = summary.details["per_layer"].values()
+    assert max(per_layer) - min(per_layer) > 0.1  # so the layers end up with different sparsities
+
+
+def test_global_scope_with_a_data_aware_scorer_must_not_be_sequential(host):
+    from slimkit import Recipe
+    from slimkit.core.errors import RecipeError
+
+    model = load_model("example:stories260K")
+    recipe = Recipe.from_data({"calibration": {"n_samples": 2, "seq_len": 32},
+                               "steps": [{"method": "prune.unstructured", "params": {"scope": "global", "scorer": "wanda"}}]})
+    with pytest.raises(RecipeError, match="set sequential: false"):
+        recipe.resolve(host, model)

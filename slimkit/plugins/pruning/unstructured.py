@@ -41,9 +41,10 @@ class UnstructuredConfig(ScoredPruningConfig):
     sparsity: float = Field(
         0.5, ge=0.0, lt=1.0, description="Fraction of the weights of each pruned layer to set to zero."
     )
-    scope: Literal["layer", "row"] = Field(
+    scope: Literal["layer", "row", "global"] = Field(
         "layer",
-        description="Rank weights within each whole layer, or within each output row (each row keeps the same count).",
+        description="Rank weights within each whole layer, within each output row (each row keeps the same "
+        "count), or across all pruned layers at once (layers end up with different sparsities).",
     )
 
 
@@ -70,8 +71,17 @@ class ScoredPruner(BaseCompressor):
     def describe_mask(self, config: Any) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def global_masks(self, targets, scores, config) -> dict[str, torch.Tensor] | None:
+        """Masks chosen across all layers at once, or ``None`` to mask each layer on its own."""
+        return None
+
     def check(self, model, adapter, config, ctx):
         info = ctx.host.scorers.get(config.scorer)
+        if getattr(config, "scope", None) == "global" and config.sequential and getattr(info.cls, "statistics", ()):
+            raise ConfigError(
+                f"scope global ranks all layers at once, so it cannot go block by block with {config.scorer!r}; "
+                "set sequential: false"
+            )
         if info.cls.granularity != "weight":
             raise ConfigError(
                 f"scorer {config.scorer!r} scores {info.cls.granularity}s; {self.name} needs a weight scorer"
@@ -100,9 +110,10 @@ class ScoredPruner(BaseCompressor):
         missing = [ref.name for ref in targets if ref.name not in scores]
         if missing:
             raise ConfigError(f"scorer {config.scorer!r} gave no scores for {', '.join(missing[:3])}")
+        masks = self.global_masks(targets, scores, config)
         tally = _Tally()
         for done, ref in enumerate(targets, start=1):
-            tally.apply(ref, self.mask(scores[ref.name], config))
+            tally.apply(ref, masks[ref.name] if masks else self.mask(scores[ref.name], config))
             ctx.report("layers", done, len(targets), ref.name)
         return tally.summary(config, self.describe_mask(config), sequential=False)
 
@@ -159,8 +170,20 @@ class UnstructuredPruner(ScoredPruner):
     def mask(self, scores, config):
         return prune_mask(scores, config.sparsity, config.scope)
 
+    def global_masks(self, targets, scores, config):
+        if config.scope != "global":
+            return None
+        flat = torch.cat([scores[ref.name].reshape(-1).float() for ref in targets])
+        mask = prune_mask(flat, config.sparsity, "layer")  # exactly floor(s * n) over all of them
+        out, start = {}, 0
+        for ref in targets:
+            size = scores[ref.name].numel()
+            out[ref.name] = mask[start : start + size].reshape(scores[ref.name].shape)
+            start += size
+        return out
+
     def describe_mask(self, config):
-        return f"per {config.scope}"
+        return "across all layers" if config.scope == "global" else f"per {config.scope}"
 
 
 @hookimpl
