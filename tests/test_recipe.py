@@ -64,7 +64,10 @@ evaluate:
     assert f"step 2 (prune.magic): unknown compressor 'prune.magic'; installed compressors: {installed}" in text
     assert "step 3 (prune.unstructured): sparsity: Input should be a valid number" in text
     assert "scope: Input should be 'layer', 'row' or 'global' (got 'column')" in text
-    assert "colour: unknown parameter (got 'red'); UnstructuredConfig takes: scorer, scorer_params, roles, sequential, sparsity, scope" in text
+    from slimkit.plugins.pruning.unstructured import UnstructuredConfig
+
+    takes = ", ".join(UnstructuredConfig.model_fields)
+    assert f"colour: unknown parameter (got 'red'); UnstructuredConfig takes: {takes}" in text
     assert "evaluate 1 (bleu): unknown evaluator 'bleu'; installed evaluators:" in text
     assert len(problems) == 6
 

@@ -52,7 +52,7 @@ class NMPruner(ScoredPruner):
                     f"choose m dividing it or leave its role out"
                 )
 
-    def mask(self, scores, config):
+    def mask(self, scores, config, ref):
         return nm_mask(scores, config.n, config.m)
 
     def describe_mask(self, config):

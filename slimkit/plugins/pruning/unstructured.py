@@ -37,10 +37,21 @@ class ScoredPruningConfig(MethodConfig):
     )
 
 
+class OWLConfig(MethodConfig):
+    outlier: float = Field(5.0, gt=1.0, description="A weight is an outlier above this multiple of its block's mean score.")
+    spread: float = Field(0.08, ge=0.0, lt=0.5, description="Block sparsities stay within sparsity +- this (OWL's lambda).")
+
+
 class UnstructuredConfig(ScoredPruningConfig):
     sparsity: float = Field(
         0.5, ge=0.0, lt=1.0, description="Fraction of the weights of each pruned layer to set to zero."
     )
+    allocation: Literal["uniform", "owl"] = Field(
+        "uniform",
+        description="Same sparsity in every block, or OWL: blocks with more outlier weights (Wanda score above "
+        "owl.outlier x the block mean) keep more (Yin et al. 2024); needs calibration data.",
+    )
+    owl: OWLConfig = Field(default_factory=lambda: OWLConfig(), description="OWL settings (with allocation: owl).")
     scope: Literal["layer", "row", "global"] = Field(
         "layer",
         description="Rank weights within each whole layer, within each output row (each row keeps the same "
@@ -65,7 +76,7 @@ def prune_mask(scores: torch.Tensor, sparsity: float, scope: str) -> torch.Tenso
 class ScoredPruner(BaseCompressor):
     """Zero weights by scorer rank; subclasses implement :meth:`mask` and :meth:`describe_mask`."""
 
-    def mask(self, scores: torch.Tensor, config: Any) -> torch.Tensor:  # pragma: no cover - abstract
+    def mask(self, scores: torch.Tensor, config: Any, ref: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe_mask(self, config: Any) -> str:  # pragma: no cover - abstract
@@ -101,7 +112,11 @@ class ScoredPruner(BaseCompressor):
             params.setdefault("roles", list(config.roles))
         return info, params
 
+    def prepare(self, model, adapter, config, ctx) -> None:
+        """Work before any weight changes (e.g. per-layer sparsity allocation); default: none."""
+
     def compress_(self, model, adapter, config, ctx):
+        self.prepare(model, adapter, config, ctx)
         info, params = self._scorer(config, ctx)
         if config.sequential and getattr(info.cls, "statistics", ()):
             return self._sequential(model, adapter, config, ctx, info, params)
@@ -113,7 +128,7 @@ class ScoredPruner(BaseCompressor):
         masks = self.global_masks(targets, scores, config)
         tally = _Tally()
         for done, ref in enumerate(targets, start=1):
-            tally.apply(ref, masks[ref.name] if masks else self.mask(scores[ref.name], config))
+            tally.apply(ref, masks[ref.name] if masks else self.mask(scores[ref.name], config, ref))
             ctx.report("layers", done, len(targets), ref.name)
         return tally.summary(config, self.describe_mask(config), sequential=False)
 
@@ -129,7 +144,7 @@ class ScoredPruner(BaseCompressor):
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             scores = scorer.score_block(step.block, step.collect(refs, scorer.statistics), scorer_config, ctx)
             for ref in refs:
-                tally.apply(ref, self.mask(scores[ref.name], config))
+                tally.apply(ref, self.mask(scores[ref.name], config, ref))
             ctx.report("blocks", index, len(engine), step.block.name)
         return tally.summary(config, self.describe_mask(config), sequential=True)
 
@@ -167,8 +182,22 @@ class UnstructuredPruner(ScoredPruner):
     version = 1
     Config = UnstructuredConfig
 
-    def mask(self, scores, config):
-        return prune_mask(scores, config.sparsity, config.scope)
+    def check(self, model, adapter, config, ctx):
+        super().check(model, adapter, config, ctx)
+        if config.allocation == "owl":
+            if ctx.calibration is None:
+                raise ConfigError("allocation owl needs calibration data; add a calibration section")
+            if config.scope == "global":
+                raise ConfigError("allocation owl sets a sparsity per block; it cannot be combined with scope global")
+
+    def prepare(self, model, adapter, config, ctx):
+        self.sparsities: dict[str, float] = {}
+        if config.allocation == "owl":
+            self.sparsities = owl_sparsities(model, adapter, config, ctx)
+
+    def mask(self, scores, config, ref):
+        sparsity = getattr(self, "sparsities", {}).get(ref.name, config.sparsity)
+        return prune_mask(scores, sparsity, config.scope)
 
     def global_masks(self, targets, scores, config):
         if config.scope != "global":
@@ -184,6 +213,31 @@ class UnstructuredPruner(ScoredPruner):
 
     def describe_mask(self, config):
         return "across all layers" if config.scope == "global" else f"per {config.scope}"
+
+
+def owl_sparsities(model, adapter, config, ctx) -> dict[str, float]:
+    """Per-layer sparsity from each block's outlier ratio (OWL, Yin et al. 2024).
+
+    The outlier ratio D of a block is the fraction of its Wanda scores above ``owl.outlier`` x
+    their mean (on the dense model). Ratios are scaled to [0, 2 spread] and centred so the block
+    keep-ratios average 1 - sparsity: blocks with more outliers keep more weights.
+    """
+    scores = ctx.score("wanda", model, adapter, {"roles": list(config.roles)})
+    layout = adapter.layout(model.model)
+    ratios = []
+    for block in layout.blocks:
+        values = torch.cat([scores[ref.name].reshape(-1) for ref in block.linears() if ref.name in scores])
+        ratios.append(float((values > config.owl.outlier * values.mean()).float().mean()))
+    d = torch.tensor(ratios, dtype=torch.float64)
+    spread = float(d.max() - d.min())
+    scaled = (d - d.min()) / spread * 2 * config.owl.spread if spread > 0 else torch.zeros_like(d)
+    keep = scaled - scaled.mean() + (1 - config.sparsity)
+    out = {}
+    for block, ratio in zip(layout.blocks, keep.tolist()):
+        sparsity = min(max(1.0 - ratio, 0.0), 0.999)
+        for ref in block.linears():
+            out[ref.name] = sparsity
+    return out
 
 
 @hookimpl
