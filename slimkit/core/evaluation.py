@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from slimkit.core.catalogue.recording import open_catalogue, record_input
+from slimkit.core.catalogue.recording import open_catalogue, record_input, recorded_run
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import ProgressCallback
 from slimkit.core.host import Host, get_host
@@ -50,15 +50,8 @@ def evaluate_model(
     for _, info, config in plan:
         info.create().check(model, config, host.context())
     cat = open_catalogue(catalogue)
-    run_id = cat.start_run("eval") if cat is not None else None
-    try:
+    with recorded_run(cat, "eval") as run_id:
         records = [run_evaluation(host, name, info, config, model, progress) for name, info, config in plan]
         if cat is not None:
             record_input(cat, model, content_id(model.model), records, run_id)
-    except BaseException as error:
-        if cat is not None and run_id is not None:
-            cat.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
-        raise
-    if cat is not None and run_id is not None:
-        cat.finish_run(run_id, "done")
     return {record["evaluator"]: record["metrics"] for record in records}

@@ -30,7 +30,7 @@ from slimkit.core.provenance import (
     runtime_versions,
     step_key,
 )
-from slimkit.core.catalogue.recording import open_catalogue, record_input
+from slimkit.core.catalogue.recording import open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 
@@ -118,17 +118,9 @@ def run_recipe(
     problems = validated.check_model(host, loaded, calibration)
     if problems:
         raise RecipeError(problems, recipe.name)
-    run_id = cat.start_run("recipe", recipe.name, recipe.to_yaml()) if cat is not None else None
-    try:
-        result = _execute(host, recipe, validated, loaded, calibration, cat, run_id, target, overwrite,
-                          progress, force, name)
-    except BaseException as error:
-        if cat is not None and run_id is not None:
-            cat.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
-        raise
-    if cat is not None and run_id is not None:
-        cat.finish_run(run_id, "done")
-    return result
+    with recorded_run(cat, "recipe", recipe.name, recipe.to_yaml()) as run_id:
+        return _execute(host, recipe, validated, loaded, calibration, cat, run_id, target, overwrite,
+                        progress, force, name)
 
 
 def _execute(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from slimkit.core.model_io import LoadedModel, disk_bytes
 
@@ -37,3 +38,21 @@ def record_input(
         cat.record_evaluations(model_id, record["evaluator"], record["version"], record["metrics"],
                                config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],
                                run_id=run_id)
+
+
+@contextlib.contextmanager
+def recorded_run(
+    cat: "Catalogue | None", kind: str, recipe_name: str | None = None, recipe_text: str | None = None
+) -> Iterator[str | None]:
+    """A run row around a piece of work: ``running`` while it runs, then ``done``, or ``failed``
+    with the error (re-raised). Without a catalogue it yields ``None`` and records nothing."""
+    if cat is None:
+        yield None
+        return
+    run_id = cat.start_run(kind, recipe_name, recipe_text)
+    try:
+        yield run_id
+    except BaseException as error:
+        cat.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
+        raise
+    cat.finish_run(run_id, "done")
