@@ -26,6 +26,22 @@ def host():
     return slimkit.make_host(load_entrypoints=False)
 
 
+@pytest.fixture
+def model():
+    """A fresh copy of the bundled stories260K model (tests may change it)."""
+    return slimkit.load_model("example:stories260K")
+
+
+@pytest.fixture
+def calibration(model):
+    """Four seeded 64-token windows of the bundled TinyStories sample, for data-aware methods.
+    (Test modules that need other sizes define their own ``calibration``.)"""
+    from slimkit.core.data import TextSource, calibration_samples
+    from slimkit.core.model_io import example_text
+
+    return calibration_samples(model.tokenizer, TextSource(example_text()), n_samples=4, seq_len=64)
+
+
 @pytest.fixture(scope="session")
 def stories() -> Path:
     """The bundled stories260K example folder (a 260K-parameter Llama)."""

@@ -7,28 +7,8 @@ import torch
 import transformers
 
 import slimkit
-from slimkit.core.data import TextSource, calibration_samples
-from slimkit.core.host import DEFAULT_PLUGINS
 from slimkit.core.errors import ConfigError, SlimkitError
-from slimkit.core.model_io import example_text
 
-PLUGINS = ("slimkit.plugins.pruning.blocks", "slimkit.plugins.pruning.taylor")
-
-
-@pytest.fixture
-def host():
-    assert set(PLUGINS) <= set(DEFAULT_PLUGINS)
-    return slimkit.make_host(load_entrypoints=False)
-
-
-@pytest.fixture
-def model():
-    return slimkit.load_model("example:stories260K")
-
-
-@pytest.fixture
-def calibration(model):
-    return calibration_samples(model.tokenizer, TextSource(example_text()), n_samples=4, seq_len=64)
 
 
 def influence(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -13,11 +13,6 @@ from slimkit.plugins.pruning.unstructured import prune_mask
 
 
 @pytest.fixture
-def model():
-    return load_model("example:stories260K")
-
-
-@pytest.fixture
 def calibration(model):
     return calibration_samples(model.tokenizer, TextSource(example_text()), n_samples=6, seq_len=48, seed=1)
 

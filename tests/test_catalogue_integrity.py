@@ -3,37 +3,26 @@ their rows, failed runs, and refused (or cascading) deletes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote
+from typing import Any
 
 import pytest
 
 from slimkit import BaseCompressor, Recipe, hookimpl, load_model, run_recipe
 from slimkit.core.catalogue import Catalogue, CatalogueError
+from slimkit.core.catalogue.migrate import read_only_sqlite as read_only
 from slimkit.core.provenance import content_id
 
 TABLES = ("runs", "models", "steps", "step_parents", "evaluations")
 ARCHITECTURE = "LlamaForCausalLM"
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def counts(path: Path) -> dict[str, int]:

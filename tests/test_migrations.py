@@ -11,8 +11,7 @@ import logging
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -23,6 +22,7 @@ from sqlalchemy import create_engine, inspect
 
 from slimkit.core.catalogue import Catalogue, CatalogueError
 from slimkit.core.catalogue import migrate
+from slimkit.core.catalogue.migrate import read_only_sqlite as read_only
 from slimkit.core.catalogue.schema import Base
 from slimkit.core.cli import make_cli
 
@@ -31,16 +31,6 @@ TABLES_0001 = ("runs", "models", "steps", "step_parents", "evaluations")
 ROWS_0001 = {"runs": 1, "models": 3, "steps": 2, "step_parents": 2, "evaluations": 8}
 PRUNED_30 = "sha256:765c4da15623359abcff35735f04e7036cb50d6f3aa90494285b3011d964afb7"
 PRUNED_50 = "sha256:dd89ec153c9b92c3dca4dce49cde260c835da947ab779c66e3c861f8183039da"
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain read-only SQLite connection (no WAL switch, nothing created)."""
-    connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def columns(connection: sqlite3.Connection, table: str) -> list[str]:

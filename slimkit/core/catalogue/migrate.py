@@ -100,6 +100,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+@contextlib.contextmanager
+def read_only_sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain read-only connection to a SQLite file: no WAL switch, nothing created beside it.
+    The path is URI-escaped, so names with ``?``, ``#`` or ``%`` open the file they name."""
+    connection = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
 def _precheck_sqlite(path: Path) -> None:
     """Refuse a file that is not a slimkit catalogue, or one from a newer slimkit, read-only.
 
@@ -110,15 +121,12 @@ def _precheck_sqlite(path: Path) -> None:
         if handle.read(16) != SQLITE_HEADER:
             raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
     try:
-        connection = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
-        try:
+        with read_only_sqlite(path) as connection:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             revision = None
             if "alembic_version" in tables:
                 row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
                 revision = row[0] if row else None
-        finally:
-            connection.close()
     except sqlite3.DatabaseError as error:
         raise CatalogueError(f"{path} is not a slimkit catalogue ({error})") from None
     if revision is None and tables - {"alembic_version"}:
