@@ -66,6 +66,20 @@ class MethodContext:
         if self.progress is not None:
             self.progress(ProgressEvent(stage, done, total, message))
 
+    def require_scorer(self, scorer: str, granularity: str, method: str) -> Any:
+        """The installed scorer ``scorer`` if ``method`` can use it: it scores ``granularity``
+        units and, if it needs calibration data, there is some. Raises ConfigError otherwise."""
+        from slimkit.core.errors import ConfigError
+
+        info = self.host.scorers.get(scorer)
+        if info.cls.granularity != granularity:
+            raise ConfigError(
+                f"scorer {scorer!r} scores {info.cls.granularity}s; {method} needs a {granularity} scorer"
+            )
+        if info.cls.needs_calibration and self.calibration is None:
+            raise ConfigError(f"scorer {scorer!r} needs calibration data; add a calibration section")
+        return info
+
     def score(
         self,
         scorer: str,

@@ -119,11 +119,7 @@ class BlockPruner(BaseCompressor):
     Config = BlockPruningConfig
 
     def check(self, model, adapter, config, ctx):
-        info = ctx.host.scorers.get(config.scorer)
-        if info.cls.granularity != "block":
-            raise ConfigError(f"scorer {config.scorer!r} scores {info.cls.granularity}s; {self.name} needs a block scorer")
-        if info.cls.needs_calibration and ctx.calibration is None:
-            raise ConfigError(f"scorer {config.scorer!r} needs calibration data; add a calibration section")
+        ctx.require_scorer(config.scorer, "block", self.name)
         layout = adapter.layout(model.model)
         if not isinstance(resolve(model.model, layout.blocks_name), nn.ModuleList):
             raise ArchitectureError(f"{layout.blocks_name} of {model.architecture} is not an nn.ModuleList")

@@ -178,13 +178,7 @@ class _StructuredPruner(BaseCompressor):
     granularity: str
 
     def _check_scorer(self, config, ctx) -> None:
-        info = ctx.host.scorers.get(config.scorer)
-        if info.cls.granularity != self.granularity:
-            raise ConfigError(
-                f"scorer {config.scorer!r} scores {info.cls.granularity}s; {self.name} needs a {self.granularity} scorer"
-            )
-        if info.cls.needs_calibration and ctx.calibration is None:
-            raise ConfigError(f"scorer {config.scorer!r} needs calibration data; add a calibration section")
+        ctx.require_scorer(config.scorer, self.granularity, self.name)
 
     def _prune_blocks(
         self, model, adapter, config, ctx, apply: Callable[[BlockLayout, torch.Tensor, dict[str, Any]], None]

@@ -87,18 +87,12 @@ class ScoredPruner(BaseCompressor):
         return None
 
     def check(self, model, adapter, config, ctx):
-        info = ctx.host.scorers.get(config.scorer)
+        info = ctx.require_scorer(config.scorer, "weight", self.name)
         if getattr(config, "scope", None) == "global" and config.sequential and getattr(info.cls, "statistics", ()):
             raise ConfigError(
                 f"scope global ranks all layers at once, so it cannot go block by block with {config.scorer!r}; "
                 "set sequential: false"
             )
-        if info.cls.granularity != "weight":
-            raise ConfigError(
-                f"scorer {config.scorer!r} scores {info.cls.granularity}s; {self.name} needs a weight scorer"
-            )
-        if info.cls.needs_calibration and ctx.calibration is None:
-            raise ConfigError(f"scorer {config.scorer!r} needs calibration data; add a calibration section")
         layout = adapter.layout(model.model)
         if not any(True for _ in layout.linears(config.roles)):
             raise ArchitectureError(
