@@ -64,6 +64,77 @@ def test_sparsegpt_single_removal_is_the_least_squares_optimum():
     torch.testing.assert_close(pruned, expected, rtol=1e-7, atol=1e-9)
 
 
+def reference_sparsegpt(W, H, sparsity, n=None, m=None, block_size=128, dampening=0.01):
+    """SparseGPT's column sweep written out plainly (Frantar & Alistarh 2023, Algorithm 1), float64."""
+    W, H = W.double().clone(), H.double().clone()
+    H += dampening * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, W.shape[1], block_size):
+        i2 = min(i1 + block_size, W.shape[1])
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        if n is None:
+            tmp = W1**2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+            mask1.view(-1)[torch.sort(tmp.flatten(), stable=True).indices[: int(tmp.numel() * sparsity)]] = True
+        for i in range(i2 - i1):
+            if n is not None and i % m == 0:
+                tmp = W1[:, i:i + m] ** 2 / torch.diag(Hinv1)[i:i + m].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.sort(tmp, dim=1, stable=True).indices[:, : m - n], True)
+            w, d = W1[:, i], Hinv1[i, i]
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2], mask[:, i1:i2] = Q1, mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W, mask
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"sparsity": 0.0, "n": 2, "m": 4}],
+                         ids=["unstructured", "2:4"])
+def test_fast_sweep_equals_the_plain_algorithm(pattern):
+    """The rearranged column sweep against the algorithm as published, on correlated inputs
+    spanning a full and a partial mask block (each with inner blocks): same mask, same weights."""
+    generator = torch.Generator().manual_seed(2)
+    mix = torch.randn(96, 96, generator=generator, dtype=torch.float64)
+    X = mix @ torch.randn(96, 400, generator=generator, dtype=torch.float64)
+    W = torch.randn(24, 96, generator=generator, dtype=torch.float64)
+    expected, expected_mask = reference_sparsegpt(W, X @ X.T, block_size=80, **pattern)
+    ours = W.clone()
+    mask = sparsegpt_prune_(ours, X @ X.T, block_size=80, **pattern)
+    assert torch.equal(mask, expected_mask)
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-10)
+    # float32 weights sweep in float32: same mask, weights within float32 rounding
+    ours32 = W.float()
+    mask32 = sparsegpt_prune_(ours32, X @ X.T, block_size=80, **pattern)
+    assert float((mask32 != expected_mask).double().mean()) < 0.01
+    assert torch.equal(ours32 == 0, mask32)
+
+
+def test_stacked_layers_sharing_a_hessian_prune_as_if_apart():
+    """q/k/v share their input: one sweep over their stacked rows, with the mask chosen within
+    each layer's rows, gives each layer exactly what pruning it alone gives."""
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 300, generator=generator, dtype=torch.float64)
+    H = X @ X.T
+    layers = [torch.randn(rows, 64, generator=generator, dtype=torch.float64) for rows in (16, 8, 8)]
+    stacked = torch.cat(layers)
+    mask = sparsegpt_prune_(stacked, H, sparsity=0.5, block_size=32, row_groups=[16, 8, 8])
+    first = 0
+    for layer in layers:
+        alone = layer.clone()
+        alone_mask = sparsegpt_prune_(alone, H, sparsity=0.5, block_size=32)
+        assert torch.equal(mask[first : first + len(layer)], alone_mask)
+        torch.testing.assert_close(stacked[first : first + len(layer)], alone, rtol=1e-10, atol=1e-12)
+        first += len(layer)
+    with pytest.raises(ValueError, match="row_groups"):
+        sparsegpt_prune_(torch.cat(layers), H, sparsity=0.5, row_groups=[16, 8])
+
+
 def test_sparsegpt_at_zero_sparsity_changes_nothing():
     generator = torch.Generator().manual_seed(1)
     X = torch.randn(16, 64, generator=generator)

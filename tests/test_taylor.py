@@ -45,3 +45,65 @@ def test_taylor_drives_unstructured_pruning(host):
     result = slimkit.run_recipe(recipe, "example:stories260K", host=host, catalogue=False)
     weight = result.model.model.get_submodule("model.layers.1.mlp.up_proj").weight
     assert torch.equal((weight == 0).sum(dim=1), torch.full((weight.shape[0],), weight.shape[1] // 2))
+
+
+def gate_gradients(model, ids, block: int, kind: str) -> torch.Tensor:
+    """dL/d alpha at alpha = 1, where alpha[u] scales every weight of unit u's group (a neuron's
+    gate/up rows and down column, or a query head's q rows and o columns): the first-order loss
+    change of removing each unit, computed with torch.func instead of weight gradients."""
+    module = model.model
+    prefix = f"model.layers.{block}."
+    if kind == "neuron":
+        units = module.config.intermediate_size
+        groups = {"mlp.gate_proj.weight": 0, "mlp.up_proj.weight": 0, "mlp.down_proj.weight": 1}
+        width = 1
+    else:
+        units = module.config.num_attention_heads
+        width = module.config.hidden_size // units
+        groups = {"self_attn.q_proj.weight": 0, "self_attn.o_proj.weight": 1}
+    params = {prefix + name: module.get_submodule(prefix + name.rsplit(".", 1)[0]).weight.detach()
+              for name in groups}
+
+    def loss(alpha):
+        scale = alpha.repeat_interleave(width)
+        scaled = {name: w * (scale[:, None] if groups[name.removeprefix(prefix)] == 0 else scale[None, :])
+                  for name, w in params.items()}
+        return torch.func.functional_call(module, scaled, args=(), kwargs={
+            "input_ids": ids, "labels": ids, "use_cache": False}).loss
+
+    return torch.func.grad(loss)(torch.ones(units))
+
+
+@pytest.mark.parametrize("kind", ["neuron", "head"])
+def test_group_taylor_vector_is_the_loss_change_of_removing_the_unit(host, model, calibration, kind):
+    scores = host.score(f"{kind}s.taylor", model, params={"aggregate": "vector"},
+                        context=host.context(calibration=calibration))
+    for block in (0, 3):
+        expected = gate_gradients(model, calibration.input_ids, block, kind).abs()
+        torch.testing.assert_close(scores[f"model.layers.{block}"], expected, rtol=2e-3, atol=1e-7)
+
+
+def test_group_taylor_element_sums_the_weight_scores_of_the_group(host, model, calibration):
+    context = host.context(calibration=calibration)
+    neurons = host.score("neurons.taylor", model, context=context)
+    heads = host.score("heads.taylor", model, context=context)
+    weights = host.score("taylor", model, context=context)
+    block = "model.layers.2"
+    expected = (weights[f"{block}.mlp.gate_proj"].sum(1) + weights[f"{block}.mlp.up_proj"].sum(1)
+                + weights[f"{block}.mlp.down_proj"].sum(0))
+    torch.testing.assert_close(neurons[block], expected, rtol=1e-4, atol=1e-9)
+    config = model.model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_feature = weights[f"{block}.self_attn.q_proj"].sum(1) + weights[f"{block}.self_attn.o_proj"].sum(0)
+    torch.testing.assert_close(heads[block], per_feature.reshape(-1, head_dim).sum(1), rtol=1e-4, atol=1e-9)
+
+
+def test_neuron_taylor_drives_structured_pruning(host):
+    recipe = slimkit.Recipe.from_data({
+        "calibration": {"n_samples": 4, "seq_len": 64, "seed": 0},
+        "steps": [{"method": "prune.neurons", "params": {"fraction": 0.25, "scorer": "neurons.taylor"}}],
+    })
+    result = slimkit.run_recipe(recipe, "example:stories260K", host=host, catalogue=False)
+    config = result.model.model.config
+    assert config.intermediate_size == 172 - 43
+    assert result.model.model.get_submodule("model.layers.4.mlp.down_proj").weight.shape[1] == 129

@@ -31,7 +31,7 @@ STATISTICS = ("input_sum", "input_sq_sum", "hessian")
 
 
 class _Captured(Exception):
-    """Raised by the capture hook to stop the forward pass after the first block's inputs."""
+    """Raised by a hook to stop a forward pass once it has seen what it needed."""
 
 
 @dataclass
@@ -51,17 +51,20 @@ class LinearStatistics:
     wanted: tuple[str, ...] = field(default=STATISTICS)
 
     def add(self, x: torch.Tensor) -> None:
-        rows = x.detach().reshape(-1, self.in_features).to(torch.float64)
+        rows = x.detach().reshape(-1, self.in_features)
         self.tokens += rows.shape[0]
-        if "input_sum" in self.wanted:
-            total = rows.sum(dim=0)
-            self.input_sum = total if self.input_sum is None else self.input_sum + total
-        if "input_sq_sum" in self.wanted:
-            squares = (rows * rows).sum(dim=0)
-            self.input_sq_sum = squares if self.input_sq_sum is None else self.input_sq_sum + squares
+        if "input_sum" in self.wanted or "input_sq_sum" in self.wanted:
+            wide = rows.to(torch.float64)
+            if "input_sum" in self.wanted:
+                total = wide.sum(dim=0)
+                self.input_sum = total if self.input_sum is None else self.input_sum.add_(total)
+            if "input_sq_sum" in self.wanted:
+                squares = (wide * wide).sum(dim=0)
+                self.input_sq_sum = squares if self.input_sq_sum is None else self.input_sq_sum.add_(squares)
         if "hessian" in self.wanted:
-            product = rows.T @ rows
-            self.hessian = product if self.hessian is None else self.hessian + product
+            work = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
+            product = (work.T @ work).to(torch.float64)
+            self.hessian = product if self.hessian is None else self.hessian.add_(product)
 
     @property
     def input_norm(self) -> torch.Tensor:
@@ -88,38 +91,93 @@ class BlockStep:
     def __init__(self, engine: "SequentialCalibration", block: BlockLayout) -> None:
         self.engine = engine
         self.block = block
-        self._outputs: list[torch.Tensor] | None = None
+        self._ready = False  # whether engine._spare holds this block's outputs for its weights
         self._version = _weights_version(block.module)
 
-    def collect(self, refs: Sequence[LinearRef], statistics: Sequence[str]) -> dict[str, LinearStatistics]:
+    def collect(
+        self, refs: Sequence[LinearRef], statistics: Sequence[str], *, outputs: bool = True
+    ) -> dict[str, LinearStatistics]:
         """Run the block over every calibration batch, accumulating statistics at the inputs of
-        ``refs`` (keyed by layer name). The block's outputs are kept for the next block."""
+        ``refs`` (keyed by layer name). The block's outputs are kept for the next block.
+
+        ``outputs=False`` says the caller is about to change the block, which makes its present
+        outputs useless: each batch's forward then stops as soon as every layer in ``refs`` has
+        seen its input (for a Llama block with all seven projections, before ``down_proj``'s
+        product, a quarter of the block's work), and :meth:`outputs` computes them afterwards."""
         unknown = set(statistics) - set(STATISTICS)
         if unknown:
             raise ValueError(f"unknown statistics {sorted(unknown)}; known: {', '.join(STATISTICS)}")
-        stats = {ref.name: LinearStatistics(ref.in_features, wanted=tuple(statistics)) for ref in refs}
+        wanted = tuple(statistics)
+        stats: dict[str, LinearStatistics] = {}
+        leader: dict[str, str] = {}  # layer -> the layer whose statistics it shares (itself if none)
+        seen: dict[int, tuple[torch.Tensor, str]] = {}  # input tensors of the current batch, by id
+        fired: set[str] = set()
+        names = {ref.name for ref in refs}
+
+        def hook(name: str, in_features: int, x: torch.Tensor) -> None:
+            fired.add(name)
+            first = seen.get(id(x))
+            if first is not None and first[0] is not x:
+                first = None
+            if name not in leader:  # first batch: share with an earlier layer fed this very tensor
+                leader[name] = first[1] if first is not None else name
+                if leader[name] == name:
+                    stats[name] = LinearStatistics(in_features, wanted=wanted)
+            elif (first[1] if first is not None else name) != leader[name]:
+                raise RuntimeError(f"{name} changed which layer shares its input between batches")
+            if first is None:
+                seen[id(x)] = (x, name)
+            if leader[name] == name:
+                stats[name].add(x)
+            if not outputs and fired == names:
+                raise _Captured
+
+        def between_batches() -> None:
+            seen.clear()
+            fired.clear()
+
         handles = [
-            ref.module.register_forward_hook(lambda _m, args, _out, s=stats[ref.name]: s.add(args[0]))
+            ref.module.register_forward_pre_hook(
+                lambda _m, args, name=ref.name, size=ref.in_features: hook(name, size, args[0]))
             for ref in refs
         ]
         try:
-            self._outputs = self.engine._run_block(self.block.module)
+            self.engine._run_block(self.block.module, between_batches, write=outputs)
         finally:
             for handle in handles:
                 handle.remove()
+        self._ready = outputs
         self._version = _weights_version(self.block.module)
-        return stats
+        missing = [ref.name for ref in refs if ref.name not in leader]
+        if missing:
+            raise ArchitectureError(f"{', '.join(missing)} never ran during the forward pass of {self.block.name}")
+        return {ref.name: stats[leader[ref.name]] for ref in refs}
 
-    def outputs(self) -> list[torch.Tensor]:
-        """The block's outputs on the calibration batches, recomputed if its weights changed."""
-        if self._outputs is None or _weights_version(self.block.module) != self._version:
-            self._outputs = self.engine._run_block(self.block.module)
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The block's inputs on all calibration samples, ``[samples, seq_len, hidden]``."""
+        return self.engine._hidden
+
+    def outputs(self) -> torch.Tensor:
+        """The block's outputs on all calibration samples (``[samples, seq_len, hidden]``),
+        recomputed if its weights changed. The tensor is reused: it becomes the next block's
+        inputs, then the buffer the block after that writes to, so copy what must be kept."""
+        if not self._ready or _weights_version(self.block.module) != self._version:
+            self.engine._run_block(self.block.module, write=True)
+            self._ready = True
             self._version = _weights_version(self.block.module)
-        return self._outputs
+        return self.engine._spare
 
 
 class SequentialCalibration:
-    """Feeds calibration samples through a model block by block (see the module docstring)."""
+    """Feeds calibration samples through a model block by block (see the module docstring).
+
+    The hidden states live in two buffers of ``[samples, seq_len, hidden]`` allocated once: the
+    current block reads one and writes the other, and they swap before the next block. Keeping
+    them in place (rather than as fresh tensors per batch and block) is what holds the process's
+    memory to the two buffers: freed per-batch tensors of a megabyte or so are not handed back
+    to the system by the C allocator and would pile up as fragmentation.
+    """
 
     def __init__(
         self,
@@ -127,59 +185,93 @@ class SequentialCalibration:
         adapter: ArchitectureAdapter,
         calibration: CalibrationData,
         *,
-        batch_size: int = 8,
+        batch_tokens: int = 512,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size`` samples per forward (default: as many as fit in ``batch_tokens``
+        tokens, at least one: a block's transient activations stay small)."""
         self.module: nn.Module = model.model if hasattr(model, "model") and not isinstance(model, nn.Module) else model
         self.layout = adapter.layout(self.module)
         if not self.layout.blocks:
             raise ArchitectureError(f"{type(self.module).__name__} has no blocks to calibrate")
         self.calibration = calibration
+        if batch_size is None:
+            batch_size = batch_tokens // max(1, calibration.seq_len)
         self.batch_size = max(1, batch_size)
         self.device = next(self.module.parameters()).device
-        self._hidden: list[torch.Tensor] = []
+        self._hidden = torch.empty(0)  # the current block's inputs
+        self._spare = torch.empty(0)  # where the current block writes its outputs
         self._kwargs: list[dict[str, Any]] = []
 
     def __len__(self) -> int:
         return len(self.layout.blocks)
 
-    def capture(self) -> list[torch.Tensor]:
-        """Inputs of the first block for every calibration batch (also their keyword arguments:
-        attention masks, positions, rotary embeddings), without running the rest of the model."""
+    def _batches(self) -> list[slice]:
+        n = self.calibration.n_samples
+        return [slice(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
+
+    def capture(self) -> torch.Tensor:
+        """Inputs of the first block for every calibration sample (also each batch's keyword
+        arguments: attention masks, positions, rotary embeddings), without running the rest of
+        the model."""
         first = self.layout.blocks[0].module
-        hidden: list[torch.Tensor] = []
         kwargs: list[dict[str, Any]] = []
+        buffers: list[torch.Tensor] = []
+        current: list[slice] = []
 
         def grab(_module: nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-            hidden.append(args[0] if args else kw.pop("hidden_states"))
+            hidden = args[0] if args else kw.pop("hidden_states")
+            if not buffers:
+                shape = (self.calibration.n_samples, *hidden.shape[1:])
+                buffers.extend(torch.empty(shape, dtype=hidden.dtype, device=hidden.device) for _ in range(2))
+            buffers[0][current[0]].copy_(hidden)
             kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
             raise _Captured
 
         handle = first.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with torch.no_grad():
-                for start in range(0, self.calibration.n_samples, self.batch_size):
-                    batch = self.calibration.input_ids[start : start + self.batch_size].to(self.device)
+                for batch in self._batches():
+                    current[:] = [batch]
                     try:
-                        self.module(input_ids=batch, use_cache=False)
+                        self.module(input_ids=self.calibration.input_ids[batch].to(self.device), use_cache=False)
                     except _Captured:
                         pass
         finally:
             handle.remove()
-        self._hidden, self._kwargs = hidden, kwargs
-        return hidden
+        self._hidden, self._spare = buffers
+        self._kwargs = kwargs
+        return self._hidden
 
-    def _run_block(self, block: nn.Module) -> list[torch.Tensor]:
+    def _run_block(self, block: nn.Module, between_batches: Any = None, *, write: bool = True) -> None:
+        """Run ``block`` on every batch of the current inputs, writing its outputs to the spare
+        buffer (``write=False``: a hook may stop each forward early; nothing is written)."""
         with torch.no_grad():
-            return [_output(block(h, **kw)) for h, kw in zip(self._hidden, self._kwargs)]
+            for batch, kw in zip(self._batches(), self._kwargs):
+                try:
+                    output = _output(block(self._hidden[batch], **kw))
+                except _Captured:
+                    if write:
+                        raise
+                else:
+                    if write:
+                        self._spare[batch].copy_(output)
+                    del output
+                if between_batches is not None:
+                    between_batches()
 
     def __iter__(self) -> Iterator[BlockStep]:
         was_training = self.module.training
         self.module.eval()
         try:
             self.capture()
-            for block in self.layout.blocks:
+            last = len(self.layout.blocks) - 1
+            for index, block in enumerate(self.layout.blocks):
                 step = BlockStep(self, block)
                 yield step
-                self._hidden = step.outputs()  # what the (possibly compressed) block now produces
+                if index < last:  # nothing reads the last block's outputs
+                    step.outputs()  # what the (possibly compressed) block now produces ...
+                    self._hidden, self._spare = self._spare, self._hidden  # ... feeds the next one
+            self._hidden, self._spare, self._kwargs = torch.empty(0), torch.empty(0), []  # done: free them
         finally:
             self.module.train(was_training)

@@ -29,7 +29,8 @@ def content_id(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():  # hashlib reads the buffer in place: no copy of the bytes
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     return "sha256:" + digest.hexdigest()
 
 

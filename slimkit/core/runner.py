@@ -173,6 +173,7 @@ def _execute(
         reset_peak()
         with Stopwatch() as watch:
             summary = info.create().compress_(loaded, adapter, config, ctx)
+        peak = peak_rss_bytes()  # the step's own peak, before hashing the result adds its buffers
         loaded.path = None  # the in-memory model no longer matches any file
         child_id = content_id(loaded.model)
         records.append(StepRecord(
@@ -182,7 +183,7 @@ def _execute(
             # Recorded whenever the step was given calibration data: a compressor may not need it
             # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
             calibration_fingerprint=fingerprint, seed=seed, wall_time_s=round(watch.seconds, 4),
-            peak_rss_bytes=peak_rss_bytes(), summary=summary.description, details=dict(summary.details),
+            peak_rss_bytes=peak, summary=summary.description, details=dict(summary.details),
         ))
         summaries.append(summary)
         reused.append(False)

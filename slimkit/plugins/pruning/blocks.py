@@ -55,8 +55,7 @@ class CosineBlockScorer(BaseScorer):
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         values = []
         for index, step in enumerate(engine, start=1):
-            inputs = torch.cat(engine._hidden)
-            values.append(block_influence(inputs, torch.cat(step.outputs())))
+            values.append(block_influence(step.inputs, step.outputs()))
             ctx.report("blocks", index, len(engine), step.block.name)
         tensor = torch.tensor(values, dtype=torch.float64)
         return Scores(self.name, self.granularity, {"blocks": tensor}, config.model_dump(mode="json"))

@@ -35,16 +35,18 @@ class MIConfig(MethodConfig):
 
 
 def gaussian_mi(hessian: torch.Tensor, total: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Pairwise Gaussian MI (nats) from sums: ``hessian`` = Σ x xᵀ, ``total`` = Σ x."""
-    mean = total / tokens
-    cov = hessian / tokens - torch.outer(mean, mean)
+    """Pairwise Gaussian MI (nats) from sums: ``hessian`` = Σ x xᵀ, ``total`` = Σ x.
+
+    Built in place in one ``[n, n]`` float64 buffer (plus one temporary), not the five or six
+    matrices a direct transcription of the formula allocates."""
+    mean = (total / tokens).to(torch.float64)
+    cov = hessian.to(torch.float64) / tokens  # a new buffer: the statistics stay untouched
+    cov.addr_(mean, mean, alpha=-1.0)
     std = cov.diagonal().clamp(min=0).sqrt()
-    rho = cov / torch.outer(std, std).clamp(min=1e-300)
-    rho = rho.clamp(-1.0, 1.0)
-    mi = -0.5 * torch.log1p(-(rho * rho).clamp(max=1 - 1e-12))
-    dead = std == 0  # a neuron that never varies carries no information
-    mi[dead, :] = 0.0
-    mi[:, dead] = 0.0
+    inverse = torch.where(std > 0, 1.0 / std.clamp(min=1e-300), torch.zeros_like(std))
+    # a neuron that never varies carries no information: its inverse is 0, so its rho and MI are 0
+    rho = cov.mul_(torch.outer(inverse, inverse)).clamp_(-1.0, 1.0)  # one product per entry: symmetric
+    mi = rho.square_().clamp_(max=1 - 1e-12).neg_().log1p_().mul_(-0.5)
     mi.fill_diagonal_(0.0)
     return mi
 

@@ -9,6 +9,8 @@ The mask is chosen adaptively within each column block by ``w² / [H⁻¹]²_jj`
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from pydantic import Field, model_validator
 
@@ -17,6 +19,7 @@ from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit.plugins.pruning.unstructured import lowest_per_row
 
 
 class SparseGPTConfig(MethodConfig):
@@ -36,6 +39,25 @@ class SparseGPTConfig(MethodConfig):
         return self
 
 
+def _inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)``: the upper Cholesky factor of the dampened ``H⁻¹`` (``H⁻¹ = UᵀU``, float64)
+    and the inputs that were always zero (their rows/columns of ``H`` replaced by the identity).
+
+    With ``J`` the order-reversing permutation and ``JHJ = LLᵀ``, ``U = J L⁻¹ J``: one Cholesky
+    factorisation and one triangular inverse instead of inverting ``H`` and factorising again.
+    """
+    H = hessian.to(torch.float64, copy=True)
+    dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
+    H[dead, dead] = 1.0
+    H.diagonal().add_(dampening * torch.mean(torch.diag(H)))
+    L = torch.linalg.cholesky(H.flip(0, 1))
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
+
+
+INNER_BLOCK = 32  # columns swept between matrix updates of the rest of a mask block
+
+
 def sparsegpt_prune_(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -45,47 +67,66 @@ def sparsegpt_prune_(
     m: int | None = None,
     block_size: int = 128,
     dampening: float = 0.01,
+    row_groups: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Prune ``weight`` (``[out, in]``, changed in place) with the inputs' ``hessian``
-    (``[in, in]``); returns the boolean mask of removed weights."""
+    (``[in, in]``); returns the boolean mask of removed weights.
+
+    ``row_groups``: sizes of consecutive row ranges that are separate layers stacked to share
+    one sweep (``q``/``k``/``v`` share their input, hence ``H``); the unstructured mask is then
+    chosen within each layer's rows, exactly as if each were pruned on its own.
+
+    ``H⁻¹`` and its Cholesky factor are computed in float64; the column sweep runs in the weight's
+    precision, at least float32 (float32 for a float32 model, as in the reference implementation).
+    The sweep is the published one, arranged to move less memory: with a mask block's mask fixed,
+    the error of column ``i`` is ``w_i * mask_i / U_ii``, and subtracting ``err_i ⊗ U[i, i:]`` also
+    turns column ``i`` into its pruned value (exactly zero where masked, unchanged elsewhere). That
+    outer product is applied only within an inner block of ``INNER_BLOCK`` columns; the inner
+    block's errors reach the rest of the mask block in one matrix product, and the rest of the
+    layer after each mask block, as in SparseGPT's lazy batch updates.
+    """
     rows, columns = weight.shape
-    W = weight.detach().to(torch.float64).clone()
-    H = hessian.to(torch.float64).clone()
-    dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
-    H[dead, dead] = 1.0
+    groups = list(row_groups) if row_groups is not None else [rows]
+    if sum(groups) != rows:
+        raise ValueError(f"row_groups {groups} do not add up to the weight's {rows} rows")
+    U64, dead = _inverse_cholesky(hessian, dampening)
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    U = U64.to(dtype)
+    W = weight.detach().to(dtype, copy=True)
     W[:, dead] = 0.0
-    H += dampening * torch.mean(torch.diag(H)) * torch.eye(columns, dtype=H.dtype)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    mask = torch.zeros_like(W, dtype=torch.bool)
+    mask = torch.zeros(rows, columns, dtype=torch.bool)
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
+        width = stop - start
         W1 = W[:, start:stop].clone()
-        Hinv1 = Hinv[start:stop, start:stop]
-        diag = torch.diag(Hinv1)
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        U1 = U[start:stop, start:stop]
+        diag = torch.diag(U1)
+        mask1 = torch.zeros(rows, width, dtype=torch.bool)
         if n is None:
             saliency = W1**2 / diag.reshape(1, -1) ** 2
-            count = int(saliency.numel() * sparsity)
-            if count:
-                order = torch.sort(saliency.flatten(), stable=True).indices[:count]
-                mask1.view(-1)[order] = True
-        for i in range(stop - start):
-            if n is not None and m is not None and i % m == 0:
-                group = W1[:, i : i + m] ** 2 / diag[i : i + m].reshape(1, -1) ** 2
-                lowest = torch.sort(group, dim=1, stable=True).indices[:, : m - n]
-                mask1.scatter_(1, i + lowest, True)
-            w = W1[:, i]
-            q = w.clone()
-            q[mask1[:, i]] = 0.0
-            Q1[:, i] = q
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, start:stop] = Q1
+            first = 0
+            for size in groups:  # the lowest saliencies of each layer's rows in this block
+                part = saliency[first : first + size].reshape(1, -1)
+                mask1[first : first + size] = lowest_per_row(part, int(part.numel() * sparsity)).view(size, width)
+                first += size
+        scale = mask1 / diag.reshape(1, -1)  # err_i = w_i * scale_i
+        Err1 = torch.empty(rows, width, dtype=dtype)
+        for j0 in range(0, width, INNER_BLOCK):
+            j1 = min(j0 + INNER_BLOCK, width)
+            for i in range(j0, j1):
+                if n is not None and m is not None and i % m == 0:
+                    group = W1[:, i : i + m] ** 2 / diag[i : i + m].reshape(1, -1) ** 2
+                    mask1[:, i : i + m] = lowest_per_row(group, m - n)
+                    scale[:, i : i + m] = mask1[:, i : i + m] / diag[i : i + m].reshape(1, -1)
+                err = torch.mul(W1[:, i], scale[:, i], out=Err1[:, i])
+                W1[:, i:j1].addr_(err, U1[i, i:j1], alpha=-1.0)
+            if j1 < width:
+                W1[:, j1:].addmm_(Err1[:, j0:j1], U1[j0:j1, j1:], alpha=-1.0)
+        W1.masked_fill_(mask1, 0.0)  # exact zeros where rounding left w - w
+        W[:, start:stop] = W1
         mask[:, start:stop] = mask1
-        W[:, stop:] -= Err1 @ Hinv[start:stop, stop:]
+        if stop < columns:
+            W[:, stop:].addmm_(Err1, U[start:stop, stop:], alpha=-1.0)
     with torch.no_grad():
         weight.copy_(W.to(weight.dtype))
     return mask
@@ -119,15 +160,26 @@ class SparseGPTPruner(BaseCompressor):
         per_layer = {}
         for index, step in enumerate(engine, start=1):
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
-            stats = step.collect(refs, ("hessian",))
+            stats = step.collect(refs, ("hessian",), outputs=False)  # the block changes next
+            shared: dict[int, list] = {}  # layers fed one input (q/k/v, gate/up) share H: one sweep
             for ref in refs:
+                shared.setdefault(id(stats[ref.name]), []).append(ref)
+            for group in shared.values():
+                stacked = torch.cat([ref.weight_out_in().detach() for ref in group])
                 mask = sparsegpt_prune_(
-                    ref.weight_out_in(), stats[ref.name].hessian, sparsity=config.sparsity, n=config.n,
-                    m=config.m, block_size=config.block_size, dampening=config.dampening,
+                    stacked, stats[group[0].name].hessian, sparsity=config.sparsity, n=config.n, m=config.m,
+                    block_size=config.block_size, dampening=config.dampening,
+                    row_groups=[ref.out_features for ref in group],
                 )
-                count = int(mask.sum())
-                pruned, total = pruned + count, total + mask.numel()
-                per_layer[ref.name] = round(count / mask.numel(), 6)
+                first = 0
+                for ref in group:
+                    rows = slice(first, first + ref.out_features)
+                    first += ref.out_features
+                    with torch.no_grad():
+                        ref.weight_out_in().copy_(stacked[rows])
+                    count = int(mask[rows].sum())
+                    pruned, total = pruned + count, total + mask[rows].numel()
+                    per_layer[ref.name] = round(count / mask[rows].numel(), 6)
             ctx.report("blocks", index, len(engine), step.block.name)
         pattern = f"{config.n}:{config.m} pattern" if config.n else f"{config.sparsity:.0%} per layer"
         achieved = pruned / total if total else 0.0

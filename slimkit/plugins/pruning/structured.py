@@ -194,7 +194,8 @@ class _StructuredPruner(BaseCompressor):
             for index, step in enumerate(engine, start=1):
                 roles = scorer.roles(scorer_config)
                 refs = [ref for ref in step.block.linears() if roles is None or ref.role in roles]
-                values = scorer.score_block(step.block, step.collect(refs, scorer.statistics), scorer_config, ctx)
+                stats = step.collect(refs, scorer.statistics, outputs=False)  # the block shrinks next
+                values = scorer.score_block(step.block, stats, scorer_config, ctx)
                 apply(step.block, _finite(values[step.block.name], step.block, config.scorer),
                       _extras(values, step.block.name))
                 ctx.report("blocks", index, len(engine), step.block.name)

@@ -59,18 +59,30 @@ class UnstructuredConfig(ScoredPruningConfig):
     )
 
 
+def lowest_per_row(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the ``count`` lowest values in each row of a 2-D tensor, ties taken in
+    position order: the mask a stable sort would give, from ``kthvalue`` (several times faster
+    than sorting half a million scores)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if count <= 0:
+        return mask
+    if count >= scores.shape[1]:
+        return ~mask
+    threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
+    below = scores < threshold
+    ties = scores == threshold
+    wanted = count - below.sum(dim=1, keepdim=True)
+    return below | (ties & (torch.cumsum(ties, dim=1) <= wanted))
+
+
 def prune_mask(scores: torch.Tensor, sparsity: float, scope: str) -> torch.Tensor:
     """Boolean mask (True = prune) of exactly ``floor(sparsity * n)`` lowest scores per group.
 
-    Ties are broken by position (a stable sort), so the same scores always give the same mask.
+    Ties are broken by position, so the same scores always give the same mask.
     """
     groups = scores.reshape(1, -1) if scope == "layer" else scores.reshape(scores.shape[0], -1)
     count = int(sparsity * groups.shape[1])
-    mask = torch.zeros_like(groups, dtype=torch.bool)
-    if count:
-        order = torch.sort(groups, dim=1, stable=True).indices[:, :count]
-        mask.scatter_(1, order, True)
-    return mask.reshape(scores.shape)
+    return lowest_per_row(groups, count).reshape(scores.shape)
 
 
 class ScoredPruner(BaseCompressor):
@@ -136,7 +148,8 @@ class ScoredPruner(BaseCompressor):
         tally = _Tally()
         for index, step in enumerate(engine, start=1):
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
-            scores = scorer.score_block(step.block, step.collect(refs, scorer.statistics), scorer_config, ctx)
+            stats = step.collect(refs, scorer.statistics, outputs=False)  # the block changes next
+            scores = scorer.score_block(step.block, stats, scorer_config, ctx)
             for ref in refs:
                 tally.apply(ref, self.mask(scores[ref.name], config, ref))
             ctx.report("blocks", index, len(engine), step.block.name)
