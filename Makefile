@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimkit-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-pruning clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/perplexity_smollm2.py
 
+# The pruning benchmark runs beside llm-compressor, installed in its own environment: its pins
+# conflict with transformers 5.23 (it runs regardless), so it stays out of .venv.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[gguf]' loguru datasets
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0
+	touch $@
+
+bench-pruning: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/pruning.py
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) runs build *.egg-info

@@ -55,6 +55,17 @@ import torch  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 
 
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so that a method's
+    +RSS is measured from what is live, not hidden by memory a previous method freed."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -91,6 +102,7 @@ METHODS = [
           ("taylor", {"scorer": "neurons.taylor"}),
           ("mi", {"scorer": "neurons.mi"}),
           ("mi-fold", {"scorer": "neurons.mi", "fold": True}),
+          ("mi-residual-fold", {"scorer": "neurons.mi", "fold": True, "scorer_params": {"criterion": "residual"}}),
       ]],
 ]
 
@@ -129,6 +141,8 @@ def run_ours(host, method: Method, model, calibration) -> tuple[float, int, dict
     config = host.config(info, method.step["params"])
     ctx = host.context(calibration=calibration, seed=0)
     adapter = host.adapter_for(model)
+    gc.collect()
+    release_free_memory()
     before = rss_bytes()
     reset_peak()
     started = time.perf_counter()
@@ -154,6 +168,8 @@ def peer_magnitude(module: torch.nn.Module, sparsity: float) -> None:
 def run_peer(method: Method, model, windows: torch.Tensor) -> tuple[float, int]:
     from slimkit.core.memory import peak_rss_bytes, reset_peak
 
+    gc.collect()
+    release_free_memory()
     before = rss_bytes()
     reset_peak()
     started = time.perf_counter()
@@ -219,7 +235,7 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-len", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-windows", type=int, default=64)
+    parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--eval-len", type=int, default=512)
     parser.add_argument("--decode-repeats", type=int, default=5)
     parser.add_argument("--only", default=None, help="comma-separated method keys (default: all)")

@@ -179,3 +179,21 @@ def test_owl_beats_uniform_allocation_at_high_sparsity(host):
         # per-row counts are floored, so the achieved total can fall a little short of 70%
         assert result.steps[0].details["sparsity"] == pytest.approx(0.7, abs=0.015)
     assert results["owl"] < results["uniform"]
+
+
+@pytest.mark.parametrize("step", [
+    {"method": "prune.sparsegpt", "params": {"sparsity": 0.5}},
+    {"method": "prune.unstructured", "params": {"sparsity": 0.5, "scorer": "wanda", "scope": "row"}},
+    {"method": "prune.neurons", "params": {"fraction": 0.2, "scorer": "neurons.mi"}},
+], ids=["sparsegpt", "wanda", "mi"])
+def test_non_finite_activations_stop_the_method_and_leave_the_parent_alone(host, model, step):
+    from slimkit.core.errors import DataError
+
+    with torch.no_grad():
+        model.model.get_submodule("model.layers.1.self_attn.v_proj").weight[0, 0] = float("nan")
+    before = {name: p.detach().clone() for name, p in model.model.state_dict().items()}
+    recipe = Recipe.from_data({"calibration": {"n_samples": 4, "seq_len": 64, "seed": 0}, "steps": [step]})
+    with pytest.raises(DataError, match="non-finite activations"):
+        run_recipe(recipe, model, host=host, catalogue=False)
+    after = model.model.state_dict()
+    assert all(torch.equal(before[name].nan_to_num(7.0), after[name].nan_to_num(7.0)) for name in before)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slimkit import Recipe, run_recipe
-from slimkit.plugins.pruning.mutual_information import gaussian_mi, greedy_redundancy
+from slimkit.plugins.pruning.mutual_information import gaussian_mi, greedy_redundancy, greedy_residual
 
 
 def sums(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -38,6 +38,22 @@ def test_greedy_search_removes_the_less_important_of_the_most_redundant_pair():
     # (0,1) first: 0 is less important; then (1,2): 2 goes; then (2,3) is gone with 2; stop
     assert order == [0, 2] and twins == {0: 1, 2: 1}
     assert greedy_redundancy(mi, importance, threshold=0.95) == ([], {})
+
+
+def test_residual_search_removes_what_a_partner_explains_before_what_is_merely_small():
+    """Neurons 0 and 1 are near copies (important, but each explains the other); 2 and 3 are
+    independent, 2 weak and 3 strong. Importance alone would drop 2 first; the residual criterion
+    drops one of the twins first (its loss is ~0 after folding), then the weak independent one."""
+    generator = torch.Generator().manual_seed(4)
+    a = torch.randn(50_000, generator=generator, dtype=torch.float64)
+    X = torch.stack([a, a + 0.01 * torch.randn(50_000, generator=generator, dtype=torch.float64),
+                     torch.randn(50_000, generator=generator, dtype=torch.float64),
+                     torch.randn(50_000, generator=generator, dtype=torch.float64)], dim=1)
+    mi = gaussian_mi(*sums(X))
+    importance = torch.tensor([2.0, 2.1, 0.5, 3.0])
+    order, twins = greedy_residual(mi, importance)
+    assert order[:2] == [0, 2] and twins[0] == 1
+    assert sorted(order) == [0, 1, 2] and len(order) == 3  # everything but the last is ranked
 
 
 def test_fold_recovers_an_exactly_redundant_neuron(host):

@@ -9,7 +9,7 @@ import torch
 from slimkit import Recipe, load_model, run_recipe
 from slimkit.core.calibration import SequentialCalibration
 from slimkit.core.data import TextSource, calibration_samples
-from slimkit.core.errors import RecipeError
+from slimkit.core.errors import DataError, RecipeError
 from slimkit.core.model_io import example_text
 from slimkit.plugins.pruning.nm import nm_mask
 from slimkit.plugins.pruning.sparsegpt import sparsegpt_prune_
@@ -194,3 +194,14 @@ def test_bad_patterns_and_missing_calibration(host):
         Recipe.from_data([{"method": "prune.nm", "params": {"n": 4, "m": 8}}]).resolve(host, stories)
     with pytest.raises(RecipeError, match="prune.sparsegpt\\): needs calibration data"):
         Recipe.from_data([{"method": "prune.sparsegpt"}]).resolve(host, stories)
+
+
+@pytest.mark.parametrize("step", [
+    {"method": "prune.sparsegpt", "params": {"sparsity": 0.5}},
+    {"method": "prune.neurons", "params": {"fraction": 0.2, "scorer": "neurons.mi"}},
+], ids=["sparsegpt", "mi"])
+def test_too_few_calibration_tokens_for_a_covariance_are_refused(host, step):
+    """stories260K's widest layer input is 172 (down_proj): 2 x 64 = 128 tokens cannot estimate it."""
+    recipe = Recipe.from_data({"calibration": {"n_samples": 2, "seq_len": 64}, "steps": [step]})
+    with pytest.raises((RecipeError, DataError), match="172"):
+        run_recipe(recipe, "example:stories260K", host=host, catalogue=False)

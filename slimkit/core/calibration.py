@@ -25,7 +25,7 @@ from torch import nn
 
 from slimkit.core.architecture import ArchitectureAdapter, BlockLayout, LinearRef
 from slimkit.core.data import CalibrationData
-from slimkit.core.errors import ArchitectureError
+from slimkit.core.errors import ArchitectureError, DataError
 
 STATISTICS = ("input_sum", "input_sq_sum", "hessian")
 
@@ -128,6 +128,12 @@ class BlockStep:
             if first is None:
                 seen[id(x)] = (x, name)
             if leader[name] == name:
+                if not torch.isfinite(x).all():
+                    raise DataError(
+                        f"non-finite activations (NaN or inf) at the input of {name} in the calibration pass: "
+                        "the model's weights or an earlier compression step produce them; nothing was changed "
+                        "in this block"
+                    )
                 stats[name].add(x)
             if not outputs and fired == names:
                 raise _Captured

@@ -30,12 +30,17 @@ class MagnitudeScorer(BaseScorer):
     granularity = "weight"
     Config = MagnitudeConfig
 
-    def score(self, model, adapter, config, ctx):
-        layout = adapter.layout(model.model)
-        values = {}
+    def score_block(self, block, stats, config, ctx):
+        """|W| of one block's projections (no statistics needed): pruners that rank layer by
+        layer call this block by block and never hold more than one block's scores."""
         with torch.no_grad():
-            for _, ref in layout.linears(config.roles):
-                values[ref.name] = ref.weight_out_in().detach().abs().float().clone()
+            return {ref.name: ref.weight_out_in().detach().abs().float().clone()
+                    for ref in block.linears() if ref.role in config.roles}
+
+    def score(self, model, adapter, config, ctx):
+        values = {}
+        for block in adapter.layout(model.model).blocks:
+            values.update(self.score_block(block, {}, config, ctx))
         return Scores(self.name, self.granularity, values, config.model_dump(mode="json"))
 
 

@@ -11,7 +11,14 @@ keeps each row's best partner and recomputes only the rows whose partner was rem
 rescanning all n² pairs after every removal.
 
 The scorer ranks neurons for ``prune.neurons``: removed neurons first, in removal order, then the
-rest by activation importance (|activation| x ||down column||). It also reports, for every
+rest by activation importance (|activation| x ||down column||).
+
+``criterion: residual`` (slimkit's variant, not the paper's) weighs redundancy by importance
+instead of thresholding it. For Gaussian activations ``1 - rho² = exp(-2 I(a; b))`` is the share
+of ``a``'s variance that its best partner ``b`` cannot explain linearly, so
+``importance(a)² x exp(-2 max_b I(a; b))`` estimates what the block's output loses when ``a`` is
+removed and folded into ``b``. The greedy search removes the neuron with the smallest such loss,
+re-pairs the neurons whose partner it was, and goes on through all neurons (no threshold). It also reports, for every
 removed neuron, its redundant twin and the least-squares factor alpha with a ≈ alpha b, which
 ``prune.neurons`` ``fold: true`` adds into the twin's column of ``down_proj``.
 """
@@ -19,6 +26,7 @@ removed neuron, its redundant twin and the least-squares factor alpha with a ≈
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -26,11 +34,19 @@ from pydantic import Field
 from slimkit import hookimpl
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseScorer
+from slimkit.core.errors import DataError
 
 
 class MIConfig(MethodConfig):
     threshold: float = Field(
-        0.1, ge=0.0, description="Pairs sharing more than this many nats are redundant (0.1 nats: |rho| ~ 0.42)."
+        0.1, ge=0.0, description="Pairs sharing more than this many nats are redundant (0.1 nats: |rho| ~ 0.42); "
+        "criterion mi only."
+    )
+    criterion: Literal["mi", "residual"] = Field(
+        "mi",
+        description="mi: remove the less important neuron of the most redundant pair while MI exceeds the "
+        "threshold (the paper); residual: remove the neuron whose importance is least left unexplained by its "
+        "most informative partner, importance² x exp(-2 MI).",
     )
 
 
@@ -81,6 +97,33 @@ def greedy_redundancy(
     return order, twins
 
 
+def greedy_residual(mi: torch.Tensor, importance: torch.Tensor) -> tuple[list[int], dict[int, int]]:
+    """Removal order and twins: repeatedly remove the neuron with the least
+    ``importance² x exp(-2 MI(neuron, its most informative remaining partner))``."""
+    n = mi.shape[0]
+    scores = mi.clone()
+    scores.fill_diagonal_(-math.inf)
+    weight = importance.double().pow(2)
+    best, partner = scores.max(dim=1)
+    loss = weight * torch.exp(-2.0 * best)
+    order: list[int] = []
+    twins: dict[int, int] = {}
+    alive = torch.ones(n, dtype=torch.bool)
+    while len(order) < n - 1:
+        victim = int(torch.argmin(loss))
+        twin = int(partner[victim])
+        order.append(victim)
+        twins[victim] = twin
+        alive[victim] = False
+        scores[:, victim] = -math.inf
+        loss[victim] = math.inf
+        stale = alive & (partner == victim)
+        if stale.any():
+            best[stale], partner[stale] = scores[stale].max(dim=1)
+            loss[stale] = weight[stale] * torch.exp(-2.0 * best[stale])
+    return order, twins
+
+
 class MutualInformationScorer(BaseScorer):
     """Greedy removal order of redundant MLP neurons by pairwise (Gaussian) mutual information."""
 
@@ -98,9 +141,17 @@ class MutualInformationScorer(BaseScorer):
     def score_block(self, block, stats, config, ctx):
         down = block.mlp.down
         s = stats[down.name]
+        if s.tokens < down.in_features:
+            raise DataError(
+                f"neurons.mi: {s.tokens} calibration tokens are too few to estimate the correlations of "
+                f"{down.in_features} neurons in {block.name}; use at least {down.in_features} (n_samples x seq_len)"
+            )
         importance = s.input_norm.float() * down.weight_out_in().detach().float().norm(dim=0)
         mi = gaussian_mi(s.hessian, s.input_sum, s.tokens)
-        order, twins = greedy_redundancy(mi, importance, config.threshold)
+        if config.criterion == "residual":
+            order, twins = greedy_residual(mi, importance)
+        else:
+            order, twins = greedy_redundancy(mi, importance, config.threshold)
         n = importance.numel()
         scores = torch.empty(n, dtype=torch.float32)
         rest = torch.ones(n, dtype=torch.bool)

@@ -126,6 +126,8 @@ class ScoredPruner(BaseCompressor):
         info, params = self._scorer(config, ctx)
         if config.sequential and getattr(info.cls, "statistics", ()):
             return self._sequential(model, adapter, config, ctx, info, params)
+        if self._blockwise(info, config):
+            return self._data_free_by_block(model, adapter, config, ctx, info, params)
         scores = ctx.score(config.scorer, model, adapter, params)
         targets = [ref for _, ref in adapter.layout(model.model).linears(config.roles)]
         missing = [ref.name for ref in targets if ref.name not in scores]
@@ -136,6 +138,30 @@ class ScoredPruner(BaseCompressor):
         for done, ref in enumerate(targets, start=1):
             tally.apply(ref, masks[ref.name] if masks else self.mask(scores[ref.name], config, ref))
             ctx.report("layers", done, len(targets), ref.name)
+        return tally.summary(config, self.describe_mask(config), sequential=False)
+
+    def _blockwise(self, info, config) -> bool:
+        """A data-free scorer that scores one block at a time, and masks chosen within layers."""
+        from slimkit.core.contracts import BaseScorer
+
+        overrides = getattr(info.cls, "score_block", None) is not BaseScorer.score_block
+        return (not getattr(info.cls, "statistics", ()) and not info.cls.needs_calibration and overrides
+                and getattr(config, "scope", "layer") != "global")
+
+    def _data_free_by_block(self, model, adapter, config, ctx, info, params):
+        """Score and prune block by block: one block's scores in memory at a time."""
+        scorer, scorer_config = info.create(), ctx.host.config(info, params)
+        blocks = adapter.layout(model.model).blocks
+        tally = _Tally()
+        for index, block in enumerate(blocks, start=1):
+            scores = scorer.score_block(block, {}, scorer_config, ctx)
+            for ref in block.linears():
+                if ref.role in config.roles:
+                    if ref.name not in scores:
+                        raise ConfigError(f"scorer {config.scorer!r} gave no scores for {ref.name}")
+                    tally.apply(ref, self.mask(scores[ref.name], config, ref))
+            del scores
+            ctx.report("blocks", index, len(blocks), block.name)
         return tally.summary(config, self.describe_mask(config), sequential=False)
 
     def _sequential(self, model, adapter, config, ctx, info, params):
