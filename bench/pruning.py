@@ -25,6 +25,10 @@ states going into and out of one block, and the float64 Hessians of one block's 
 Decode speed of the shrunk models (greedy, 1 thread, prompt 128, 64 new tokens, median of 5)
 is measured right after the dense model's, alternately, with the load average.
 
+``--precision bfloat16`` runs slimkit's calibration passes under bfloat16 autocast (the
+recipe's ``calibration: {precision: bfloat16}``), as the reference GPU implementations run in
+half precision; the weights are still changed in fp32, and the peer still runs the fp32 model.
+
 Install the peer in a separate environment (its pins conflict with transformers 5.23, but it runs):
   python -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 && \
   .venv-bench/bin/pip install -e '.[gguf]' loguru datasets && \
@@ -235,6 +239,8 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-len", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="slimkit's calibration passes (the peer always runs the fp32 model)")
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--eval-len", type=int, default=512)
     parser.add_argument("--decode-repeats", type=int, default=5)
@@ -285,7 +291,7 @@ def main() -> int:
             save_model(load_model(gguf), folder, {})
         dense = fresh(folder)
         calibration = calibration_samples(dense.tokenizer, TextSource(valid), n_samples=args.calib_samples,
-                                          seq_len=args.calib_len, seed=args.seed)
+                                          seq_len=args.calib_len, seed=args.seed, precision=args.precision)
         windows = calibration.input_ids
         budget, parts = budget_bytes(dense, args.calib_samples, args.calib_len)
         dense_ppl = host.evaluate("perplexity", dense, params=eval_params)["perplexity"]
@@ -320,7 +326,7 @@ def main() -> int:
     load = os.getloadavg()
     print()
     print(f"SmolLM2-135M (GGUF Q4_1 -> fp32), {args.threads} threads; calibration WikiText-2 valid (tokens) "
-          f"{args.calib_samples}x{args.calib_len} seed {args.seed}; ppl WikiText-2 test first "
+          f"{args.calib_samples}x{args.calib_len} seed {args.seed}, slimkit in {args.precision}; ppl WikiText-2 test first "
           f"{args.eval_windows}x{args.eval_len}; dense ppl {dense_ppl:.3f}; +RSS budget {mib(budget)} MiB")
     header = (f"{'method':<20}{'sparsity':>9}{'ppl':>9}{'time s':>8}{'+RSS MiB':>9}{'peer ppl':>10}"
               f"{'peer s':>8}{'peer +RSS':>10}{'ppl ratio':>10}{'time ratio':>11}{'decode x':>9}")

@@ -197,3 +197,46 @@ def test_non_finite_activations_stop_the_method_and_leave_the_parent_alone(host,
         run_recipe(recipe, model, host=host, catalogue=False)
     after = model.model.state_dict()
     assert all(torch.equal(before[name].nan_to_num(7.0), after[name].nan_to_num(7.0)) for name in before)
+
+
+def test_bfloat16_calibration_is_a_distinct_fingerprint_and_close_statistics(host, model):
+    from slimkit.core.data import TextSource, calibration_samples
+    from slimkit.core.errors import DataError
+    from slimkit.core.model_io import example_text
+
+    source = TextSource(example_text())
+    plain = calibration_samples(model.tokenizer, source, n_samples=4, seq_len=64)
+    half = calibration_samples(model.tokenizer, source, n_samples=4, seq_len=64, precision="bfloat16")
+    assert plain.precision == "float32" and half.precision == "bfloat16"
+    assert torch.equal(plain.input_ids, half.input_ids) and plain.fingerprint != half.fingerprint
+    with pytest.raises(DataError, match="precision"):
+        calibration_samples(model.tokenizer, source, n_samples=4, seq_len=64, precision="float8")
+
+    def stats(data):
+        steps = iter(SequentialCalibration(model, host.adapter_for(model), data))
+        next(steps)
+        step = next(steps)  # the second block: its inputs went through a whole block in bf16
+        refs = [ref for ref in step.block.linears() if ref.role in ("q", "down")]
+        return {ref.role: s for ref, s in zip(refs, step.collect(refs, ("input_sq_sum", "hessian")).values())}
+
+    full, low = stats(plain), stats(half)
+    for role in ("q", "down"):
+        scale = float(full[role].hessian.abs().max())
+        assert float((full[role].hessian - low[role].hessian).abs().max()) < 0.02 * scale, role
+        torch.testing.assert_close(low[role].input_sq_sum, full[role].input_sq_sum, rtol=0.03, atol=1e-3 * scale)
+    assert all(p.dtype == torch.float32 for p in model.model.parameters())  # weights untouched
+
+
+def test_bfloat16_calibration_prunes_about_as_well(host):
+    evaluate = [{"metric": "perplexity", "params": {"add_bos": True, "collapse_blank_lines": True,
+                                                    "seq_len": 256, "max_windows": 30}}]
+
+    def ppl(precision):
+        data = {"calibration": {"n_samples": 16, "seq_len": 128, "precision": precision},
+                "steps": [{"method": "prune.sparsegpt", "params": {"sparsity": 0.5}}], "evaluate": evaluate}
+        result = run_recipe(Recipe.from_data(data), "example:stories260K", host=host, catalogue=False)
+        assert result.steps[0].calibration["precision"] == precision
+        return result.after["perplexity"]["perplexity"]
+
+    full, low = ppl("float32"), ppl("bfloat16")
+    assert abs(low - full) / full < 0.05, (full, low)

@@ -205,6 +205,9 @@ class SequentialCalibration:
             batch_size = batch_tokens // max(1, calibration.seq_len)
         self.batch_size = max(1, batch_size)
         self.device = next(self.module.parameters()).device
+        # bfloat16 calibration: blocks run under autocast (weights stay as they are; the cast
+        # copies are cached for one pass over a block), hidden states are kept in bfloat16.
+        self.autocast = getattr(calibration, "precision", "float32") == "bfloat16"
         self._hidden = torch.empty(0)  # the current block's inputs
         self._spare = torch.empty(0)  # where the current block writes its outputs
         self._kwargs: list[dict[str, Any]] = []
@@ -229,7 +232,8 @@ class SequentialCalibration:
             hidden = args[0] if args else kw.pop("hidden_states")
             if not buffers:
                 shape = (self.calibration.n_samples, *hidden.shape[1:])
-                buffers.extend(torch.empty(shape, dtype=hidden.dtype, device=hidden.device) for _ in range(2))
+                dtype = torch.bfloat16 if self.autocast else hidden.dtype
+                buffers.extend(torch.empty(shape, dtype=dtype, device=hidden.device) for _ in range(2))
             buffers[0][current[0]].copy_(hidden)
             kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
             raise _Captured
@@ -249,10 +253,13 @@ class SequentialCalibration:
         self._kwargs = kwargs
         return self._hidden
 
+    def _precision(self) -> Any:
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
     def _run_block(self, block: nn.Module, between_batches: Any = None, *, write: bool = True) -> None:
         """Run ``block`` on every batch of the current inputs, writing its outputs to the spare
         buffer (``write=False``: a hook may stop each forward early; nothing is written)."""
-        with torch.no_grad():
+        with torch.no_grad(), self._precision():
             for batch, kw in zip(self._batches(), self._kwargs):
                 try:
                     output = _output(block(self._hidden[batch], **kw))

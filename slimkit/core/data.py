@@ -103,6 +103,7 @@ class CalibrationData:
     fingerprint: str
     source: str
     seed: int
+    precision: str = "float32"  # what the calibration engine computes activations in
 
     @property
     def n_samples(self) -> int:
@@ -113,10 +114,20 @@ class CalibrationData:
         return int(self.input_ids.shape[1])
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 def calibration_samples(
-    tokenizer: Any, source: TextSource, *, n_samples: int, seq_len: int, seed: int = 0
+    tokenizer: Any, source: TextSource, *, n_samples: int, seq_len: int, seed: int = 0,
+    precision: str = "float32",
 ) -> CalibrationData:
-    """Draw ``n_samples`` random windows of ``seq_len`` tokens (the GPTQ/SparseGPT protocol)."""
+    """Draw ``n_samples`` random windows of ``seq_len`` tokens (the GPTQ/SparseGPT protocol).
+
+    ``precision`` is what the calibration engine runs the model's blocks in (``bfloat16``: under
+    autocast, as the reference GPU implementations run in half precision); it is part of the
+    fingerprint, since methods see different activations."""
+    if precision not in PRECISIONS:
+        raise DataError(f"calibration precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if n_samples < 1 or seq_len < 1:
         raise DataError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}")
     ids = tokenize(tokenizer, source.text())
@@ -129,4 +140,6 @@ def calibration_samples(
     windows = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
     digest = hashlib.sha256(windows.numpy().tobytes())
     digest.update(source.fingerprint.encode())
-    return CalibrationData(windows, "sha256:" + digest.hexdigest(), str(source.path), seed)
+    if precision != "float32":  # float32 fingerprints stay what they were before this option
+        digest.update(f"precision={precision}".encode())
+    return CalibrationData(windows, "sha256:" + digest.hexdigest(), str(source.path), seed, precision)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Literal, TYPE_CHECKING, Any, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,6 +60,12 @@ class CalibrationSpec(_Strict):
     field: str = Field("text", description="JSONL field holding the text.")
     join: str = Field("\n\n", description="Separator between JSONL records.")
     collapse_blank_lines: bool = Field(False, description="Replace runs of blank lines by one newline.")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="What data-aware methods run the model's blocks in while calibrating: bfloat16 (autocast; "
+        "statistics still summed in float32/float64, weights changed in their own precision) is several times "
+        "faster on CPUs with AMX or AVX512-BF16 and on GPUs, as the reference implementations' half precision.",
+    )
 
 
 class Recipe(_Strict):
@@ -157,7 +163,8 @@ class Recipe(_Strict):
         path = self.resolve_path(spec.text) if spec.text else example_text("tinystories")
         source = TextSource(path, spec.field, spec.join, spec.collapse_blank_lines)
         return calibration_samples(
-            model.tokenizer, source, n_samples=spec.n_samples, seq_len=spec.seq_len, seed=spec.seed
+            model.tokenizer, source, n_samples=spec.n_samples, seq_len=spec.seq_len, seed=spec.seed,
+            precision=spec.precision,
         )
 
 

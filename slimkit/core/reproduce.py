@@ -80,7 +80,8 @@ def _calibration(step: "StepEntry", model: LoadedModel) -> CalibrationData | Non
                         bool(spec.get("collapse_blank_lines", False)))
     try:
         data = calibration_samples(model.tokenizer, source, n_samples=int(spec["n_samples"]),
-                                   seq_len=int(spec["seq_len"]), seed=int(spec.get("seed", 0)))
+                                   seq_len=int(spec["seq_len"]), seed=int(spec.get("seed", 0)),
+                                   precision=str(spec.get("precision", "float32")))
     except SlimkitError as error:
         raise ReproduceError(f"calibration data of step {step.method} is not available: {error}") from None
     if step.calibration_fingerprint and data.fingerprint != step.calibration_fingerprint:
