@@ -50,9 +50,13 @@ def _inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Te
     dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
     H[dead, dead] = 1.0
     H.diagonal().add_(dampening * torch.mean(torch.diag(H)))
+    # Intermediates are dropped as soon as they are used: at most three [in, in] float64
+    # matrices are alive at once (a 1536-input layer's are 19 MB each).
     L = torch.linalg.cholesky(H.flip(0, 1))
-    eye = torch.eye(H.shape[0], dtype=H.dtype)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
+    del H
+    inverse = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype), upper=False)
+    del L
+    return inverse.flip(0, 1), dead
 
 
 INNER_BLOCK = 32  # columns swept between matrix updates of the rest of a mask block
@@ -92,6 +96,7 @@ def sparsegpt_prune_(
     U64, dead = _inverse_cholesky(hessian, dampening)
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     U = U64.to(dtype)
+    del U64
     W = weight.detach().to(dtype, copy=True)
     W[:, dead] = 0.0
     mask = torch.zeros(rows, columns, dtype=torch.bool)
