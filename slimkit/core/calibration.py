@@ -49,6 +49,12 @@ class LinearStatistics:
     input_sq_sum: torch.Tensor | None = None
     hessian: torch.Tensor | None = None
     wanted: tuple[str, ...] = field(default=STATISTICS)
+    # XᵀX of the latest few batches in the inputs' precision (float32 at least), added into the
+    # float64 ``hessian`` every PARTIAL_TOKENS tokens and by finish(): no float64 temporary per batch
+    _partial: torch.Tensor | None = field(default=None, repr=False)
+    _partial_tokens: int = field(default=0, repr=False)
+
+    PARTIAL_TOKENS = 4096
 
     def add(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, self.in_features)
@@ -63,8 +69,23 @@ class LinearStatistics:
                 self.input_sq_sum = squares if self.input_sq_sum is None else self.input_sq_sum.add_(squares)
         if "hessian" in self.wanted:
             work = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
-            product = (work.T @ work).to(torch.float64)
-            self.hessian = product if self.hessian is None else self.hessian.add_(product)
+            if self._partial is None:
+                self._partial = torch.zeros(self.in_features, self.in_features, dtype=work.dtype, device=work.device)
+            self._partial.addmm_(work.T, work)
+            self._partial_tokens += rows.shape[0]
+            if self._partial_tokens >= self.PARTIAL_TOKENS:
+                self.finish()
+
+    def finish(self) -> None:
+        """Add the pending partial Hessian into the float64 total (collect() calls this)."""
+        if self._partial is None or not self._partial_tokens:
+            return
+        if self.hessian is None:
+            self.hessian = torch.zeros(self.in_features, self.in_features, dtype=torch.float64,
+                                       device=self._partial.device)
+        self.hessian.add_(self._partial)
+        self._partial.zero_()
+        self._partial_tokens = 0
 
     @property
     def input_norm(self) -> torch.Tensor:
@@ -154,6 +175,9 @@ class BlockStep:
                 handle.remove()
         self._ready = outputs
         self._version = _weights_version(self.block.module)
+        for statistics_object in stats.values():
+            statistics_object.finish()
+            statistics_object._partial = None
         missing = [ref.name for ref in refs if ref.name not in leader]
         if missing:
             raise ArchitectureError(f"{', '.join(missing)} never ran during the forward pass of {self.block.name}")
