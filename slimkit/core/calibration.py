@@ -74,10 +74,15 @@ class LinearStatistics:
             self._partial.addmm_(work.T, work)
             self._partial_tokens += rows.shape[0]
             if self._partial_tokens >= self.PARTIAL_TOKENS:
-                self.finish()
+                self._flush()
 
     def finish(self) -> None:
-        """Add the pending partial Hessian into the float64 total (collect() calls this)."""
+        """Add the pending partial Hessian into the float64 total and drop the partial buffer
+        (collect() calls this once the pass is over)."""
+        self._flush()
+        self._partial = None
+
+    def _flush(self) -> None:
         if self._partial is None or not self._partial_tokens:
             return
         if self.hessian is None:
@@ -177,7 +182,6 @@ class BlockStep:
         self._version = _weights_version(self.block.module)
         for statistics_object in stats.values():
             statistics_object.finish()
-            statistics_object._partial = None
         missing = [ref.name for ref in refs if ref.name not in leader]
         if missing:
             raise ArchitectureError(f"{', '.join(missing)} never ran during the forward pass of {self.block.name}")
@@ -231,7 +235,7 @@ class SequentialCalibration:
         self.device = next(self.module.parameters()).device
         # bfloat16 calibration: blocks run under autocast (weights stay as they are; the cast
         # copies are cached for one pass over a block), hidden states are kept in bfloat16.
-        self.autocast = getattr(calibration, "precision", "float32") == "bfloat16"
+        self.autocast = calibration.precision == "bfloat16"
         self._hidden = torch.empty(0)  # the current block's inputs
         self._spare = torch.empty(0)  # where the current block writes its outputs
         self._kwargs: list[dict[str, Any]] = []

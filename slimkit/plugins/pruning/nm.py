@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from slimkit import hookimpl
 from slimkit.core.errors import ArchitectureError
-from slimkit.plugins.pruning.unstructured import ScoredPruner, ScoredPruningConfig
+from slimkit.plugins.pruning.unstructured import ScoredPruner, ScoredPruningConfig, lowest_per_row
 
 
 class NMConfig(ScoredPruningConfig):
@@ -28,12 +28,7 @@ class NMConfig(ScoredPruningConfig):
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """True = prune: the ``m - n`` lowest scores of every ``m`` consecutive inputs of each row."""
-    rows, columns = scores.shape
-    groups = scores.reshape(rows, columns // m, m)
-    order = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
-    mask = torch.zeros_like(groups, dtype=torch.bool)
-    mask.scatter_(2, order, True)
-    return mask.reshape(rows, columns)
+    return lowest_per_row(scores.reshape(-1, m), m - n).reshape(scores.shape)
 
 
 class NMPruner(ScoredPruner):

@@ -24,7 +24,7 @@ GQA group and left out). ``aggregate`` chooses how the group's ``w * g`` terms c
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -38,14 +38,18 @@ from slimkit.core.scores import Scores
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 
 
+def _batch_size_field() -> Any:
+    return Field(
+        1, ge=1, description="Calibration samples per forward/backward pass (the scores do not depend on it; "
+        "memory grows with it: a whole-model backward keeps every layer's activations)."
+    )
+
+
 class TaylorConfig(MethodConfig):
     roles: tuple[RoleName, ...] = Field(
         ALL_ROLES, description="Which block projections to score (attention q/k/v/qkv/o, MLP up/gate/down)."
     )
-    batch_size: int = Field(
-        1, ge=1, description="Calibration samples per forward/backward pass (the scores do not depend on it; "
-        "memory grows with it: a whole-model backward keeps every layer's activations)."
-    )
+    batch_size: int = _batch_size_field()
 
 
 def loss_gradients(module: torch.nn.Module, weights: list[torch.Tensor], input_ids: torch.Tensor,
@@ -111,10 +115,7 @@ class GroupTaylorConfig(MethodConfig):
         description="element: sum |w*g| over the group's weights (LLM-Pruner); vector: |sum w*g|, the "
         "first-order loss change of removing the whole group.",
     )
-    batch_size: int = Field(
-        1, ge=1, description="Calibration samples per forward/backward pass (the scores do not depend on it; "
-        "memory grows with it: a whole-model backward keeps every layer's activations)."
-    )
+    batch_size: int = _batch_size_field()
 
 
 def _combine(products: torch.Tensor, dim: int, aggregate: str) -> torch.Tensor:
