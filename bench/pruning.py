@@ -56,18 +56,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
+from slimkit.core.memory import release_free_memory  # noqa: E402
+
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so that a method's
-    +RSS is measured from what is live, not hidden by memory a previous method freed."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def rss_bytes() -> int:

@@ -27,6 +27,21 @@ def test_dense_pass_reproduces_the_models_hidden_states(host, model, calibration
     assert index == 4
 
 
+def test_equal_keyword_tensors_are_stored_once(host, model, calibration):
+    """Rotary embeddings are the same for every batch of equal-length samples: one object kept,
+    and the blocks still reproduce the model's hidden states."""
+    with torch.no_grad():
+        reference = model.model(calibration.input_ids, output_hidden_states=True, use_cache=False).hidden_states
+    engine = SequentialCalibration(model, host.adapter_for(model), calibration, batch_size=2)
+    for index, step in enumerate(engine):
+        if index == 0:
+            kwargs = engine._kwargs
+            assert len(kwargs) == 3
+            assert all(kw["position_embeddings"] is kwargs[0]["position_embeddings"] for kw in kwargs)
+        torch.testing.assert_close(step.inputs, reference[index], rtol=0, atol=1e-6)
+        step.collect([], ())
+
+
 def inputs_of(model, name, input_ids):
     """Inputs of the layer called ``name`` on a full forward pass (float64 rows)."""
     seen = []

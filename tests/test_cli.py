@@ -169,6 +169,25 @@ def test_score_writes_inspectable_scores(cli, tmp_path):
     assert bad.exit_code == 1 and "roles.0: Input should be" in bad.stderr and not (tmp_path / "x").exists()
 
 
+def test_score_calibration_precision(cli, tmp_path):
+    import torch
+
+    from slimkit import Scores
+
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / f"{precision}.safetensors"
+        result = invoke(cli, "score", "example:stories260K", "-s", "wanda", "-p", "roles=[down]", "-o", str(out),
+                        "--samples", "4", "--seq-len", "64", "--precision", precision)
+        assert result.exit_code == 0, result.output
+        runs[precision] = Scores.load(out).values["model.layers.0.mlp.down_proj"]
+    assert not torch.equal(runs["float32"], runs["bfloat16"])  # the passes really ran in bfloat16 ...
+    assert torch.allclose(runs["float32"], runs["bfloat16"], rtol=0.05, atol=1e-4)  # ... to bfloat16 accuracy
+    bad = CliRunner().invoke(cli, ["score", "example:stories260K", "-s", "wanda", "-o", str(tmp_path / "x"),
+                                   "--precision", "float16"])
+    assert bad.exit_code == 2 and "float16" in bad.output
+
+
 def test_methods_name_shared_by_two_families_must_say_which(slimkit_host, register_plugin):
     from slimkit import BaseEvaluator, hookimpl
 

@@ -173,9 +173,12 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
 @click.option("--samples", default=16, show_default=True, type=click.IntRange(min=1), help="Calibration windows.")
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=2), help="Tokens per window.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the windows and the scorer.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Calibration passes in this precision (bfloat16: faster where the CPU or GPU has it).")
 @click.pass_context
 def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[str, ...], out: str,
-          overwrite: bool, calibration_text: str | None, samples: int, seq_len: int, seed: int) -> None:
+          overwrite: bool, calibration_text: str | None, samples: int, seq_len: int, seed: int,
+          precision: str) -> None:
     """Compute importance scores of MODEL with a scorer and save them for inspection or reuse."""
     from pathlib import Path
 
@@ -195,7 +198,8 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
         from slimkit.core.model_io import example_text
 
         source = TextSource(Path(calibration_text) if calibration_text else example_text())
-        calibration = calibration_samples(model.tokenizer, source, n_samples=samples, seq_len=seq_len, seed=seed)
+        calibration = calibration_samples(model.tokenizer, source, n_samples=samples, seq_len=seq_len, seed=seed,
+                                          precision=precision)
     with ProgressBars() as bars:
         context = host.context(progress=bars, calibration=calibration, seed=seed)
         scores = host.score(scorer, model, params=params, context=context)

@@ -18,6 +18,7 @@ from slimkit import hookimpl
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError, DataError
+from slimkit.core.linalg import inverse_cholesky_upper
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 from slimkit.plugins.pruning.unstructured import lowest_per_row
 
@@ -39,26 +40,6 @@ class SparseGPTConfig(MethodConfig):
         return self
 
 
-def _inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, dead)``: the upper Cholesky factor of the dampened ``H⁻¹`` (``H⁻¹ = UᵀU``, float64)
-    and the inputs that were always zero (their rows/columns of ``H`` replaced by the identity).
-
-    With ``J`` the order-reversing permutation and ``JHJ = LLᵀ``, ``U = J L⁻¹ J``: one Cholesky
-    factorisation and one triangular inverse instead of inverting ``H`` and factorising again.
-    """
-    H = hessian.to(torch.float64, copy=True)
-    dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
-    H[dead, dead] = 1.0
-    H.diagonal().add_(dampening * torch.mean(torch.diag(H)))
-    # Intermediates are dropped as soon as they are used: at most three [in, in] float64
-    # matrices are alive at once (a 1536-input layer's are 19 MB each).
-    L = torch.linalg.cholesky(H.flip(0, 1))
-    del H
-    inverse = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype), upper=False)
-    del L
-    return inverse.flip(0, 1), dead
-
-
 INNER_BLOCK = 32  # columns swept between matrix updates of the rest of a mask block
 
 
@@ -72,6 +53,7 @@ def sparsegpt_prune_(
     block_size: int = 128,
     dampening: float = 0.01,
     row_groups: Sequence[int] | None = None,
+    overwrite_hessian: bool = False,
 ) -> torch.Tensor:
     """Prune ``weight`` (``[out, in]``, changed in place) with the inputs' ``hessian``
     (``[in, in]``); returns the boolean mask of removed weights.
@@ -79,6 +61,7 @@ def sparsegpt_prune_(
     ``row_groups``: sizes of consecutive row ranges that are separate layers stacked to share
     one sweep (``q``/``k``/``v`` share their input, hence ``H``); the unstructured mask is then
     chosen within each layer's rows, exactly as if each were pruned on its own.
+    ``overwrite_hessian``: a float64 ``hessian`` may be destroyed (one ``[in, in]`` matrix less).
 
     ``H⁻¹`` and its Cholesky factor are computed in float64; the column sweep runs in the weight's
     precision, at least float32 (float32 for a float32 model, as in the reference implementation).
@@ -93,7 +76,7 @@ def sparsegpt_prune_(
     groups = list(row_groups) if row_groups is not None else [rows]
     if sum(groups) != rows:
         raise ValueError(f"row_groups {groups} do not add up to the weight's {rows} rows")
-    U64, dead = _inverse_cholesky(hessian, dampening)
+    U64, dead = inverse_cholesky_upper(hessian, dampening, overwrite=overwrite_hessian)
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     U = U64.to(dtype)
     del U64
@@ -178,11 +161,13 @@ class SparseGPTPruner(BaseCompressor):
                 shared.setdefault(id(stats[ref.name]), []).append(ref)
             for group in shared.values():
                 stacked = torch.cat([ref.weight_out_in().detach() for ref in group])
+                statistics = stats[group[0].name]
                 mask = sparsegpt_prune_(
-                    stacked, stats[group[0].name].hessian, sparsity=config.sparsity, n=config.n, m=config.m,
+                    stacked, statistics.hessian, sparsity=config.sparsity, n=config.n, m=config.m,
                     block_size=config.block_size, dampening=config.dampening,
-                    row_groups=[ref.out_features for ref in group],
+                    row_groups=[ref.out_features for ref in group], overwrite_hessian=True,
                 )
+                statistics.hessian = None  # used up (overwritten): free it before the next sweep
                 first = 0
                 for ref in group:
                     rows = slice(first, first + ref.out_features)
