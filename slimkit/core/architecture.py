@@ -39,7 +39,17 @@ class LinearRef:
     transposed: bool = False
 
     @property
+    def quantized(self) -> bool:
+        """Whether the layer holds integer codes (a ``QuantizedLinear``) instead of a float weight."""
+        return getattr(self.module, "grid", None) is not None
+
+    @property
     def weight(self) -> torch.Tensor:
+        if self.quantized:
+            raise ArchitectureError(
+                f"{self.name} is already quantized: its integer weights cannot be changed by another method "
+                "(put quantization last in the recipe, or start from a dequantized copy)"
+            )
         return self.module.weight  # type: ignore[return-value]
 
     def weight_out_in(self) -> torch.Tensor:
@@ -183,6 +193,8 @@ def resolve(model: nn.Module, name: str) -> nn.Module:
 def linear_ref(model: nn.Module, role: Role, name: str) -> LinearRef:
     """A :class:`LinearRef` for an ``nn.Linear`` or a GPT-2 style ``Conv1D`` called ``name``."""
     module = resolve(model, name)
+    if getattr(module, "grid", None) is not None and hasattr(module, "in_features"):  # a QuantizedLinear
+        return LinearRef(role, name, module, int(module.in_features), int(module.out_features))  # type: ignore[arg-type]
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ArchitectureError(f"{name} ({type(module).__name__}) is not a linear layer")

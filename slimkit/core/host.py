@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.pruning.mutual_information",
     "slimkit.plugins.pruning.structured",
     "slimkit.plugins.pruning.taylor",
+    "slimkit.plugins.quantization.rtn",
     "slimkit.plugins.evaluators.perplexity",
     "slimkit.plugins.evaluators.size",
     "slimkit.plugins.evaluators.stsb",

@@ -138,13 +138,19 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
     if not has_safetensors and not any(folder.glob("*.bin")):
         raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors)")
     cls = _model_class(config)
+    provenance = _read_provenance(folder)
+    if provenance is not None and "quantization" in provenance:
+        from slimkit.core.quant.storage import load_quantized
+
+        model = load_quantized(folder, provenance["quantization"], cls, config, dtype)
+        return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
     try:
         # safetensors whenever present; transformers loads any .bin with weights_only=True.
         model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=has_safetensors or None)
     except Exception as error:
         raise ModelLoadError(f"could not load the model in {folder}: {_first_line(error)}") from None
     model.eval()
-    return LoadedModel(model, _load_tokenizer(folder), source, folder, _read_provenance(folder))
+    return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
 
 
 def _load_gguf(file: Path, source: str, dtype: torch.dtype) -> LoadedModel:
@@ -250,7 +256,13 @@ def save_model(
     token = uuid.uuid4().hex[:8]
     staging = target.parent / f".{target.name}.partial-{token}"
     try:
-        loaded.model.save_pretrained(staging, safe_serialization=True)
+        from slimkit.core.quant.storage import is_quantized, save_quantized
+
+        if is_quantized(loaded.model):  # integer buffers, checksummed: see slimkit.core.quant.storage
+            staging.mkdir()
+            provenance["quantization"] = save_quantized(loaded.model, staging)
+        else:
+            loaded.model.save_pretrained(staging, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")

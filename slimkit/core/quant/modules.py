@@ -1,0 +1,222 @@
+"""Quantized replacements for ``nn.Linear`` and ``nn.Embedding`` that keep real integer storage.
+
+:class:`QuantizedLinear` holds the packed codes (``qweight``), per-group ``scales`` (float16) and,
+for asymmetric grids, ``zeros`` (uint8 codes) as buffers, so ``state_dict`` is the stored form. Its
+forward picks the fastest path torch offers on the device, prepared once and not saved:
+
+* ``int8-weight``: 8-bit symmetric per-channel weights, float activations:
+  ``aten._weight_int8pack_mm`` (reads one byte per weight).
+* ``int4-tinygemm``: 4-bit, groups of 32/64/128/256: ``aten._weight_int4pack_mm_for_cpu`` on CPU
+  (``_weight_int4pack_mm`` on CUDA), which computes ``(q - 8) * scale + offset``; slimkit's
+  ``(q - zero) * scale`` maps to it with ``offset = (8 - zero) * scale``.
+* ``int8-dynamic``: W8A8 (SmoothQuant): each token's activations quantized to int8 on the fly
+  (symmetric, per token), ``torch._int_mm`` in int32, rescaled by both scales.
+* ``dequantize``: anything else (3 bits, 2 bits, odd group sizes): the weight is dequantized on
+  the fly for each call; correct everywhere, not fast.
+
+8-bit symmetric codes are stored centred, as ``int8`` (``q - 128``), which is what the integer
+kernels read; every other grid stores unsigned codes packed by :mod:`.formats`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from slimkit.core.quant.formats import QuantGrid, dequantize, pack, packed_row_bytes, unpack
+
+SCALE_DTYPE = torch.float16
+TINYGEMM_GROUPS = (32, 64, 128, 256)
+ACTIVATIONS = (None, "int8")
+
+
+def centred(grid: QuantGrid) -> bool:
+    """Whether codes are stored as signed ``int8`` (8-bit symmetric)."""
+    return grid.bits == 8 and grid.symmetric
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer with integer weights (see the module docstring)."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, grid: QuantGrid, *, bias: bool = False,
+                 activations: str | None = None, device: Any = None) -> None:
+        super().__init__()
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be None or 'int8', got {activations!r}")
+        if activations == "int8" and not (centred(grid) and grid.group_size is None):
+            raise ValueError("int8 activations need int8 symmetric per-channel weights")
+        self.in_features, self.out_features, self.grid, self.activations = in_features, out_features, grid, activations
+        groups = grid.groups(in_features)
+        if centred(grid):
+            qweight = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+        else:
+            qweight = torch.zeros(out_features, packed_row_bytes(in_features, grid.bits), dtype=torch.uint8,
+                                  device=device)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=SCALE_DTYPE, device=device))
+        zeros = None if grid.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8, device=device)
+        self.register_buffer("zeros", zeros)
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self._kernel: tuple[str, Any] | None = None
+        self._register_load_state_dict_pre_hook(lambda *args, **kwargs: self.invalidate())
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid: QuantGrid, *,
+                   bias: torch.Tensor | None = None, activations: str | None = None) -> "QuantizedLinear":
+        """From unsigned codes ``[out, in]`` and per-group ``scale``/``zero`` (``[out, groups]``,
+        as :func:`.formats.grid_params` gives them; scales must already be float16-exact)."""
+        out_features, in_features = codes.shape
+        module = cls(in_features, out_features, grid, bias=bias is not None, activations=activations,
+                     device=codes.device)
+        with torch.no_grad():
+            if centred(grid):
+                module.qweight.copy_((codes.to(torch.int16) - 128).to(torch.int8))
+            else:
+                module.qweight.copy_(pack(codes.to(torch.uint8), grid.bits))
+            if module.zeros is not None:
+                module.zeros.copy_(zero.to(torch.uint8))
+            module.scales.copy_(scale.to(SCALE_DTYPE))
+            if bias is not None and module.bias is not None:
+                module.bias.copy_(bias.detach().float())
+        return module
+
+    def codes(self) -> torch.Tensor:
+        """Unsigned codes ``[out, in]`` (uint8)."""
+        if centred(self.grid):
+            return (self.qweight.to(torch.int16) + 128).to(torch.uint8)
+        return unpack(self.qweight, self.grid.bits, self.in_features)
+
+    def zero_codes(self) -> torch.Tensor:
+        if self.zeros is not None:
+            return self.zeros.to(torch.float32)
+        return torch.full(tuple(self.scales.shape), float(1 << (self.grid.bits - 1)), device=self.scales.device)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight ``[out, in]`` these codes stand for."""
+        return dequantize(self.codes(), self.scales.float(), self.zero_codes(), dtype)
+
+    # -- running ----------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Forget the prepared kernel (after the buffers were changed)."""
+        self._kernel = None
+
+    @property
+    def kernel(self) -> str:
+        """Which path forward uses (prepared on first use)."""
+        return self._prepare()[0]
+
+    def _prepare(self) -> tuple[str, Any]:
+        if self._kernel is not None:
+            return self._kernel
+        grid, device = self.grid, self.qweight.device
+        kernel: tuple[str, Any] = ("dequantize", None)
+        if self.activations == "int8":
+            kernel = ("int8-dynamic", self.scales.float().reshape(-1))
+        elif centred(grid) and grid.group_size is None and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            kernel = ("int8-weight", self.scales.float().reshape(-1))
+        elif grid.bits == 4 and grid.group_size in TINYGEMM_GROUPS and self.in_features % grid.group_size == 0:
+            kernel = self._tinygemm(device) or kernel
+        self._kernel = kernel
+        return kernel
+
+    def _tinygemm(self, device: torch.device) -> tuple[str, Any] | None:
+        scale = self.scales.float()
+        offset = (8.0 - self.zero_codes()) * scale
+        scales_and_zeros = torch.stack([scale.t(), offset.t()], dim=2).contiguous()  # [groups, out, 2]
+        codes = self.codes().to(torch.int32)
+        try:
+            if device.type == "cpu":
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+                run = torch.ops.aten._weight_int4pack_mm_for_cpu
+            else:
+                both = codes[:, ::2] << 4 | codes[:, 1::2]
+                packed = torch.ops.aten._convert_weight_to_int4pack(both.to(torch.uint8), 8)
+                run = torch.ops.aten._weight_int4pack_mm
+        except (RuntimeError, AttributeError, NotImplementedError):
+            return None  # shape or device the kernel does not take: dequantize instead
+        return ("int4-tinygemm", (packed, scales_and_zeros, run))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name, state = self._prepare()
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features)
+        if name == "int8-weight":
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, state.to(rows.dtype))
+        elif name == "int4-tinygemm":
+            packed, scales_and_zeros, run = state
+            y = run(rows, packed, self.grid.group_size, scales_and_zeros.to(rows.dtype))
+        elif name == "int8-dynamic":
+            step = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8) / 127.0
+            xq = torch.round(rows.float() / step).clamp_(-127, 127).to(torch.int8)
+            y = (torch._int_mm(xq, self.qweight.t()).float() * step * state).to(rows.dtype)
+        else:
+            y = F.linear(rows, self.dequantized_weight(rows.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        act = ", activations=int8" if self.activations else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.grid.describe()}{act}"
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding table with int8 symmetric per-row codes (rows are dequantized on lookup).
+
+    A tied output head is a :class:`QuantizedLinear` built by :meth:`tied_head` that shares these
+    very buffers, so the table is stored and held once."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 device: Any = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.grid = QuantGrid(bits=8, group_size=None, symmetric=True)
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(num_embeddings, 1, dtype=SCALE_DTYPE, device=device))
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> "QuantizedEmbedding":
+        from slimkit.core.quant.formats import grid_params, quantize
+
+        weight = embedding.weight.detach()
+        module = cls(weight.shape[0], weight.shape[1], embedding.padding_idx, device=weight.device)
+        scale, zero = grid_params(weight, module.grid)
+        scale = scale.to(SCALE_DTYPE).float()
+        codes = quantize(weight, scale, zero, module.grid)
+        with torch.no_grad():
+            module.qweight.copy_((codes.to(torch.int16) - 128).to(torch.int8))
+            module.scales.copy_(scale.to(SCALE_DTYPE))
+        return module
+
+    def tied_head(self, bias: torch.Tensor | None = None) -> QuantizedLinear:
+        head = QuantizedLinear(self.embedding_dim, self.num_embeddings, self.grid, bias=bias is not None,
+                               device=self.qweight.device)
+        head.qweight, head.scales = self.qweight, self.scales  # the same tensors: stored once
+        if bias is not None and head.bias is not None:
+            with torch.no_grad():
+                head.bias.copy_(bias.detach().float())
+        return head
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized table (for code that reads ``embedding.weight``)."""
+        return self.qweight.float() * self.scales.float()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.qweight)
+        return rows.float() * F.embedding(ids, self.scales).float()
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 sym per row"

@@ -1,0 +1,218 @@
+"""Saving and reloading models that contain quantized modules.
+
+A quantized model is saved as a Hugging Face folder whose ``model.safetensors`` holds the integer
+buffers (``qweight``, ``scales``, ``zeros``) in place of the quantized layers' float weights, and
+whose ``slimkit.json`` gains a ``quantization`` section: every quantized layer's grid, tied tables,
+and the SHA-256 of every stored tensor, so a truncated or edited file is detected on load rather
+than silently producing a different model. ``config.json`` carries
+``quantization_config: {"quant_method": "slimkit"}``, which makes plain ``transformers`` refuse
+the folder instead of loading random weights where the float ones are missing;
+:func:`dequantize_model` gives a float copy that plain ``transformers`` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import ModelLoadError
+from slimkit.core.quant.formats import QuantGrid
+from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
+
+FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+QUANT_METHOD = "slimkit"
+
+
+def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in model.modules())
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().contiguous().cpu()
+    raw = data.reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(raw) if data.numel() else b"").hexdigest()  # type: ignore[arg-type]
+
+
+def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with every tensor stored once: ``(tensors, aliases)`` where ``aliases``
+    maps a key whose tensor is another key's (tied tables) to that key."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for key, tensor in model.state_dict().items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and ident in seen:
+            aliases[key] = seen[ident]
+        else:
+            seen[ident] = key
+            tensors[key] = tensor.detach().contiguous()
+    return tensors, aliases
+
+
+def _layer_record(module: nn.Module) -> dict[str, Any]:
+    if isinstance(module, QuantizedEmbedding):
+        return {"kind": "embedding", "num_embeddings": module.num_embeddings, "embedding_dim": module.embedding_dim,
+                "padding_idx": module.padding_idx, "bits": 8, "group_size": None, "symmetric": True}
+    assert isinstance(module, QuantizedLinear)
+    return {"kind": "linear", "in_features": module.in_features, "out_features": module.out_features,
+            "bias": module.bias is not None, "bits": module.grid.bits, "group_size": module.grid.group_size,
+            "symmetric": module.grid.symmetric, "activations": module.activations}
+
+
+def save_quantized(model: nn.Module, folder: Path) -> dict[str, Any]:
+    """Write ``config.json`` and ``model.safetensors`` of a model with quantized modules into
+    ``folder``; returns the ``quantization`` section for ``slimkit.json``."""
+    from safetensors.torch import save_file
+
+    tensors, aliases = _unique_state(model)
+    layers = {name: _layer_record(m) for name, m in quantized_modules(model).items()}
+    section = {
+        "format": FORMAT,
+        "file": WEIGHTS_FILE,
+        "layers": layers,
+        "aliases": aliases,
+        "sha256": {key: _digest(t) for key, t in tensors.items()},
+        "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+    }
+    config: Any = model.config
+    previous = getattr(config, "quantization_config", None)
+    config.quantization_config = {"quant_method": QUANT_METHOD, "format": FORMAT,
+                                  "note": "saved by slimkit: load with slimkit.load_model"}
+    try:
+        config.save_pretrained(folder)
+    finally:
+        if previous is None:
+            del config.quantization_config
+        else:
+            config.quantization_config = previous
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        with contextlib.suppress(Exception):
+            generation.save_pretrained(folder)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "slimkit_quantization": str(FORMAT)})
+    return section
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (no memory, no random init) while
+    buffers (rotary frequencies) are created for real."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _skeleton(record: dict[str, Any]) -> nn.Module:
+    if record["kind"] == "embedding":
+        return QuantizedEmbedding(record["num_embeddings"], record["embedding_dim"], record.get("padding_idx"))
+    grid = QuantGrid(record["bits"], record["group_size"], record["symmetric"])
+    return QuantizedLinear(record["in_features"], record["out_features"], grid, bias=record["bias"],
+                           activations=record.get("activations"))
+
+
+def load_quantized(folder: Path, section: dict[str, Any], model_class: Any, config: Any,
+                   dtype: torch.dtype) -> nn.Module:
+    """Rebuild a model saved by :func:`save_quantized`, checking every tensor's SHA-256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if section.get("format") != FORMAT:
+        raise ModelLoadError(f"{folder}: quantization format {section.get('format')!r} is not one this slimkit "
+                             f"reads ({FORMAT}); upgrade slimkit")
+    file = folder / section.get("file", WEIGHTS_FILE)
+    try:
+        stored = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelLoadError(f"{file} cannot be read (truncated or corrupt?): {error}") from None
+    expected = section.get("sha256", {})
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise ModelLoadError(f"{file} lacks {len(missing)} tensor(s) its slimkit.json lists, e.g. {missing[0]}")
+    for key, digest in expected.items():
+        if _digest(stored[key]) != digest:
+            raise ModelLoadError(f"{file}: tensor {key} does not match its recorded SHA-256: the file was "
+                                 "modified or damaged after slimkit saved it")
+    for key, target in section.get("aliases", {}).items():
+        stored[key] = stored[target]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    with _parameters_on_meta():
+        model = build(config, dtype=dtype)
+    layers = section.get("layers", {})
+    tables: dict[str, QuantizedEmbedding] = {}
+    for name, record in layers.items():
+        module = _skeleton(record)
+        _set_module(model, name, module)
+        if isinstance(module, QuantizedEmbedding):
+            tables[name] = module
+    for module in model.modules():  # what is not quantized (norms, unquantized layers) gets real storage
+        for pname, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                module._parameters[pname] = nn.Parameter(torch.empty(param.shape, dtype=param.dtype),
+                                                         requires_grad=param.requires_grad)
+    result = model.load_state_dict(stored, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        what = result.missing_keys[:1] or result.unexpected_keys[:1]
+        raise ModelLoadError(f"{file} does not fit the model in {folder}/config.json "
+                             f"({len(result.missing_keys)} missing, {len(result.unexpected_keys)} unexpected, e.g. "
+                             f"{what[0]})")
+    for key, target in section.get("aliases", {}).items():  # tie again: one tensor, not two copies
+        owner, _, buffer = key.rpartition(".")
+        source_owner, _, source_buffer = target.rpartition(".")
+        setattr(model.get_submodule(owner), buffer, getattr(model.get_submodule(source_owner), source_buffer))
+    model.eval()
+    return model
+
+
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Replace every quantized module by the float module its codes stand for (in place);
+    the result saves and loads with plain ``transformers``. A head that shared its table with a
+    quantized embedding shares the float table again."""
+    tables: dict[int, nn.Embedding] = {}
+    heads: list[tuple[str, QuantizedLinear]] = []
+    for name, module in quantized_modules(model).items():
+        if isinstance(module, QuantizedEmbedding):
+            dense = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx)
+            with torch.no_grad():
+                dense.weight.copy_(module.weight)
+            tables[id(module.qweight)] = dense
+            _set_module(model, name, dense)
+        elif isinstance(module, QuantizedLinear):
+            heads.append((name, module))
+    for name, module in heads:
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        table = tables.get(id(module.qweight))
+        with torch.no_grad():
+            if table is not None:
+                linear.weight = table.weight
+            else:
+                linear.weight.copy_(module.dequantized_weight())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        _set_module(model, name, linear)
+    return model

@@ -1,0 +1,1 @@
+"""Bundled quantization methods: RTN, GPTQ, AWQ, SmoothQuant."""
