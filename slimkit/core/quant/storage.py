@@ -1,13 +1,14 @@
 """Saving and reloading models that contain quantized modules.
 
-A quantized model is saved as a Hugging Face folder whose ``model.safetensors`` holds the integer
-buffers (``qweight``, ``scales``, ``zeros``) in place of the quantized layers' float weights, and
-whose ``slimkit.json`` gains a ``quantization`` section: every quantized layer's grid, tied tables,
-and the SHA-256 of every stored tensor, so a truncated or edited file is detected on load rather
-than silently producing a different model. ``config.json`` carries
-``quantization_config: {"quant_method": "slimkit"}``, which makes plain ``transformers`` refuse
-the folder instead of loading random weights where the float ones are missing;
-:func:`dequantize_model` gives a float copy that plain ``transformers`` loads.
+A quantized model is saved as a Hugging Face folder whose ``quantized.safetensors`` holds the
+integer buffers (``qweight``, ``scales``, ``zeros``) in place of the quantized layers' float
+weights, and whose ``slimkit.json`` gains a ``quantization`` section: every quantized layer's grid,
+tied tables, and the SHA-256 of every stored tensor, so a truncated or edited file is detected on
+load rather than silently producing a different model. The file is deliberately not called
+``model.safetensors``: plain ``transformers`` (which skips quantization configs it does not know
+and would fill the missing float weights with random values) refuses a folder without one.
+:func:`dequantize_model` (the ``dequantize`` step) gives a float copy that plain ``transformers``
+loads.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from slimkit.core.quant.formats import QuantGrid
 from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
 
 FORMAT = 1
-WEIGHTS_FILE = "model.safetensors"
-QUANT_METHOD = "slimkit"
+WEIGHTS_FILE = "quantized.safetensors"  # not model.safetensors: plain transformers must not load it
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -85,16 +85,7 @@ def save_quantized(model: nn.Module, folder: Path) -> dict[str, Any]:
         "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
     }
     config: Any = model.config
-    previous = getattr(config, "quantization_config", None)
-    config.quantization_config = {"quant_method": QUANT_METHOD, "format": FORMAT,
-                                  "note": "saved by slimkit: load with slimkit.load_model"}
-    try:
-        config.save_pretrained(folder)
-    finally:
-        if previous is None:
-            del config.quantization_config
-        else:
-            config.quantization_config = previous
+    config.save_pretrained(folder)
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         with contextlib.suppress(Exception):

@@ -79,8 +79,12 @@ def replace_with_codes(model: nn.Module, ref: LinearRef, codes: torch.Tensor, sc
 
 
 def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
-    """Scales as they will be stored (float16), so codes are chosen against the stored value."""
-    stored = scale.to(SCALE_DTYPE).to(torch.float32)
+    """Scales as they will be stored (float16), so codes are chosen against the stored value.
+    Rounded up, never down: a smaller scale would push a group's extreme weights past the grid's
+    end and clip them by more than half a step."""
+    stored = scale.to(SCALE_DTYPE)
+    up = torch.nextafter(stored, torch.full_like(stored, float("inf")))
+    stored = torch.where(stored.to(torch.float32) < scale, up, stored).to(torch.float32)
     return torch.where(stored > 0, stored, torch.full_like(stored, torch.finfo(SCALE_DTYPE).tiny))
 
 

@@ -1,0 +1,31 @@
+"""Export a float copy of a quantized model, as a recorded step: the result holds exactly the
+values the integer codes stand for and saves as an ordinary folder that plain ``transformers``
+loads (the quantized folder itself is refused by ``transformers``, by design)."""
+
+from __future__ import annotations
+
+from slimkit import hookimpl
+from slimkit.core.contracts import BaseCompressor, CompressionSummary
+from slimkit.core.errors import ArchitectureError
+from slimkit.core.quant.storage import dequantize_model, quantized_modules
+
+
+class Dequantizer(BaseCompressor):
+    """Replace quantized layers by float layers holding their dequantized weights."""
+
+    name = "dequantize"
+    version = 1
+
+    def check(self, model, adapter, config, ctx):
+        if not quantized_modules(model.model):
+            raise ArchitectureError("dequantize: the model has no quantized layers")
+
+    def compress_(self, model, adapter, config, ctx):
+        count = len(quantized_modules(model.model))
+        dequantize_model(model.model)
+        return CompressionSummary(f"dequantized {count} quantized modules to float32", {"modules": count})
+
+
+@hookimpl
+def register_compressors(register):
+    register(Dequantizer)
