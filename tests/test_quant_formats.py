@@ -84,12 +84,16 @@ def test_quantized_linear_matches_its_dequantized_reference(grid, activations, k
                                         activations=activations)
     assert module.kernel == kernel
     reference = x @ module.dequantized_weight().T + bias
-    out = module(x)
+    out = module(x)  # 15 rows: the integer kernel
     assert out.shape == (3, 5, 96)
-    if activations == "int8":  # activations are rounded too: within int8 rounding of x
-        assert float((out - reference).abs().max()) < 0.02 * float(reference.abs().max())
-    else:
+    if kernel == "dequantize":
         torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+    else:  # activations rounded to int8 (W8A8) or passed in bfloat16 (weight-only kernels)
+        assert float((out - reference).abs().max()) < 0.02 * float(reference.abs().max())
+        assert float((out - reference).abs().max()) > 0  # the kernel really ran
+    long = torch.randn(40, 192, generator=g)  # prefill-sized: weight-only layers dequantize once
+    if activations is None:
+        torch.testing.assert_close(module(long), long @ module.dequantized_weight().T + bias, rtol=1e-4, atol=1e-4)
 
 
 def test_quantized_embedding_and_tied_head_share_one_table():
@@ -100,5 +104,7 @@ def test_quantized_embedding_and_tied_head_share_one_table():
     ids = torch.tensor([[1, 7, 49]])
     torch.testing.assert_close(quantized(ids), quantized.weight[ids])
     assert float((quantized.weight - table.weight.detach()).abs().max()) <= float(table.weight.detach().abs().max()) / 127
-    x = torch.randn(2, 16)
+    x = torch.randn(40, 16)  # prefill-sized: the dequantized table, exactly
     torch.testing.assert_close(head(x), x @ quantized.weight.T, rtol=1e-4, atol=1e-4)
+    step = head(x[:2]) - x[:2] @ quantized.weight.T  # decode-sized: the int8 kernel, bfloat16 activations
+    assert float(step.abs().max()) < 0.02 * float((x[:2] @ quantized.weight.T).abs().max())

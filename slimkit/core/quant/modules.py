@@ -6,6 +6,10 @@ forward picks the fastest path torch offers on the device, prepared once and not
 
 * ``int8-weight``: 8-bit symmetric per-channel weights, float activations:
   ``aten._weight_int8pack_mm`` (reads one byte per weight).
+
+  Both weight-only kernels take the activations in bfloat16 and serve calls of at most
+  ``KERNEL_MAX_ROWS`` rows (decoding); longer inputs (prefill, perplexity) dequantize the weight
+  and use a float matmul.
 * ``int4-tinygemm``: 4-bit, groups of 32/64/128/256: ``aten._weight_int4pack_mm_for_cpu`` on CPU
   (``_weight_int4pack_mm`` on CUDA), which computes ``(q - 8) * scale + offset``; slimkit's
   ``(q - zero) * scale`` maps to it with ``offset = (8 - zero) * scale``.
@@ -29,6 +33,12 @@ from torch.nn import functional as F
 from slimkit.core.quant.formats import QuantGrid, dequantize, pack, packed_row_bytes, unpack
 
 SCALE_DTYPE = torch.float16
+# The weight-only kernels are matrix-vector kernels with fast paths for bfloat16 activations
+# (float32 ones take a reference path several times slower than a float32 matmul on this CPU),
+# and their cost grows with every row: decode (a few rows) goes through them in bfloat16,
+# prefill (hundreds of rows) dequantizes the weight once and uses an ordinary matmul.
+KERNEL_DTYPE = torch.bfloat16
+KERNEL_MAX_ROWS = 16
 TINYGEMM_GROUPS = (32, 64, 128, 256)
 ACTIVATIONS = (None, "int8")
 
@@ -149,11 +159,14 @@ class QuantizedLinear(nn.Module):
         name, state = self._prepare()
         shape = x.shape
         rows = x.reshape(-1, self.in_features)
-        if name == "int8-weight":
-            y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, state.to(rows.dtype))
-        elif name == "int4-tinygemm":
+        small = rows.shape[0] <= KERNEL_MAX_ROWS
+        if name == "int8-weight" and small:
+            y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE), self.qweight, state.to(KERNEL_DTYPE))
+            y = y.to(rows.dtype)
+        elif name == "int4-tinygemm" and small:
             packed, scales_and_zeros, run = state
-            y = run(rows, packed, self.grid.group_size, scales_and_zeros.to(rows.dtype))
+            y = run(rows.to(KERNEL_DTYPE), packed, self.grid.group_size, scales_and_zeros.to(KERNEL_DTYPE))
+            y = y.to(rows.dtype)
         elif name == "int8-dynamic":
             step = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8) / 127.0
             xq = torch.round(rows.float() / step).clamp_(-127, 127).to(torch.int8)
