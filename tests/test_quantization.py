@@ -167,3 +167,17 @@ def test_bad_quantization_input_is_refused_before_any_work(host):
                    {"method": "prune.unstructured", "params": {"sparsity": 0.5}}], calibration=False)
     with pytest.raises(RecipeError, match="needs calibration data"):
         run(host, [{"method": "quantize.gptq", "params": {"group_size": None}}], calibration=False)
+
+
+def test_size_counts_the_weights_quantized_layers_stand_for(host):
+    dense = load_model("example:stories260K")
+    quantized = run(host, [{"method": "quantize.rtn", "params": {"bits": 4, "group_size": 4, "embeddings": "int8"}}],
+                    calibration=False).model
+    size = host.evaluators.get("size")
+    before = size.create().evaluate(dense, host.config(size, {}), host.context())
+    after = size.create().evaluate(quantized, host.config(size, {}), host.context())
+    assert after["params"] == before["params"]
+    assert after["memory_bytes"] < 0.3 * before["memory_bytes"]
+    no_embeddings = size.create().evaluate(quantized, host.config(size, {"include_embeddings": False}), host.context())
+    dense_no_embeddings = size.create().evaluate(dense, host.config(size, {"include_embeddings": False}), host.context())
+    assert no_embeddings["params"] == dense_no_embeddings["params"]

@@ -30,10 +30,14 @@ class SizeEvaluator(BaseEvaluator):
     Config = SizeConfig
 
     def evaluate(self, model, config, ctx):
+        from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
+
         embedding_ids = set()
         if not config.include_embeddings:
             for module in (model.model.get_input_embeddings(), model.model.get_output_embeddings()):
-                if module is not None:
+                if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+                    embedding_ids.add(id(module.qweight))
+                elif module is not None:
                     embedding_ids.add(id(module.weight))
         params = nonzero = memory = 0
         with torch.no_grad():
@@ -43,6 +47,18 @@ class SizeEvaluator(BaseEvaluator):
                     continue
                 params += tensor.numel()
                 nonzero += int(torch.count_nonzero(tensor))
+            # quantized layers hold their weights as integer buffers: count the weights they stand
+            # for (a tied table once), non-zero where the code is not the zero point
+            seen = set()
+            for module in model.model.modules():
+                if not isinstance(module, (QuantizedLinear, QuantizedEmbedding)) or id(module.qweight) in seen:
+                    continue
+                seen.add(id(module.qweight))
+                if id(module.qweight) in embedding_ids:
+                    continue
+                weight = module.weight if isinstance(module, QuantizedEmbedding) else module.dequantized_weight()
+                params += weight.numel()
+                nonzero += int(torch.count_nonzero(weight))
         for buffer in model.model.buffers():
             memory += buffer.numel() * buffer.element_size()
         metrics = {
