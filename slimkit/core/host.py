@@ -51,6 +51,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.pruning.structured",
     "slimkit.plugins.pruning.taylor",
     "slimkit.plugins.quantization.rtn",
+    "slimkit.plugins.quantization.awq",
+    "slimkit.plugins.quantization.smoothquant",
     "slimkit.plugins.quantization.gptq",
     "slimkit.plugins.quantization.dequantize",
     "slimkit.plugins.evaluators.perplexity",

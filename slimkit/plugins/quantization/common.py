@@ -20,7 +20,9 @@ from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 class WeightQuantConfig(MethodConfig):
     bits: Literal[2, 3, 4, 8] = Field(4, description="Bits per weight.")
     group_size: int | None = Field(
-        128, ge=1, description="Inputs sharing one scale (must divide every layer's inputs); empty: per output channel."
+        None, ge=1,
+        description="Inputs sharing one scale, e.g. 32, 64 or 128 where it divides every layer's inputs "
+        "(4 bits and fewer want groups); empty: one scale per output channel, which fits any model.",
     )
     symmetric: bool = Field(True, description="Zero point fixed at the grid's middle (else per group).")
     roles: tuple[RoleName, ...] = Field(ALL_ROLES, description="Which block projections to quantize.")
