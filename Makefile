@@ -39,6 +39,8 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[gguf]' loguru datasets
 	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0
+	echo torch==2.13.0 > $(BENCH_VENV)/torch-pin.txt  # quantization peers; torch must stay the CPU wheel
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/torch-pin.txt torchao==0.18.0 neural-compressor-pt==3.10
 	touch $@
 
 bench-pruning: $(BENCH_VENV)/.installed
