@@ -101,6 +101,22 @@ class LinearStatistics:
         return self.input_sq_sum.sqrt()
 
 
+def require_hessian_data(ctx: Any, refs: Sequence[LinearRef], method: str) -> None:
+    """The check every Hessian-based method (SparseGPT, GPTQ) makes before running: there is
+    calibration data, and enough tokens for a full-rank ``H`` at the widest layer."""
+    from slimkit.core.errors import ConfigError
+
+    if ctx.calibration is None:
+        raise ConfigError(f"{method} needs calibration data; add a calibration section")
+    tokens = ctx.calibration.n_samples * ctx.calibration.seq_len
+    widest = max((ref.in_features for ref in refs), default=0)
+    if tokens < widest:
+        raise DataError(
+            f"{method}: {tokens} calibration tokens cannot give a full-rank Hessian for layers with "
+            f"{widest} inputs; use at least {widest} tokens (n_samples x seq_len), ideally many times more"
+        )
+
+
 def _share_equal(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """``current`` with every tensor (or tuple of tensors) equal to ``previous``'s under the same
     key replaced by that object: rotary embeddings and position ids are the same for every batch

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from slimkit import hookimpl
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError, DataError
+from slimkit.core.errors import ArchitectureError
 from slimkit.core.linalg import inverse_cholesky_upper
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 from slimkit.plugins.pruning.unstructured import lowest_per_row
@@ -129,18 +129,14 @@ class SparseGPTPruner(BaseCompressor):
     needs_calibration = True
 
     def check(self, model, adapter, config, ctx):
+        from slimkit.core.calibration import require_hessian_data
+
         if ctx.calibration is None:
-            raise ConfigError("prune.sparsegpt needs calibration data; add a calibration section")
+            require_hessian_data(ctx, [], self.name)
         refs = [ref for _, ref in adapter.layout(model.model).linears(config.roles)]
         if not refs:
             raise ArchitectureError(f"{model.architecture} has no projections with roles {', '.join(config.roles)}")
-        tokens = ctx.calibration.n_samples * ctx.calibration.seq_len
-        widest = max(ref.in_features for ref in refs)
-        if tokens < widest:
-            raise DataError(
-                f"prune.sparsegpt: {tokens} calibration tokens cannot give a full-rank Hessian for layers with "
-                f"{widest} inputs; use at least {widest} tokens (n_samples x seq_len), ideally many times more"
-            )
+        require_hessian_data(ctx, refs, self.name)
         for ref in refs:
             if config.m is not None and ref.in_features % config.m:
                 raise ArchitectureError(

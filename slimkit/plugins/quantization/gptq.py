@@ -28,7 +28,6 @@ from pydantic import Field
 
 from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor
-from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.linalg import inverse_cholesky_upper
 from slimkit.core.quant.formats import QuantGrid, grid_params
 from slimkit.plugins.quantization.common import WeightQuantConfig, fp16_exact, replace_with_codes, target_layers
@@ -122,16 +121,12 @@ class GPTQQuantizer(BaseCompressor):
     needs_calibration = True
 
     def check(self, model, adapter, config, ctx):
-        if ctx.calibration is None:
-            raise ConfigError("quantize.gptq needs calibration data; add a calibration section")
+        from slimkit.core.calibration import require_hessian_data
+
+        if ctx.calibration is None:  # before the layers: the clearer message when both are wrong
+            require_hessian_data(ctx, [], self.name)
         _, refs = target_layers(model, adapter, config, self.name)
-        tokens = ctx.calibration.n_samples * ctx.calibration.seq_len
-        widest = max(ref.in_features for ref in refs)
-        if tokens < widest:
-            raise DataError(
-                f"quantize.gptq: {tokens} calibration tokens cannot give a full-rank Hessian for layers with "
-                f"{widest} inputs; use at least {widest} tokens (n_samples x seq_len), ideally many times more"
-            )
+        require_hessian_data(ctx, refs, self.name)
 
     def compress_(self, model, adapter, config, ctx):
         from slimkit.core.calibration import SequentialCalibration
