@@ -71,8 +71,10 @@ def test_bad_grids_are_refused():
     (QuantGrid(4, 32, True), None, "int4-tinygemm"),
     (QuantGrid(4, 64, False), None, "int4-tinygemm"),
     (QuantGrid(4, 48, True), None, "dequantize"),
+    (QuantGrid(4, 96, False), None, "int4-tinygemm"),  # three kernel groups of 32 per stored group
+    (QuantGrid(4, None, True), None, "int4-tinygemm"),  # a 192-wide row: three kernel groups of 64
     (QuantGrid(3, 32, False), None, "dequantize"),
-], ids=["int8", "w8a8", "int4-g32", "int4-asym-g64", "int4-g48", "int3"])
+], ids=["int8", "w8a8", "int4-g32", "int4-asym-g64", "int4-g48", "int4-asym-g96", "int4-channel", "int3"])
 def test_quantized_linear_matches_its_dequantized_reference(grid, activations, kernel):
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(96, 192, generator=g) * 0.05

@@ -10,13 +10,16 @@ forward picks the fastest path torch offers on the device, prepared once and not
   Both weight-only kernels take the activations in bfloat16 and serve calls of at most
   ``KERNEL_MAX_ROWS`` rows (decoding); longer inputs (prefill, perplexity) dequantize the weight
   and use a float matmul.
-* ``int4-tinygemm``: 4-bit, groups of 32/64/128/256: ``aten._weight_int4pack_mm_for_cpu`` on CPU
+* ``int4-tinygemm``: 4-bit with group widths that are multiples of 32 (per channel too, when the
+  row length is; a group of 96 runs as three kernel groups of 32 sharing a scale):
+  ``aten._weight_int4pack_mm_for_cpu`` on CPU
   (``_weight_int4pack_mm`` on CUDA), which computes ``(q - 8) * scale + offset``; slimkit's
   ``(q - zero) * scale`` maps to it with ``offset = (8 - zero) * scale``.
 * ``int8-dynamic``: W8A8 (SmoothQuant): each token's activations quantized to int8 on the fly
   (symmetric, per token), ``torch._int_mm`` in int32, rescaled by both scales.
-* ``dequantize``: anything else (3 bits, 2 bits, odd group sizes): the weight is dequantized on
-  the fly for each call; correct everywhere, not fast.
+* ``dequantize``: anything else (3 bits, 2 bits, group widths not a multiple of 32): the weight
+  is dequantized on the fly for each call; correct everywhere, and slow for decoding (several
+  times slower than the float model).
 
 8-bit symmetric codes are stored centred, as ``int8`` (``q - 128``), which is what the integer
 kernels read; every other grid stores unsigned codes packed by :mod:`.formats`.
@@ -133,14 +136,24 @@ class QuantizedLinear(nn.Module):
             kernel = ("int8-dynamic", self.scales.float().reshape(-1))
         elif centred(grid) and grid.group_size is None and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
             kernel = ("int8-weight", self.scales.float().reshape(-1))
-        elif grid.bits == 4 and grid.group_size in TINYGEMM_GROUPS and self.in_features % grid.group_size == 0:
+        elif grid.bits == 4 and self._kernel_group() is not None:
             kernel = self._tinygemm(device) or kernel
         self._kernel = kernel
         return kernel
 
+    def _kernel_group(self) -> int | None:
+        """The kernel's group size for this layer: the largest of 32/64/128/256 that divides the
+        stored group width (a group of 96, or a whole 576-wide row, is several kernel groups with
+        repeated scales: the same dequantized values), or ``None`` if none does."""
+        width = self.grid.group_width(self.in_features)
+        return next((g for g in sorted(TINYGEMM_GROUPS, reverse=True) if width % g == 0), None)
+
     def _tinygemm(self, device: torch.device) -> tuple[str, Any] | None:
-        scale = self.scales.float()
-        offset = (8.0 - self.zero_codes()) * scale
+        group = self._kernel_group()
+        assert group is not None
+        repeat = self.grid.group_width(self.in_features) // group
+        scale = self.scales.float().repeat_interleave(repeat, dim=1)
+        offset = (8.0 - self.zero_codes()).repeat_interleave(repeat, dim=1) * scale
         scales_and_zeros = torch.stack([scale.t(), offset.t()], dim=2).contiguous()  # [groups, out, 2]
         codes = self.codes().to(torch.int32)
         try:
@@ -153,7 +166,7 @@ class QuantizedLinear(nn.Module):
                 run = torch.ops.aten._weight_int4pack_mm
         except (RuntimeError, AttributeError, NotImplementedError):
             return None  # shape or device the kernel does not take: dequantize instead
-        return ("int4-tinygemm", (packed, scales_and_zeros, run))
+        return ("int4-tinygemm", (packed, scales_and_zeros, run, group))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name, state = self._prepare()
@@ -164,8 +177,8 @@ class QuantizedLinear(nn.Module):
             y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE), self.qweight, state.to(KERNEL_DTYPE))
             y = y.to(rows.dtype)
         elif name == "int4-tinygemm" and small:
-            packed, scales_and_zeros, run = state
-            y = run(rows.to(KERNEL_DTYPE), packed, self.grid.group_size, scales_and_zeros.to(KERNEL_DTYPE))
+            packed, scales_and_zeros, run, group = state
+            y = run(rows.to(KERNEL_DTYPE), packed, group, scales_and_zeros.to(KERNEL_DTYPE))
             y = y.to(rows.dtype)
         elif name == "int8-dynamic":
             step = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8) / 127.0
