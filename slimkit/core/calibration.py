@@ -104,10 +104,7 @@ class LinearStatistics:
 def require_hessian_data(ctx: Any, refs: Sequence[LinearRef], method: str) -> None:
     """The check every Hessian-based method (SparseGPT, GPTQ) makes before running: there is
     calibration data, and enough tokens for a full-rank ``H`` at the widest layer."""
-    from slimkit.core.errors import ConfigError
-
-    if ctx.calibration is None:
-        raise ConfigError(f"{method} needs calibration data; add a calibration section")
+    ctx.require_calibration(method)
     tokens = ctx.calibration.n_samples * ctx.calibration.seq_len
     widest = max((ref.in_features for ref in refs), default=0)
     if tokens < widest:

@@ -66,6 +66,13 @@ class MethodContext:
         if self.progress is not None:
             self.progress(ProgressEvent(stage, done, total, message))
 
+    def require_calibration(self, what: str, why: str = "") -> None:
+        """Raise ConfigError unless there is calibration data; ``what`` needs it (``why``: for what)."""
+        from slimkit.core.errors import ConfigError
+
+        if self.calibration is None:
+            raise ConfigError(f"{what} needs calibration data{f' ({why})' if why else ''}; add a calibration section")
+
     def require_scorer(self, scorer: str, granularity: str, method: str) -> Any:
         """The installed scorer ``scorer`` if ``method`` can use it: it scores ``granularity``
         units and, if it needs calibration data, there is some. Raises ConfigError otherwise."""
@@ -76,8 +83,8 @@ class MethodContext:
             raise ConfigError(
                 f"scorer {scorer!r} scores {info.cls.granularity}s; {method} needs a {granularity} scorer"
             )
-        if info.cls.needs_calibration and self.calibration is None:
-            raise ConfigError(f"scorer {scorer!r} needs calibration data; add a calibration section")
+        if info.cls.needs_calibration:
+            self.require_calibration(f"scorer {scorer!r}")
         return info
 
     def score(

@@ -131,8 +131,7 @@ class SparseGPTPruner(BaseCompressor):
     def check(self, model, adapter, config, ctx):
         from slimkit.core.calibration import require_hessian_data
 
-        if ctx.calibration is None:
-            require_hessian_data(ctx, [], self.name)
+        ctx.require_calibration(self.name)
         refs = [ref for _, ref in adapter.layout(model.model).linears(config.roles)]
         if not refs:
             raise ArchitectureError(f"{model.architecture} has no projections with roles {', '.join(config.roles)}")

@@ -218,8 +218,7 @@ class UnstructuredPruner(ScoredPruner):
     def check(self, model, adapter, config, ctx):
         super().check(model, adapter, config, ctx)
         if config.allocation == "owl":
-            if ctx.calibration is None:
-                raise ConfigError("allocation owl needs calibration data; add a calibration section")
+            ctx.require_calibration("allocation owl")
             if config.scope == "global":
                 raise ConfigError("allocation owl sets a sparsity per block; it cannot be combined with scope global")
 

@@ -35,7 +35,6 @@ from pydantic import Field
 
 from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ConfigError
 from slimkit.core.quant.formats import QuantGrid, dequantize
 from slimkit.plugins.quantization.common import WeightQuantConfig, replace_with_codes, target_layers
 from slimkit.plugins.quantization.smoothquant import SiteInputs, fold_, rtn_codes, smoothable_sites
@@ -190,9 +189,7 @@ class AWQQuantizer(BaseCompressor):
     needs_calibration = True
 
     def check(self, model, adapter, config, ctx):
-        if ctx.calibration is None:
-            raise ConfigError(f"{self.name} needs calibration data (activation magnitudes); "
-                              "add a calibration section")
+        ctx.require_calibration(self.name, "activation magnitudes")
         layout, refs = target_layers(model, adapter, config, self.name)
         targeted = {ref.name for ref in refs}
         for block in layout.blocks:

@@ -123,8 +123,7 @@ class GPTQQuantizer(BaseCompressor):
     def check(self, model, adapter, config, ctx):
         from slimkit.core.calibration import require_hessian_data
 
-        if ctx.calibration is None:  # before the layers: the clearer message when both are wrong
-            require_hessian_data(ctx, [], self.name)
+        ctx.require_calibration(self.name)  # before the layers: the clearer message when both are wrong
         _, refs = target_layers(model, adapter, config, self.name)
         require_hessian_data(ctx, refs, self.name)
 

@@ -40,7 +40,7 @@ from slimkit import hookimpl
 from slimkit.core.architecture import BlockLayout, LinearRef
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError
+from slimkit.core.errors import ArchitectureError
 from slimkit.core.quant.formats import QuantGrid, grid_params, quantize
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 from slimkit.plugins.quantization.common import WeightQuantConfig, fp16_exact, replace_with_codes, target_layers
@@ -311,8 +311,7 @@ class SmoothQuantizer(BaseCompressor):
     needs_calibration = True
 
     def check(self, model, adapter, config, ctx):
-        if ctx.calibration is None:
-            raise ConfigError(f"{self.name} needs calibration data (max |x| per channel); add a calibration section")
+        ctx.require_calibration(self.name, "max |x| per channel")
         layout, refs = target_layers(model, adapter, config.weights(), self.name)
         targeted = {ref.name for ref in refs}
         for block in layout.blocks:
