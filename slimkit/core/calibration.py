@@ -101,6 +101,35 @@ class LinearStatistics:
         return self.input_sq_sum.sqrt()
 
 
+@dataclass
+class SharedInput:
+    """Layers of one block that read the same tensor (q/k/v, gate/up), hence share their
+    statistics: second-order methods sweep them together, rows stacked, on one Hessian."""
+
+    statistics: LinearStatistics
+    refs: list[LinearRef]
+
+    def stacked_weight(self) -> torch.Tensor:
+        """The layers' ``[out, in]`` weights stacked by rows (a copy)."""
+        return torch.cat([ref.weight_out_in().detach() for ref in self.refs])
+
+    def rows(self) -> Iterator[tuple[LinearRef, slice]]:
+        """Each layer with its rows in :meth:`stacked_weight`."""
+        first = 0
+        for ref in self.refs:
+            yield ref, slice(first, first + ref.out_features)
+            first += ref.out_features
+
+
+def by_shared_input(refs: Sequence[LinearRef], stats: dict[str, LinearStatistics]) -> list[SharedInput]:
+    """``refs`` grouped by the statistics object :meth:`BlockStep.collect` gave them, in order."""
+    groups: dict[int, SharedInput] = {}
+    for ref in refs:
+        statistics = stats[ref.name]
+        groups.setdefault(id(statistics), SharedInput(statistics, [])).refs.append(ref)
+    return list(groups.values())
+
+
 def require_hessian_data(ctx: Any, refs: Sequence[LinearRef], method: str) -> None:
     """The check every Hessian-based method (SparseGPT, GPTQ) makes before running: there is
     calibration data, and enough tokens for a full-rank ``H`` at the widest layer."""

@@ -143,7 +143,7 @@ class SparseGPTPruner(BaseCompressor):
                 )
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import SequentialCalibration
+        from slimkit.core.calibration import SequentialCalibration, by_shared_input
 
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         pruned = total = 0
@@ -151,22 +151,15 @@ class SparseGPTPruner(BaseCompressor):
         for index, step in enumerate(engine, start=1):
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             stats = step.collect(refs, ("hessian",), outputs=False)  # the block changes next
-            shared: dict[int, list] = {}  # layers fed one input (q/k/v, gate/up) share H: one sweep
-            for ref in refs:
-                shared.setdefault(id(stats[ref.name]), []).append(ref)
-            for group in shared.values():
-                stacked = torch.cat([ref.weight_out_in().detach() for ref in group])
-                statistics = stats[group[0].name]
+            for group in by_shared_input(refs, stats):  # q/k/v, gate/up: one sweep on their shared H
+                stacked = group.stacked_weight()
                 mask = sparsegpt_prune_(
-                    stacked, statistics.hessian, sparsity=config.sparsity, n=config.n, m=config.m,
+                    stacked, group.statistics.hessian, sparsity=config.sparsity, n=config.n, m=config.m,
                     block_size=config.block_size, dampening=config.dampening,
-                    row_groups=[ref.out_features for ref in group], overwrite_hessian=True,
+                    row_groups=[ref.out_features for ref in group.refs], overwrite_hessian=True,
                 )
-                statistics.hessian = None  # used up (overwritten): free it before the next sweep
-                first = 0
-                for ref in group:
-                    rows = slice(first, first + ref.out_features)
-                    first += ref.out_features
+                group.statistics.hessian = None  # used up (overwritten): free it before the next sweep
+                for ref, rows in group.rows():
                     with torch.no_grad():
                         ref.weight_out_in().copy_(stacked[rows])
                     count = int(mask[rows].sum())

@@ -128,7 +128,7 @@ class GPTQQuantizer(BaseCompressor):
         require_hessian_data(ctx, refs, self.name)
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import SequentialCalibration
+        from slimkit.core.calibration import SequentialCalibration, by_shared_input
 
         layout, refs = target_layers(model, adapter, config, self.name)
         chosen = {ref.name for ref in refs}
@@ -137,21 +137,14 @@ class GPTQQuantizer(BaseCompressor):
         for index, step in enumerate(engine, start=1):
             block_refs = [ref for ref in step.block.linears() if ref.name in chosen]
             stats = step.collect(block_refs, ("hessian",), outputs=False)  # the block changes next
-            shared: dict[int, list] = {}  # layers fed one input share H: rows stacked, one sweep
-            for ref in block_refs:
-                shared.setdefault(id(stats[ref.name]), []).append(ref)
-            for group in shared.values():
-                statistics = stats[group[0].name]
-                stacked = torch.cat([ref.weight_out_in().detach() for ref in group])
+            for group in by_shared_input(block_refs, stats):  # layers fed one input: rows stacked, one H
                 codes, scale, zero = gptq_quantize(
-                    stacked, statistics.hessian, grid, block_size=config.block_size, dampening=config.dampening,
-                    act_order=config.act_order, keep_sparsity=config.keep_sparsity, overwrite_hessian=True,
+                    group.stacked_weight(), group.statistics.hessian, grid, block_size=config.block_size,
+                    dampening=config.dampening, act_order=config.act_order, keep_sparsity=config.keep_sparsity,
+                    overwrite_hessian=True,
                 )
-                statistics.hessian = None  # used up: free it before the next sweep
-                first = 0
-                for ref in group:
-                    rows = slice(first, first + ref.out_features)
-                    first += ref.out_features
+                group.statistics.hessian = None  # used up: free it before the next sweep
+                for ref, rows in group.rows():
                     replace_with_codes(model.model, ref, codes[rows], scale[rows], zero[rows], grid)
             ctx.report("blocks", index, len(engine), step.block.name)
         how = "GPTQ" + (" (act-order)" if config.act_order else "")
