@@ -36,8 +36,8 @@ from pydantic import Field
 from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.quant.formats import QuantGrid, dequantize
-from slimkit.plugins.quantization.common import WeightQuantConfig, replace_with_codes, target_layers
-from slimkit.plugins.quantization.smoothquant import SiteInputs, fold_, rtn_codes, smoothable_sites
+from slimkit.plugins.quantization.common import WeightQuantConfig, finish, replace_with_codes, target_layers
+from slimkit.plugins.quantization.smoothquant import SiteInputs, check_foldable, fold_, rtn_codes, smoothable_sites
 
 NO_CLIP = ("q", "k", "qkv")
 CLIP_STEP = 0.05
@@ -190,14 +190,9 @@ class AWQQuantizer(BaseCompressor):
 
     def check(self, model, adapter, config, ctx):
         ctx.require_calibration(self.name, "activation magnitudes")
-        layout, refs = target_layers(model, adapter, config, self.name)
-        targeted = {ref.name for ref in refs}
-        for block in layout.blocks:
-            smoothable_sites(model.model, block, targeted, self.name)
+        check_foldable(model, adapter, config, self.name)
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.plugins.quantization.rtn import finish
-
         details = awq_(model, adapter, ctx.calibration, config, seed=ctx.seed,
                        report=lambda i, n, name: ctx.report("blocks", i, n, name))
         layout = adapter.layout(model.model)

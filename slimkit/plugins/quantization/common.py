@@ -11,6 +11,7 @@ from torch import nn
 
 from slimkit.core.architecture import LinearRef, ModelLayout
 from slimkit.core.config import MethodConfig
+from slimkit.core.contracts import CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
 from slimkit.core.quant.formats import BITS, QuantGrid
 from slimkit.core.quant.modules import SCALE_DTYPE, QuantizedEmbedding, QuantizedLinear
@@ -103,3 +104,16 @@ def quantize_embeddings(model: nn.Module, layout: ModelLayout) -> int:
         if layout.tied_embeddings or head.weight is table.weight:
             set_module(model, layout.lm_head, quantized.tied_head(getattr(head, "bias", None)))
     return count
+
+
+def finish(model, layout, refs, config, how: str) -> CompressionSummary:
+    """Quantize the embeddings if asked and describe the result (shared by the quantizers)."""
+    weights = sum(ref.in_features * ref.out_features for ref in refs)
+    embedded = quantize_embeddings(model.model, layout) if config.embeddings == "int8" else 0
+    grid = config.grid()
+    extra = f", embeddings int8 ({embedded:,} weights)" if embedded else ""
+    return CompressionSummary(
+        f"quantized {weights:,} weights in {len(refs)} layers to {grid.describe()} by {how}{extra}",
+        {"quantized_weights": weights, "layers": len(refs), "bits": grid.bits, "group_size": grid.group_size,
+         "symmetric": grid.symmetric, "embedding_weights": embedded},
+    )

@@ -30,8 +30,7 @@ from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor
 from slimkit.core.linalg import inverse_cholesky_upper
 from slimkit.core.quant.formats import QuantGrid, grid_params
-from slimkit.plugins.quantization.common import WeightQuantConfig, fp16_exact, replace_with_codes, target_layers
-from slimkit.plugins.quantization.rtn import finish
+from slimkit.plugins.quantization.common import WeightQuantConfig, finish, fp16_exact, replace_with_codes, target_layers
 
 
 class GPTQConfig(WeightQuantConfig):

@@ -5,12 +5,12 @@ lossless."""
 from __future__ import annotations
 
 from slimkit import hookimpl
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
+from slimkit.core.contracts import BaseCompressor
 from slimkit.core.quant.formats import grid_params, quantize
 from slimkit.plugins.quantization.common import (
     WeightQuantConfig,
+    finish,
     fp16_exact,
-    quantize_embeddings,
     replace_with_codes,
     target_layers,
 )
@@ -40,19 +40,6 @@ class RTNQuantizer(BaseCompressor):
             replace_with_codes(model.model, ref, quantize(weight, scale, zero, grid), scale, zero, grid)
             ctx.report("layers", index, len(refs), ref.name)
         return finish(model, layout, refs, config, "round-to-nearest")
-
-
-def finish(model, layout, refs, config, how: str) -> CompressionSummary:
-    """Quantize the embeddings if asked and describe the result (shared by the quantizers)."""
-    weights = sum(ref.in_features * ref.out_features for ref in refs)
-    embedded = quantize_embeddings(model.model, layout) if config.embeddings == "int8" else 0
-    grid = config.grid()
-    extra = f", embeddings int8 ({embedded:,} weights)" if embedded else ""
-    return CompressionSummary(
-        f"quantized {weights:,} weights in {len(refs)} layers to {grid.describe()} by {how}{extra}",
-        {"quantized_weights": weights, "layers": len(refs), "bits": grid.bits, "group_size": grid.group_size,
-         "symmetric": grid.symmetric, "embedding_weights": embedded},
-    )
 
 
 @hookimpl

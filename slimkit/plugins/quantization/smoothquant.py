@@ -43,7 +43,7 @@ from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError
 from slimkit.core.quant.formats import QuantGrid, grid_params, quantize
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
-from slimkit.plugins.quantization.common import WeightQuantConfig, fp16_exact, replace_with_codes, target_layers
+from slimkit.plugins.quantization.common import WeightQuantConfig, finish, fp16_exact, replace_with_codes, target_layers
 
 W8 = QuantGrid(bits=8, group_size=None, symmetric=True)
 NORM_SITES = ("attention input", "mlp input")
@@ -151,6 +151,15 @@ def smoothable_sites(model: nn.Module, block: BlockLayout, targeted: set[str], m
         if site.norm is not None and site.foldable:
             check_norm(model, site.norm)
     return sites
+
+
+def check_foldable(model: Any, adapter: Any, config: WeightQuantConfig, method: str) -> None:
+    """The check SmoothQuant and AWQ make before running: the layers ``config`` selects are
+    quantizable and every norm their scales would be folded into can take them."""
+    layout, refs = target_layers(model, adapter, config, method)
+    targeted = {ref.name for ref in refs}
+    for block in layout.blocks:
+        smoothable_sites(model.model, block, targeted, method)
 
 
 def fold_(model: nn.Module, site: InputSite, s: torch.Tensor) -> None:
@@ -312,14 +321,9 @@ class SmoothQuantizer(BaseCompressor):
 
     def check(self, model, adapter, config, ctx):
         ctx.require_calibration(self.name, "max |x| per channel")
-        layout, refs = target_layers(model, adapter, config.weights(), self.name)
-        targeted = {ref.name for ref in refs}
-        for block in layout.blocks:
-            smoothable_sites(model.model, block, targeted, self.name)
+        check_foldable(model, adapter, config.weights(), self.name)
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.plugins.quantization.rtn import finish
-
         details = smoothquant_(model, adapter, ctx.calibration, config,
                                report=lambda i, n, name: ctx.report("blocks", i, n, name))
         layout = adapter.layout(model.model)
