@@ -7,7 +7,7 @@ import torch
 
 from slimkit.core.quant.formats import QuantGrid, dequantize, grid_params, pack, packed_row_bytes, quantize, unpack
 from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
-from slimkit.plugins.quantization.common import fp16_exact
+from slimkit.core.quant.modules import fp16_exact
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -106,6 +106,9 @@ def test_quantized_embedding_and_tied_head_share_one_table():
     ids = torch.tensor([[1, 7, 49]])
     torch.testing.assert_close(quantized(ids), quantized.weight[ids])
     assert float((quantized.weight - table.weight.detach()).abs().max()) <= float(table.weight.detach().abs().max()) / 127
+    # per row, within half a step of the stored (float16) scale: the scale is never rounded down
+    row_error = (quantized.weight - table.weight.detach()).abs().amax(dim=1)
+    assert bool((row_error <= 0.5 * quantized.scales.float().squeeze(1) * (1 + 1e-5)).all())
     x = torch.randn(40, 16)  # prefill-sized: the dequantized table, exactly
     torch.testing.assert_close(head(x), x @ quantized.weight.T, rtol=1e-4, atol=1e-4)
     step = head(x[:2]) - x[:2] @ quantized.weight.T  # decode-sized: the int8 kernel, bfloat16 activations

@@ -11,7 +11,7 @@ from slimkit import Recipe, load_model, run_recipe
 from slimkit.core.errors import ArchitectureError, ModelLoadError, RecipeError
 from slimkit.core.quant.formats import QuantGrid, dequantize, grid_params, quantize
 from slimkit.core.quant.modules import QuantizedLinear
-from slimkit.plugins.quantization.common import fp16_exact
+from slimkit.core.quant.modules import fp16_exact
 from slimkit.plugins.quantization.gptq import gptq_quantize
 
 CALIBRATION = {"n_samples": 16, "seq_len": 128, "seed": 0}

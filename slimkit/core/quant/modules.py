@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from slimkit.core.quant.formats import QuantGrid, dequantize, pack, packed_row_bytes, unpack
+from slimkit.core.quant.formats import QuantGrid, dequantize, grid_params, pack, packed_row_bytes, quantize, unpack
 
 SCALE_DTYPE = torch.float16
 # The weight-only kernels are matrix-vector kernels with fast paths for bfloat16 activations
@@ -44,6 +44,21 @@ KERNEL_DTYPE = torch.bfloat16
 KERNEL_MAX_ROWS = 16
 TINYGEMM_GROUPS = (32, 64, 128, 256)
 ACTIVATIONS = (None, "int8")
+
+
+def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
+    """Scales as they will be stored (float16), so codes are chosen against the stored value.
+    Rounded up, never down: a smaller scale would push a group's extreme weights past the grid's
+    end and clip them by more than half a step."""
+    stored = scale.to(SCALE_DTYPE)
+    up = torch.nextafter(stored, torch.full_like(stored, float("inf")))
+    stored = torch.where(stored.to(torch.float32) < scale, up, stored).to(torch.float32)
+    return torch.where(stored > 0, stored, torch.full_like(stored, torch.finfo(SCALE_DTYPE).tiny))
+
+
+def _centre(codes: torch.Tensor) -> torch.Tensor:
+    """Unsigned 8-bit codes as the signed ``int8`` the kernels read (``q - 128``)."""
+    return (codes.to(torch.int16) - 128).to(torch.int8)
 
 
 def centred(grid: QuantGrid) -> bool:
@@ -92,7 +107,7 @@ class QuantizedLinear(nn.Module):
                      device=codes.device)
         with torch.no_grad():
             if centred(grid):
-                module.qweight.copy_((codes.to(torch.int16) - 128).to(torch.int8))
+                module.qweight.copy_(_centre(codes))
             else:
                 module.qweight.copy_(pack(codes.to(torch.uint8), grid.bits))
             if module.zeros is not None:
@@ -214,15 +229,13 @@ class QuantizedEmbedding(nn.Module):
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding) -> "QuantizedEmbedding":
-        from slimkit.core.quant.formats import grid_params, quantize
-
         weight = embedding.weight.detach()
         module = cls(weight.shape[0], weight.shape[1], embedding.padding_idx, device=weight.device)
         scale, zero = grid_params(weight, module.grid)
-        scale = scale.to(SCALE_DTYPE).float()
+        scale = fp16_exact(scale)
         codes = quantize(weight, scale, zero, module.grid)
         with torch.no_grad():
-            module.qweight.copy_((codes.to(torch.int16) - 128).to(torch.int8))
+            module.qweight.copy_(_centre(codes))
             module.scales.copy_(scale.to(SCALE_DTYPE))
         return module
 

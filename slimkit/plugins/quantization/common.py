@@ -14,7 +14,7 @@ from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
 from slimkit.core.quant.formats import BITS, QuantGrid
-from slimkit.core.quant.modules import SCALE_DTYPE, QuantizedEmbedding, QuantizedLinear
+from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
 
 
@@ -79,16 +79,6 @@ def replace_with_codes(model: nn.Module, ref: LinearRef, codes: torch.Tensor, sc
     module = QuantizedLinear.from_codes(codes, scale, zero, grid, bias=bias, activations=activations)
     set_module(model, ref.name, module)
     return module
-
-
-def fp16_exact(scale: torch.Tensor) -> torch.Tensor:
-    """Scales as they will be stored (float16), so codes are chosen against the stored value.
-    Rounded up, never down: a smaller scale would push a group's extreme weights past the grid's
-    end and clip them by more than half a step."""
-    stored = scale.to(SCALE_DTYPE)
-    up = torch.nextafter(stored, torch.full_like(stored, float("inf")))
-    stored = torch.where(stored.to(torch.float32) < scale, up, stored).to(torch.float32)
-    return torch.where(stored > 0, stored, torch.full_like(stored, torch.finfo(SCALE_DTYPE).tiny))
 
 
 def quantize_embeddings(model: nn.Module, layout: ModelLayout) -> int:

@@ -30,7 +30,8 @@ from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor
 from slimkit.core.linalg import inverse_cholesky_upper
 from slimkit.core.quant.formats import QuantGrid, grid_params
-from slimkit.plugins.quantization.common import WeightQuantConfig, finish, fp16_exact, replace_with_codes, target_layers
+from slimkit.core.quant.modules import fp16_exact
+from slimkit.plugins.quantization.common import WeightQuantConfig, finish, replace_with_codes, target_layers
 
 
 class GPTQConfig(WeightQuantConfig):

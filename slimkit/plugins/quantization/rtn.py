@@ -7,10 +7,10 @@ from __future__ import annotations
 from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor
 from slimkit.core.quant.formats import grid_params, quantize
+from slimkit.core.quant.modules import fp16_exact
 from slimkit.plugins.quantization.common import (
     WeightQuantConfig,
     finish,
-    fp16_exact,
     replace_with_codes,
     target_layers,
 )

@@ -43,7 +43,8 @@ from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError
 from slimkit.core.quant.formats import QuantGrid, grid_params, quantize
 from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
-from slimkit.plugins.quantization.common import WeightQuantConfig, finish, fp16_exact, replace_with_codes, target_layers
+from slimkit.core.quant.modules import fp16_exact
+from slimkit.plugins.quantization.common import WeightQuantConfig, finish, replace_with_codes, target_layers
 
 W8 = QuantGrid(bits=8, group_size=None, symmetric=True)
 NORM_SITES = ("attention input", "mlp input")
