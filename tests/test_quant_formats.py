@@ -43,10 +43,29 @@ def test_rtn_error_within_half_a_step(grid):
     assert int(codes.max()) <= grid.max_code
     error = (dequantize(codes, scale, zero) - weight).abs().reshape(12, scale.shape[1], -1)
     step = scale.unsqueeze(2)
-    # at most half a step everywhere: with codes
-    # 0..2^b-1 around 2^(b-1), symmetric +max and -max both lie half a step from the nearest code
+    # at most half a step everywhere, extremes included (nothing is clipped)
     bound = step * 0.5 * (1 + 1e-5)
     assert bool((error <= bound).all())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_symmetric_grid_holds_the_extremes(bits):
+    """The symmetric step is the smallest holding both extremes: the side that sets it is exact
+    (up to the float16 scale), the positive side uses at most 2^(b-1)-1 steps, the negative 2^(b-1)."""
+    half = 1 << (bits - 1)
+    weight = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    grid = QuantGrid(bits, 16, True)
+    scale, zero = grid_params(weight, grid)
+    groups = weight.reshape(64, 2, 16)
+    high, low = groups.amax(dim=2), groups.amin(dim=2)
+    torch.testing.assert_close(scale, torch.maximum(high / (half - 1), -low / half))
+    stored = fp16_exact(scale)
+    values = dequantize(quantize(weight, stored, zero, grid), stored, zero).reshape(64, 2, 16)
+    sets_it = torch.where(high / (half - 1) >= -low / half, high, low)
+    got = torch.where(high / (half - 1) >= -low / half, values.amax(dim=2), values.amin(dim=2))
+    # float16 rounding moves the step by < 2^-11 of itself, so the extreme's code is still exact
+    # (GPTQ's absmax/(2^b-1)*2 step would leave a positive extreme half a step off)
+    torch.testing.assert_close(got, sets_it, rtol=2 ** -10, atol=0)
 
 
 def test_grid_keeps_zeros_exact():
