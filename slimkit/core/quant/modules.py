@@ -150,7 +150,7 @@ class QuantizedLinear(nn.Module):
         if self.activations == "int8":
             kernel = ("int8-dynamic", self.scales.float().reshape(-1))
         elif centred(grid) and grid.group_size is None and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
-            kernel = ("int8-weight", self.scales.float().reshape(-1))
+            kernel = ("int8-weight", self.scales.reshape(-1).to(KERNEL_DTYPE))
         elif grid.bits == 4 and self._kernel_group() is not None:
             kernel = self._tinygemm(device) or kernel
         self._kernel = kernel
@@ -181,7 +181,7 @@ class QuantizedLinear(nn.Module):
                 run = torch.ops.aten._weight_int4pack_mm
         except (RuntimeError, AttributeError, NotImplementedError):
             return None  # shape or device the kernel does not take: dequantize instead
-        return ("int4-tinygemm", (packed, scales_and_zeros, run, group))
+        return ("int4-tinygemm", (packed, scales_and_zeros.to(KERNEL_DTYPE), run, group))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name, state = self._prepare()
@@ -189,11 +189,11 @@ class QuantizedLinear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         small = rows.shape[0] <= KERNEL_MAX_ROWS
         if name == "int8-weight" and small:
-            y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE), self.qweight, state.to(KERNEL_DTYPE))
+            y = torch.ops.aten._weight_int8pack_mm(rows.to(KERNEL_DTYPE), self.qweight, state)
             y = y.to(rows.dtype)
         elif name == "int4-tinygemm" and small:
             packed, scales_and_zeros, run, group = state
-            y = run(rows.to(KERNEL_DTYPE), packed, group, scales_and_zeros.to(KERNEL_DTYPE))
+            y = run(rows.to(KERNEL_DTYPE), packed, group, scales_and_zeros)
             y = y.to(rows.dtype)
         elif name == "int8-dynamic":
             step = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8) / 127.0
