@@ -42,6 +42,7 @@ SCALE_DTYPE = torch.float16
 # prefill (hundreds of rows) dequantizes the weight once and uses an ordinary matmul.
 KERNEL_DTYPE = torch.bfloat16
 KERNEL_MAX_ROWS = 16
+EMBEDDING_CHUNK_ELEMENTS = 1 << 21  # weights quantized at once when an embedding table becomes int8
 TINYGEMM_GROUPS = (32, 64, 128, 256)
 ACTIVATIONS = (None, "int8")
 
@@ -231,18 +232,22 @@ class QuantizedEmbedding(nn.Module):
     def from_embedding(cls, embedding: nn.Embedding) -> "QuantizedEmbedding":
         weight = embedding.weight.detach()
         module = cls(weight.shape[0], weight.shape[1], embedding.padding_idx, device=weight.device)
-        scale, zero = grid_params(weight, module.grid)
-        scale = fp16_exact(scale)
-        codes = quantize(weight, scale, zero, module.grid)
+        chunk = max(1, EMBEDDING_CHUNK_ELEMENTS // max(1, weight.shape[1]))
         with torch.no_grad():
-            module.qweight.copy_(_centre(codes))
-            module.scales.copy_(scale.to(SCALE_DTYPE))
+            for start in range(0, weight.shape[0], chunk):  # rows in chunks: the temporaries of a whole
+                rows = weight[start:start + chunk]  # 49152 x 576 table would be ~110 MB each
+                scale, zero = grid_params(rows, module.grid)
+                scale = fp16_exact(scale)
+                module.qweight[start:start + chunk] = _centre(quantize(rows, scale, zero, module.grid))
+                module.scales[start:start + chunk] = scale.to(SCALE_DTYPE)
         return module
 
     def tied_head(self, bias: torch.Tensor | None = None) -> QuantizedLinear:
         head = QuantizedLinear(self.embedding_dim, self.num_embeddings, self.grid, bias=bias is not None,
-                               device=self.qweight.device)
+                               device=torch.device("meta"))  # no table-sized buffers made only to be dropped
         head.qweight, head.scales = self.qweight, self.scales  # the same tensors: stored once
+        if head.bias is not None:
+            head.bias = torch.zeros(self.num_embeddings, device=self.qweight.device)
         if bias is not None and head.bias is not None:
             with torch.no_grad():
                 head.bias.copy_(bias.detach().float())
