@@ -41,7 +41,7 @@ def test_rtn_saves_packed_and_reloads_to_identical_outputs(host, tmp_path, param
     assert len(quantized) == 35 + (1 if params.get("embeddings") else 0)  # 5 blocks x 7 (+ the tied head)
     reloaded = load_model(tmp_path / "q")
     assert torch.equal(logits(result.model, IDS), logits(reloaded, IDS))
-    section = json.loads((tmp_path / "q" / "slimkit.json").read_text())["quantization"]
+    section = json.loads((tmp_path / "q" / "slimkit.json").read_text())["modules"]
     assert section["layers"]["model.layers.0.mlp.down_proj"]["bits"] == params["bits"]
     # the weights file really holds packed codes: about bits/32 of the float layers' bytes
     dense = load_model("example:stories260K").model
@@ -65,10 +65,25 @@ def test_plain_transformers_refuses_the_quantized_folder_and_dequantize_exports_
     assert [s.method for s in exported.steps] == ["dequantize"]
 
 
+def test_a_folder_saved_in_the_first_format_still_loads(host, tmp_path):
+    """Quantized folders written before low-rank layers existed: a ``quantization`` section
+    (format 1) and ``quantized.safetensors``."""
+    result = run(host, [{"method": "quantize.rtn", "params": {"bits": 4, "group_size": 4}}], out=tmp_path / "q",
+                 calibration=False)
+    provenance_file = tmp_path / "q" / "slimkit.json"
+    provenance = json.loads(provenance_file.read_text())
+    section = provenance.pop("modules")
+    section.update(format=1, file="quantized.safetensors")
+    provenance["quantization"] = section
+    provenance_file.write_text(json.dumps(provenance))
+    (tmp_path / "q" / "slimkit.safetensors").rename(tmp_path / "q" / "quantized.safetensors")
+    assert torch.equal(logits(load_model(tmp_path / "q"), IDS), logits(result.model, IDS))
+
+
 def test_tampered_or_truncated_weights_are_detected(host, tmp_path):
     run(host, [{"method": "quantize.rtn", "params": {"bits": 4, "group_size": 4}}], out=tmp_path / "q",
         calibration=False)
-    file = tmp_path / "q" / "quantized.safetensors"
+    file = tmp_path / "q" / "slimkit.safetensors"
     data = bytearray(file.read_bytes())
     data[-100] ^= 0x01  # one bit inside the last tensor's bytes
     file.write_bytes(bytes(data))

@@ -29,7 +29,7 @@ def calibration():
     return calibration_samples(model.tokenizer, TextSource(example_text()), n_samples=4, seq_len=64, seed=0)
 
 
-PREREQUISITES = {"dequantize": [{"method": "quantize.rtn"}]}
+PREREQUISITES = {"dequantize": [{"method": "quantize.rtn"}], "densify": [{"method": "lowrank.svd"}]}
 
 
 @pytest.mark.parametrize("name", names("compressor"))

@@ -44,7 +44,17 @@ class LinearRef:
         return getattr(self.module, "grid", None) is not None
 
     @property
+    def factorised(self) -> bool:
+        """Whether the layer is a low-rank product (a ``LowRankLinear``) instead of one weight."""
+        return getattr(self.module, "rank", None) is not None and hasattr(self.module, "down")
+
+    @property
     def weight(self) -> torch.Tensor:
+        if self.factorised:
+            raise ArchitectureError(
+                f"{self.name} is factorised (low rank): a method that reads or changes one weight matrix cannot "
+                "work on it (put low-rank factorisation after it in the recipe, or densify first)"
+            )
         if self.quantized:
             raise ArchitectureError(
                 f"{self.name} is already quantized: its integer weights cannot be changed by another method "
@@ -188,6 +198,12 @@ def resolve(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         raise ArchitectureError(f"{type(model).__name__} has no submodule {name!r}") from None
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``name`` under ``root`` (replacing what was there)."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def linear_ref(model: nn.Module, role: Role, name: str) -> LinearRef:

@@ -28,7 +28,7 @@ from slimkit.core.data import CalibrationData
 from slimkit.core.errors import ArchitectureError, DataError
 from slimkit.core.memory import release_free_memory
 
-STATISTICS = ("input_sum", "input_sq_sum", "hessian")
+STATISTICS = ("input_sum", "input_sq_sum", "input_abs_sum", "hessian")
 
 
 class _Captured(Exception):
@@ -39,8 +39,9 @@ class _Captured(Exception):
 class LinearStatistics:
     """What was seen at one linear layer's input over all calibration tokens.
 
-    ``input_sum[j]`` and ``input_sq_sum[j]`` are the sum and the sum of squares of input feature j
-    (so its L2 norm over the data is the square root of the latter); ``hessian`` is the sum of
+    ``input_sum[j]``, ``input_sq_sum[j]`` and ``input_abs_sum[j]`` are the sum, the sum of squares
+    and the sum of magnitudes of input feature j (so its L2 norm over the data is the square root
+    of the second); ``hessian`` is the sum of
     x xᵀ over tokens (``[in, in]``, float64).
     """
 
@@ -48,6 +49,7 @@ class LinearStatistics:
     tokens: int = 0
     input_sum: torch.Tensor | None = None
     input_sq_sum: torch.Tensor | None = None
+    input_abs_sum: torch.Tensor | None = None
     hessian: torch.Tensor | None = None
     wanted: tuple[str, ...] = field(default=STATISTICS)
     # XᵀX of the latest few batches in the inputs' precision (float32 at least), added into the
@@ -60,7 +62,7 @@ class LinearStatistics:
     def add(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, self.in_features)
         self.tokens += rows.shape[0]
-        if "input_sum" in self.wanted or "input_sq_sum" in self.wanted:
+        if {"input_sum", "input_sq_sum", "input_abs_sum"} & set(self.wanted):
             wide = rows.to(torch.float64)
             if "input_sum" in self.wanted:
                 total = wide.sum(dim=0)
@@ -68,6 +70,9 @@ class LinearStatistics:
             if "input_sq_sum" in self.wanted:
                 squares = (wide * wide).sum(dim=0)
                 self.input_sq_sum = squares if self.input_sq_sum is None else self.input_sq_sum.add_(squares)
+            if "input_abs_sum" in self.wanted:
+                magnitudes = wide.abs().sum(dim=0)
+                self.input_abs_sum = magnitudes if self.input_abs_sum is None else self.input_abs_sum.add_(magnitudes)
         if "hessian" in self.wanted:
             work = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
             if self._partial is None:

@@ -55,6 +55,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.quantization.smoothquant",
     "slimkit.plugins.quantization.gptq",
     "slimkit.plugins.quantization.dequantize",
+    "slimkit.plugins.lowrank.svd",
+    "slimkit.plugins.lowrank.densify",
     "slimkit.plugins.evaluators.perplexity",
     "slimkit.plugins.evaluators.size",
     "slimkit.plugins.evaluators.stsb",

@@ -139,10 +139,11 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
         raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors)")
     cls = _model_class(config)
     provenance = _read_provenance(folder)
-    if provenance is not None and "quantization" in provenance:
-        from slimkit.core.quant.storage import load_quantized
+    from slimkit.core.storage import load_replaced, section_of
 
-        model = load_quantized(folder, provenance["quantization"], cls, config, dtype)
+    section = section_of(provenance) if provenance is not None else None
+    if section is not None:
+        model = load_replaced(folder, section, cls, config, dtype)
         return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
     try:
         # safetensors whenever present; transformers loads any .bin with weights_only=True.
@@ -256,11 +257,13 @@ def save_model(
     token = uuid.uuid4().hex[:8]
     staging = target.parent / f".{target.name}.partial-{token}"
     try:
-        from slimkit.core.quant.storage import is_quantized, save_quantized
+        from slimkit.core.storage import LEGACY_SECTION, SECTION, has_replaced_modules, save_replaced
 
-        if is_quantized(loaded.model):  # integer buffers, checksummed: see slimkit.core.quant.storage
+        provenance.pop(LEGACY_SECTION, None)  # a record of the parent's files, not this model's
+        provenance.pop(SECTION, None)
+        if has_replaced_modules(loaded.model):  # quantized / low-rank layers, checksummed: see core.storage
             staging.mkdir()
-            provenance["quantization"] = save_quantized(loaded.model, staging)
+            provenance[SECTION] = save_replaced(loaded.model, staging)
         else:
             loaded.model.save_pretrained(staging, safe_serialization=True)
         if loaded.tokenizer is not None:

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from slimkit.core.architecture import LinearRef, ModelLayout
+from slimkit.core.architecture import LinearRef, ModelLayout, set_module
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
@@ -66,11 +66,6 @@ def target_layers(model: Any, adapter: Any, config: WeightQuantConfig, method: s
             raise ArchitectureError(f"{method}: embeddings=int8 needs a float token embedding; "
                                     f"{model.architecture} has {type(table).__name__}")
     return layout, refs
-
-
-def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def replace_with_codes(model: nn.Module, ref: LinearRef, codes: torch.Tensor, scale: torch.Tensor,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from slimkit import hookimpl
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError
-from slimkit.core.quant.storage import dequantize_model, quantized_modules
+from slimkit.core.storage import quantized_modules, to_dense
 
 
 class Dequantizer(BaseCompressor):
@@ -23,7 +23,7 @@ class Dequantizer(BaseCompressor):
         count = len(quantized_modules(model.model))
         if not count:
             raise ArchitectureError("dequantize: the model has no quantized layers")
-        dequantize_model(model.model)
+        to_dense(model.model)  # low-rank layers (if any) become dense too: the folder loads in transformers
         return CompressionSummary(f"dequantized {count} quantized modules to float32", {"modules": count})
 
 

@@ -1,14 +1,17 @@
-"""Saving and reloading models that contain quantized modules.
+"""Saving and reloading models in which slimkit replaced layers by its own modules: quantized
+linears and embeddings (integer buffers, :mod:`slimkit.core.quant.modules`) and low-rank
+factorised linears (:class:`slimkit.core.lowrank.LowRankLinear`).
 
-A quantized model is saved as a Hugging Face folder whose ``quantized.safetensors`` holds the
-integer buffers (``qweight``, ``scales``, ``zeros``) in place of the quantized layers' float
-weights, and whose ``slimkit.json`` gains a ``quantization`` section: every quantized layer's grid,
-tied tables, and the SHA-256 of every stored tensor, so a truncated or edited file is detected on
-load rather than silently producing a different model. The file is deliberately not called
+Such a model is saved as a Hugging Face folder whose ``slimkit.safetensors`` holds the state
+dict (the replaced layers' own tensors in place of their float weights) and whose
+``slimkit.json`` gains a ``modules`` section: every replaced layer's kind and shape, tied
+tables, and the SHA-256 of every stored tensor, so a truncated or edited file is detected on load
+rather than silently producing a different model. The file is deliberately not called
 ``model.safetensors``: plain ``transformers`` (which skips quantization configs it does not know
 and would fill the missing float weights with random values) refuses a folder without one.
-:func:`dequantize_model` (the ``dequantize`` step) gives a float copy that plain ``transformers``
-loads.
+:func:`to_dense` (the ``densify`` and ``dequantize`` steps) gives a float copy that plain
+``transformers`` loads. Folders written by slimkit before low-rank layers existed (a
+``quantization`` section, ``quantized.safetensors``) load unchanged.
 """
 
 from __future__ import annotations
@@ -21,20 +24,38 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from slimkit.core.architecture import set_module
 from slimkit.core.errors import ModelLoadError
+from slimkit.core.lowrank import LowRankLinear
 from slimkit.core.quant.formats import QuantGrid
 from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
 
-FORMAT = 1
-WEIGHTS_FILE = "quantized.safetensors"  # not model.safetensors: plain transformers must not load it
+FORMAT = 2
+FORMATS = (1, 2)  # 1: quantized layers only, in a "quantization" section
+SECTION = "modules"
+LEGACY_SECTION = "quantization"
+WEIGHTS_FILE = "slimkit.safetensors"  # not model.safetensors: plain transformers must not load it
+REPLACED = (QuantizedLinear, QuantizedEmbedding, LowRankLinear)
+
+
+def replaced_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer slimkit replaced, by name, outermost first (a quantized factor of a low-rank
+    layer comes after the layer)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, REPLACED)}
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))}
 
 
-def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in model.modules())
+def has_replaced_modules(model: nn.Module) -> bool:
+    return any(isinstance(m, REPLACED) for m in model.modules())
+
+
+def section_of(provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``modules`` section of a ``slimkit.json`` (or a format-1 ``quantization`` one)."""
+    found = provenance.get(SECTION, provenance.get(LEGACY_SECTION))
+    return found if isinstance(found, dict) else None
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -60,6 +81,9 @@ def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def _layer_record(module: nn.Module) -> dict[str, Any]:
+    if isinstance(module, LowRankLinear):
+        return {"kind": "lowrank", "in_features": module.in_features, "out_features": module.out_features,
+                "rank": module.rank, "bias": module.up.bias is not None}
     if isinstance(module, QuantizedEmbedding):
         return {"kind": "embedding", "num_embeddings": module.num_embeddings, "embedding_dim": module.embedding_dim,
                 "padding_idx": module.padding_idx, "bits": 8, "group_size": None, "symmetric": True}
@@ -69,13 +93,13 @@ def _layer_record(module: nn.Module) -> dict[str, Any]:
             "symmetric": module.grid.symmetric, "activations": module.activations}
 
 
-def save_quantized(model: nn.Module, folder: Path) -> dict[str, Any]:
-    """Write ``config.json`` and ``model.safetensors`` of a model with quantized modules into
-    ``folder``; returns the ``quantization`` section for ``slimkit.json``."""
+def save_replaced(model: nn.Module, folder: Path) -> dict[str, Any]:
+    """Write ``config.json`` and ``slimkit.safetensors`` of a model with replaced layers into
+    ``folder``; returns the ``modules`` section for ``slimkit.json``."""
     from safetensors.torch import save_file
 
     tensors, aliases = _unique_state(model)
-    layers = {name: _layer_record(m) for name, m in quantized_modules(model).items()}
+    layers = {name: _layer_record(m) for name, m in replaced_modules(model).items()}
     section = {
         "format": FORMAT,
         "file": WEIGHTS_FILE,
@@ -90,7 +114,7 @@ def save_quantized(model: nn.Module, folder: Path) -> dict[str, Any]:
     if generation is not None:
         with contextlib.suppress(Exception):
             generation.save_pretrained(folder)
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "slimkit_quantization": str(FORMAT)})
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "slimkit_modules": str(FORMAT)})
     return section
 
 
@@ -112,12 +136,10 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
-
-
-def _skeleton(record: dict[str, Any]) -> nn.Module:
+def _skeleton(record: dict[str, Any], dtype: torch.dtype) -> nn.Module:
+    if record["kind"] == "lowrank":
+        return LowRankLinear(record["in_features"], record["out_features"], record["rank"], bias=record["bias"],
+                             dtype=dtype)
     if record["kind"] == "embedding":
         return QuantizedEmbedding(record["num_embeddings"], record["embedding_dim"], record.get("padding_idx"))
     grid = QuantGrid(record["bits"], record["group_size"], record["symmetric"])
@@ -125,15 +147,15 @@ def _skeleton(record: dict[str, Any]) -> nn.Module:
                            activations=record.get("activations"))
 
 
-def load_quantized(folder: Path, section: dict[str, Any], model_class: Any, config: Any,
-                   dtype: torch.dtype) -> nn.Module:
-    """Rebuild a model saved by :func:`save_quantized`, checking every tensor's SHA-256."""
+def load_replaced(folder: Path, section: dict[str, Any], model_class: Any, config: Any,
+                  dtype: torch.dtype) -> nn.Module:
+    """Rebuild a model saved by :func:`save_replaced`, checking every tensor's SHA-256."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if section.get("format") != FORMAT:
-        raise ModelLoadError(f"{folder}: quantization format {section.get('format')!r} is not one this slimkit "
-                             f"reads ({FORMAT}); upgrade slimkit")
+    if section.get("format") not in FORMATS:
+        raise ModelLoadError(f"{folder}: slimkit module format {section.get('format')!r} is not one this slimkit "
+                             f"reads ({', '.join(map(str, FORMATS))}); upgrade slimkit")
     file = folder / section.get("file", WEIGHTS_FILE)
     try:
         stored = load_file(str(file))
@@ -155,13 +177,13 @@ def load_quantized(folder: Path, section: dict[str, Any], model_class: Any, conf
     with _parameters_on_meta():
         model = build(config, dtype=dtype)
     layers = section.get("layers", {})
-    tables: dict[str, QuantizedEmbedding] = {}
-    for name, record in layers.items():
-        module = _skeleton(record)
-        _set_module(model, name, module)
-        if isinstance(module, QuantizedEmbedding):
-            tables[name] = module
-    for module in model.modules():  # what is not quantized (norms, unquantized layers) gets real storage
+    for name, record in layers.items():  # outermost first: a low-rank layer before its quantized factors
+        kind = record.get("kind")
+        if kind not in ("linear", "embedding", "lowrank"):
+            raise ModelLoadError(f"{folder}: layer {name} is of kind {kind!r}, which this slimkit does not know; "
+                                 "upgrade slimkit")
+        set_module(model, name, _skeleton(record, dtype))
+    for module in model.modules():  # what was not replaced (norms, float layers) gets real storage
         for pname, param in list(module._parameters.items()):
             if param is not None and param.is_meta:
                 module._parameters[pname] = nn.Parameter(torch.empty(param.shape, dtype=param.dtype),
@@ -180,9 +202,10 @@ def load_quantized(folder: Path, section: dict[str, Any], model_class: Any, conf
     return model
 
 
-def dequantize_model(model: nn.Module) -> nn.Module:
-    """Replace every quantized module by the float module its codes stand for (in place);
-    the result saves and loads with plain ``transformers``. A head that shared its table with a
+def to_dense(model: nn.Module) -> nn.Module:
+    """Replace every replaced layer by the float module it stands for (in place): quantized
+    layers by their dequantized weights, low-rank layers by the product of their factors. The
+    result saves and loads with plain ``transformers``. A head that shared its table with a
     quantized embedding shares the float table again."""
     tables: dict[int, nn.Embedding] = {}
     heads: list[tuple[str, QuantizedLinear]] = []
@@ -192,7 +215,7 @@ def dequantize_model(model: nn.Module) -> nn.Module:
             with torch.no_grad():
                 dense.weight.copy_(module.weight)
             tables[id(module.qweight)] = dense
-            _set_module(model, name, dense)
+            set_module(model, name, dense)
         elif isinstance(module, QuantizedLinear):
             heads.append((name, module))
     for name, module in heads:
@@ -205,5 +228,8 @@ def dequantize_model(model: nn.Module) -> nn.Module:
                 linear.weight.copy_(module.dequantized_weight())
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
-        _set_module(model, name, linear)
+        set_module(model, name, linear)
+    for name, module in replaced_modules(model).items():  # after their factors were dequantized
+        if isinstance(module, LowRankLinear):
+            set_module(model, name, module.to_linear())
     return model
