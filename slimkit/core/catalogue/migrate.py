@@ -45,8 +45,9 @@ def default_url() -> str:
     return to_url(str(Path(user_data_dir("slimkit")) / "catalogue.db"))
 
 
-def to_url(spec: str) -> str:
+def to_url(spec: "str | os.PathLike[str]") -> str:
     """A SQLAlchemy URL from a URL or a plain file path (which means SQLite)."""
+    spec = os.fspath(spec)
     if "://" in spec:
         return spec
     # URL.create escapes what a file name may contain but a URL may not ("?", "#", "%").

@@ -48,7 +48,7 @@ class Catalogue:
     """A lineage catalogue at a SQLAlchemy URL (default: ``SLIMKIT_CATALOGUE`` or the user's
     data folder). Opening it migrates it (after a backup) or refuses it."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: "str | os.PathLike[str] | None" = None) -> None:
         self.url = to_url(url) if url else default_url()
         self.engine = make_engine(self.url)
         try:
