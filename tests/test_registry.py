@@ -30,6 +30,7 @@ def calibration():
 
 
 PREREQUISITES = {"dequantize": [{"method": "quantize.rtn"}], "densify": [{"method": "lowrank.svd"}]}
+SHORTER = {"distill": {"steps": 3}}  # defaults except a training budget (100 steps) the suite need not spend
 
 
 @pytest.mark.parametrize("name", names("compressor"))
@@ -37,7 +38,8 @@ def test_every_compressor_runs_with_defaults(host, name, tmp_path):
     # Calibration is always given: a compressor may not need it itself but rank with a scorer
     # that does (prune.blocks with blocks.cosine); the others ignore it.
     before = PREREQUISITES.get(name, [])  # a method that only applies to a prepared model
-    recipe = Recipe.from_data({"steps": [*before, {"method": name}], "calibration": {"n_samples": 4, "seq_len": 64}})
+    step = {"method": name, "params": SHORTER.get(name, {})}
+    recipe = Recipe.from_data({"steps": [*before, step], "calibration": {"n_samples": 4, "seq_len": 64}})
     result = run_recipe(recipe, "example:stories260K", out=tmp_path / "out", host=host)
     step = result.steps[-1]
     assert step.summary and step.child_id != step.parent_id

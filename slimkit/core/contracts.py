@@ -10,6 +10,7 @@ on. Instances are created with no arguments, once per use, so methods keep no st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Protocol, runtime_checkable
 
 from slimkit.core.config import EmptyConfig, MethodConfig
@@ -48,12 +49,18 @@ class MethodContext:
     :ivar calibration: calibration samples when the recipe provides them.
     :ivar seed: the step's seed; methods that draw random numbers must use it.
     :ivar progress: called with :class:`ProgressEvent` updates (CLI bars, Jupyter widgets).
+    :ivar teacher: for a compressor with a ``teacher_field``, the teacher model the runner loaded.
+    :ivar work_dir: a folder for the step's checkpoints that outlives an interrupted run (the
+        same for a rerun of the same step: named after its step key); ``None`` when the run has
+        neither a catalogue nor an output folder. The runner removes it once the step is done.
     """
 
     host: "Host"
     calibration: "CalibrationData | None" = None
     seed: int = 0
     progress: ProgressCallback | None = None
+    teacher: "LoadedModel | None" = None
+    work_dir: "Path | None" = None
     extras: dict[str, Any] = field(default_factory=dict)
     data_fingerprints: list[str] = field(default_factory=list)
 
@@ -204,7 +211,15 @@ class BaseScorer(_MethodBase):
 
 
 class BaseCompressor(_MethodBase):
-    """Base class for compressors: set ``name`` and ``Config``; implement ``compress_``."""
+    """Base class for compressors: set ``name`` and ``Config``; implement ``compress_``.
+
+    A compressor that learns from another model (distillation) names the config field holding
+    it in ``teacher_field``: ``"input"`` there means the recipe's input model, anything else is
+    a model spec :func:`~slimkit.load_model` takes. The runner loads the teacher, records it as a
+    second parent of the step (role ``teacher``) and passes it as ``ctx.teacher``.
+    """
+
+    teacher_field: ClassVar[str | None] = None
 
     def check(self, model, adapter, config, ctx) -> None:
         """Raise :class:`~slimkit.core.errors.ArchitectureError` (or another

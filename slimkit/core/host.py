@@ -57,6 +57,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.quantization.dequantize",
     "slimkit.plugins.lowrank.svd",
     "slimkit.plugins.lowrank.densify",
+    "slimkit.plugins.distill.distill",
     "slimkit.plugins.evaluators.perplexity",
     "slimkit.plugins.evaluators.size",
     "slimkit.plugins.evaluators.stsb",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +34,7 @@ from slimkit.core.provenance import (
 from slimkit.core.catalogue.recording import open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
+from slimkit.core.teachers import Teachers, teacher_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue
@@ -151,12 +153,19 @@ def _execute(
         seed = step.seed if step.seed is not None else recipe.seed
         planned.append((info, config, serialise_config(info.name, info.version, config), seed))
 
+    teachers = Teachers([(info, config) for info, config, _, _ in planned], loaded, parent_id)
     start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
     records: list[StepRecord] = []
     summaries: list[CompressionSummary] = []
     reused: list[bool] = []
     for index, (info, config, serial, seed) in enumerate(planned):
         parents = [{"model_id": parent_id, "role": "input"}]
+        spec = teacher_spec(info, config)
+        teacher = teachers.get(spec) if index >= start and spec is not None else None
+        if teacher is not None:
+            parents.append({"model_id": teacher[1], "role": "teacher"})
+            if cat is not None:
+                record_input(cat, teacher[0], teacher[1], [], run_id)
         key = step_key(parents, serial, fingerprint, seed)
         if index < start:  # recorded before and its result is on disk: take it from there
             prior = cat.step(key) if cat is not None else None
@@ -168,11 +177,15 @@ def _execute(
             if index == start - 1 and reused_model is not None:
                 loaded = reused_model
             continue
-        ctx = host.context(calibration=calibration, seed=seed, progress=progress)
+        work = work_dir(cat, target, key)
+        ctx = host.context(calibration=calibration, seed=seed, progress=progress,
+                           teacher=teacher[0] if teacher else None, work_dir=work)
         adapter = host.adapter_for(loaded)
         reset_peak()
         with Stopwatch() as watch:
             summary = info.create().compress_(loaded, adapter, config, ctx)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)  # the step is done: its checkpoints are not needed
         peak = peak_rss_bytes()  # the step's own peak, before hashing the result adds its buffers
         loaded.path = None  # the in-memory model no longer matches any file
         child_id = content_id(loaded.model)
@@ -210,6 +223,18 @@ def _execute(
         {r["evaluator"]: r["metrics"] for r in after_records},
         provenance, reused, run_id,
     )
+
+
+def work_dir(cat: "Catalogue | None", target: Path | None, key: str) -> Path | None:
+    """Where a step keeps checkpoints across an interrupted run: beside the catalogue's artifacts,
+    else beside the output folder; named after the step key, so a rerun finds them."""
+    if cat is not None:
+        from slimkit.core.catalogue.artifacts import artifact_dir
+
+        return artifact_dir(cat) / ".work" / key.rpartition(":")[2][:32]
+    if target is not None:
+        return target.parent / f".{target.name}.work-{key.rpartition(':')[2][:16]}"
+    return None
 
 
 def _reusable_prefix(

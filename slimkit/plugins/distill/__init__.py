@@ -1,0 +1,1 @@
+"""Bundled knowledge distillation: recover a compressed model by learning from its teacher."""
