@@ -116,3 +116,21 @@ def test_a_quantized_student_is_refused(host):
 def test_without_text_or_calibration_it_says_what_is_missing(host):
     with pytest.raises(RecipeError, match="needs training text"):
         run_recipe(Recipe.from_data({"steps": [distill()]}), "example:stories260K", host=host, catalogue=False)
+
+
+def test_the_bundled_prune_distil_quantize_recipe_records_three_steps(host, tmp_path):
+    """example:wanda-distill-gptq with a shorter budget and no evaluations (the suite's time)."""
+    from slimkit.core.quant.modules import QuantizedLinear
+    from slimkit.core.recipe import load_recipe
+
+    data = load_recipe("example:wanda-distill-gptq").model_dump(mode="json", exclude={"base_dir"})
+    data["steps"][1]["params"]["steps"] = 4
+    data["evaluate"] = []
+    result = run_recipe(Recipe.from_data(data), "example:stories260K", out=tmp_path / "chain", host=host,
+                        catalogue=tmp_path / "cat.db")
+    assert [s.method for s in result.steps] == ["prune.unstructured", "distill", "quantize.gptq"]
+    reloaded = load_model(tmp_path / "chain")
+    assert [s["method"] for s in reloaded.provenance["steps"]] == ["prune.unstructured", "distill", "quantize.gptq"]
+    layers = [m for m in reloaded.model.modules() if isinstance(m, QuantizedLinear)]
+    zeros = sum(int((m.dequantized_weight() == 0).sum()) for m in layers)
+    assert len(layers) == 35 and zeros >= 113_280  # Wanda's zeros survived distillation and GPTQ
