@@ -7,7 +7,7 @@ import torch
 import transformers
 
 import slimkit
-from slimkit.core.errors import ConfigError, SlimkitError
+from slimkit.core.errors import ConfigError, RecipeError, SlimkitError
 
 
 
@@ -83,7 +83,7 @@ def test_fraction_removes_the_lowest_blocks(host, model, calibration):
 def test_bad_amounts_are_refused(host, model, calibration):
     with pytest.raises(ConfigError, match="at least one block must remain"):
         prune(host, model, calibration, count=5)
-    with pytest.raises(SlimkitError, match="exactly one of count and fraction"):
+    with pytest.raises(SlimkitError, match="exactly one of count, fraction and blocks"):
         prune(host, model, calibration, count=1, fraction=0.5)
     with pytest.raises(ConfigError, match="removes no block"):
         prune(host, model, calibration, fraction=0.05)
@@ -99,6 +99,27 @@ def test_recipe_removes_a_block(host):
     })
     result = slimkit.run_recipe(recipe, "example:stories260K", host=host, catalogue=False)
     assert result.model.config.num_hidden_layers == 4
+
+
+def test_named_blocks_are_removed_without_a_scorer(host):
+    """Every other block of five (1 and 3), e.g. for a shallower student to distil into."""
+    recipe = slimkit.Recipe.from_data({"steps": [{"method": "prune.blocks", "params": {"blocks": [3, 1]}}]})
+    result = slimkit.run_recipe(recipe, "example:stories260K", host=host, catalogue=False)
+    assert result.model.config.num_hidden_layers == 3
+    assert result.summaries[0].details["kept_blocks"] == [0, 2, 4] and result.summaries[0].details["scores"] is None
+    assert "by request" in result.steps[0].summary
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"blocks": [1, 7]}, r"blocks \[7\] do not exist: the model has blocks 0..4"),
+    ({"blocks": [0, 1, 2, 3, 4]}, "at least one block must remain"),
+    ({"blocks": [1, 1]}, "lists a block twice"),
+    ({"blocks": [1], "count": 1}, "exactly one of count, fraction and blocks"),
+])
+def test_bad_block_lists_are_refused(host, params, message):
+    recipe = slimkit.Recipe.from_data({"steps": [{"method": "prune.blocks", "params": params}]})
+    with pytest.raises(RecipeError, match=message):
+        slimkit.run_recipe(recipe, "example:stories260K", host=host, catalogue=False)
 
 
 def tiny(kind: str):

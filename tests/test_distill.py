@@ -84,7 +84,7 @@ def test_interrupted_run_resumes_to_the_same_weights(host, tmp_path):
 
 
 def test_hidden_state_distillation_of_a_shallower_student(host, tmp_path):
-    shrink = {"method": "prune.blocks", "params": {"count": 2}}
+    shrink = {"method": "prune.blocks", "params": {"blocks": [1, 3]}}  # every other block of five
     result = run_recipe(recipe(shrink, distill(hidden_weight=1.0, lm_weight=0.1)), "example:stories260K",
                         host=host, catalogue=False)
     assert result.model.model.config.num_hidden_layers == 3

@@ -68,6 +68,10 @@ class BlockPruningConfig(MethodConfig):
     fraction: float | None = Field(
         None, gt=0.0, lt=1.0, description="Fraction of the blocks to remove, rounded to the nearest count."
     )
+    blocks: list[int] | None = Field(
+        None, description="Remove exactly these blocks (0-based; e.g. [1, 3, 5] keeps every other one of 6) "
+        "instead of the lowest-scoring ones."
+    )
     scorer: str = Field("blocks.cosine", description="Installed block scorer; the lowest-scoring blocks go.")
     scorer_params: dict[str, Any] = Field(
         default_factory=dict, description="Parameters for the scorer (its own config fields)."
@@ -75,16 +79,24 @@ class BlockPruningConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _one_amount(self) -> "BlockPruningConfig":
-        if self.count is not None and self.fraction is not None:
-            raise ValueError("give exactly one of count and fraction")
-        if self.count is None and self.fraction is None:
+        if sum(value is not None for value in (self.count, self.fraction, self.blocks)) > 1:
+            raise ValueError("give exactly one of count, fraction and blocks")
+        if self.blocks is not None and len(set(self.blocks)) != len(self.blocks):
+            raise ValueError(f"blocks lists a block twice: {self.blocks}")
+        if self.count is None and self.fraction is None and self.blocks is None:
             object.__setattr__(self, "count", 1)  # the default: remove the single least useful block
         return self
 
 
 def removal_count(config: BlockPruningConfig, num_blocks: int) -> int:
-    """How many of ``num_blocks`` blocks ``config`` removes; refuses none or all of them."""
-    count = config.count if config.count is not None else round(config.fraction * num_blocks)
+    """How many of ``num_blocks`` blocks ``config`` removes; refuses none or all of them (and
+    block indices the model does not have)."""
+    if config.blocks is not None:
+        outside = [b for b in config.blocks if not 0 <= b < num_blocks]
+        if outside:
+            raise ConfigError(f"blocks {outside} do not exist: the model has blocks 0..{num_blocks - 1}")
+    count = (len(config.blocks) if config.blocks is not None
+             else config.count if config.count is not None else round(config.fraction * num_blocks))
     if count < 1:
         raise ConfigError(f"fraction {config.fraction} of {num_blocks} blocks removes no block")
     if count >= num_blocks:
@@ -118,7 +130,8 @@ class BlockPruner(BaseCompressor):
     Config = BlockPruningConfig
 
     def check(self, model, adapter, config, ctx):
-        ctx.require_scorer(config.scorer, "block", self.name)
+        if config.blocks is None:
+            ctx.require_scorer(config.scorer, "block", self.name)
         layout = adapter.layout(model.model)
         if not isinstance(resolve(model.model, layout.blocks_name), nn.ModuleList):
             raise ArchitectureError(f"{layout.blocks_name} of {model.architecture} is not an nn.ModuleList")
@@ -133,10 +146,13 @@ class BlockPruner(BaseCompressor):
         layout = adapter.layout(model.model)
         num_blocks = len(layout.blocks)
         count = removal_count(config, num_blocks)
-        scores = ctx.score(config.scorer, model, adapter, config.scorer_params)["blocks"]
-        if scores.numel() != num_blocks:
-            raise ConfigError(f"scorer {config.scorer!r} gave {scores.numel()} block scores for {num_blocks} blocks")
-        removed = lowest(scores, count)
+        if config.blocks is not None:
+            scores, removed, how = None, sorted(config.blocks), "request"
+        else:
+            scores = ctx.score(config.scorer, model, adapter, config.scorer_params)["blocks"]
+            if scores.numel() != num_blocks:
+                raise ConfigError(f"scorer {config.scorer!r} gave {scores.numel()} block scores for {num_blocks} blocks")
+            removed, how = lowest(scores, count), f"{config.scorer} score"
         kept = [i for i in range(num_blocks) if i not in removed]
         before = _param_count(model.model)
         old = resolve(model.model, layout.blocks_name)
@@ -148,9 +164,10 @@ class BlockPruner(BaseCompressor):
         after = _param_count(model.model)
         ctx.report("blocks", count, count, f"removed {removed}")
         return CompressionSummary(
-            f"removed {count} of {num_blocks} blocks ({', '.join(map(str, removed))}) by {config.scorer} score; "
+            f"removed {count} of {num_blocks} blocks ({', '.join(map(str, removed))}) by {how}; "
             f"parameters {before:,} -> {after:,}",
-            {"removed_blocks": removed, "kept_blocks": kept, "scores": [float(s) for s in scores],
+            {"removed_blocks": removed, "kept_blocks": kept,
+             "scores": [float(s) for s in scores] if scores is not None else None,
              "params_before": before, "params_after": after},
         )
 
