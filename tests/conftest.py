@@ -27,6 +27,22 @@ def host():
 
 
 @pytest.fixture
+def compress(host):
+    """``compress(model, method, params, calibration=None)``: check and apply one compressor the
+    way the runner does (same config validation and context), returning its summary."""
+
+    def apply(model, method, params, calibration=None):
+        info = host.compressors.get(method)
+        config = host.config(info, params)
+        ctx = host.context(calibration=calibration)
+        compressor = info.create()
+        compressor.check(model, host.adapter_for(model), config, ctx)
+        return compressor.compress_(model, host.adapter_for(model), config, ctx)
+
+    return apply
+
+
+@pytest.fixture
 def model():
     """A fresh copy of the bundled stories260K model (tests may change it)."""
     return slimkit.load_model("example:stories260K")

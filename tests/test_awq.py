@@ -47,15 +47,6 @@ def relative(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def quantize(host, model, method, params, calibration=None):
-    info = host.compressors.get(method)
-    config = host.config(info, params)
-    ctx = host.context(calibration=calibration)
-    compressor = info.create()
-    compressor.check(model, host.adapter_for(model), config, ctx)
-    return compressor.compress_(model, host.adapter_for(model), config, ctx)
-
-
 def test_scaling_alone_keeps_the_float_model(host, model, calibration, held_out):
     dense = logits(model, held_out)
     before = {name: p.detach().clone() for name, p in model.model.named_parameters()}
@@ -85,11 +76,11 @@ def test_o_scales_are_tied_across_query_heads_sharing_a_v_head(host, model, cali
 
 
 @pytest.mark.parametrize("bits", [3, 4])
-def test_layer_error_on_calibration_data_is_below_rtn(host, calibration, bits):
+def test_layer_error_on_calibration_data_is_below_rtn(host, calibration, bits, compress):
     """Block 0's MLP (its norm, gate/up and down) fed the same captured float inputs: AWQ's output
     is closer to the dense output than RTN's with the same per-channel grid."""
     models = {kind: load_model("example:stories260K") for kind in ("dense", "rtn", "awq")}
-    quantize(host, models["rtn"], "quantize.rtn", {"bits": bits, "group_size": None})
+    compress(models["rtn"], "quantize.rtn", {"bits": bits, "group_size": None})
     details = awq_(models["awq"], host.adapter_for(models["awq"]), calibration,
                    AWQConfig(bits=bits, group_size=None))
     captured = []
@@ -115,12 +106,12 @@ def test_layer_error_on_calibration_data_is_below_rtn(host, calibration, bits):
 
 @pytest.mark.parametrize("params", [{"bits": 4, "group_size": None}, {"bits": 3, "group_size": 4}],
                          ids=["int4-per-channel", "int3-g4"])
-def test_held_out_perplexity_not_worse_than_rtn(host, calibration, held_out, params):
+def test_held_out_perplexity_not_worse_than_rtn(host, calibration, held_out, params, compress):
     dense = load_model("example:stories260K")
     nll = {}
     for method in ("quantize.rtn", "quantize.awq"):
         model = load_model("example:stories260K")
-        summary = quantize(host, model, method, params, calibration)
+        summary = compress(model, method, params, calibration)
         with torch.no_grad():
             nll[method] = float(model.model(held_out, labels=held_out).loss)
         nll[method + " logits"] = relative(logits(model, held_out), logits(dense, held_out))

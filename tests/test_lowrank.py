@@ -24,15 +24,6 @@ def logits(model, ids=IDS):
         return model.model(ids, use_cache=False).logits
 
 
-def run(host, model, method, params, calibration=None):
-    info = host.compressors.get(method)
-    config = host.config(info, params)
-    ctx = host.context(calibration=calibration)
-    compressor = info.create()
-    compressor.check(model, host.adapter_for(model), config, ctx)
-    return compressor.compress_(model, host.adapter_for(model), config, ctx)
-
-
 def correlated_inputs(tokens: int, width: int, seed: int = 0) -> torch.Tensor:
     """Inputs with a few loud channels and correlations between channels (like real activations)."""
     generator = torch.Generator().manual_seed(seed)
@@ -134,28 +125,28 @@ def test_bad_rank_parameters_are_refused(host, params, message):
 
 
 # -- the compressors on stories260K ----------------------------------------------------------
-def test_full_rank_ratio_keeps_layers_dense_and_the_model_unchanged(host, model):
+def test_full_rank_ratio_keeps_layers_dense_and_the_model_unchanged(host, model, compress):
     before = logits(model)
-    summary = run(host, model, "lowrank.svd", {"rank_ratio": 1.0})
+    summary = compress(model, "lowrank.svd", {"rank_ratio": 1.0})
     assert summary.details["factorised"] == 0 and summary.details["kept_dense"] == 35
     torch.testing.assert_close(logits(model), before)
 
 
-def test_rank_larger_than_a_layer_allows_is_refused(host, model):
+def test_rank_larger_than_a_layer_allows_is_refused(host, model, compress):
     with pytest.raises(ConfigError, match=r"rank 40 is larger than model.layers.0.self_attn.k_proj allows \(32x64: at most 32\)"):
-        run(host, model, "lowrank.svd", {"rank": 40})
+        compress(model, "lowrank.svd", {"rank": 40})
 
 
 @pytest.mark.parametrize("method", ["lowrank.asvd", "lowrank.svd_llm"])
-def test_data_methods_need_calibration(host, model, method):
+def test_data_methods_need_calibration(host, model, method, compress):
     with pytest.raises(ConfigError, match="needs calibration data"):
-        run(host, model, method, {"rank_ratio": 0.5})
+        compress(model, method, {"rank_ratio": 0.5})
     recipe = Recipe.from_data({"steps": [{"method": method, "params": {"rank_ratio": 0.5}}]})
     with pytest.raises(RecipeError, match="calibration"):
         run_recipe(recipe, "example:stories260K", host=host, catalogue=False)
 
 
-def test_whitened_beats_scaled_beats_plain_on_calibration_outputs(host, calibration):
+def test_whitened_beats_scaled_beats_plain_on_calibration_outputs(host, calibration, compress):
     """Same parameter budget for all three; the measured error is the models' logits on the
     calibration windows themselves (what the data-aware methods optimise)."""
     dense = load_model("example:stories260K")
@@ -164,7 +155,7 @@ def test_whitened_beats_scaled_beats_plain_on_calibration_outputs(host, calibrat
     errors, removed = {}, {}
     for method in ("lowrank.svd", "lowrank.asvd", "lowrank.svd_llm"):
         model = load_model("example:stories260K")
-        summary = run(host, model, method, {"param_ratio": 0.25, "roles": ["up", "gate", "down"]},
+        summary = compress(model, method, {"param_ratio": 0.25, "roles": ["up", "gate", "down"]},
                       calibration if method != "lowrank.svd" else None)
         removed[method] = summary.details["removed_fraction"]
         errors[method] = float((logits(model, ids) - reference).norm() / reference.norm())
@@ -172,13 +163,13 @@ def test_whitened_beats_scaled_beats_plain_on_calibration_outputs(host, calibrat
     assert errors["lowrank.svd_llm"] < errors["lowrank.asvd"] < errors["lowrank.svd"]
 
 
-def test_sensitivity_allocation_beats_uniform_at_the_same_budget(host, calibration):
+def test_sensitivity_allocation_beats_uniform_at_the_same_budget(host, calibration, compress):
     ids = calibration.input_ids
     reference = logits(load_model("example:stories260K"), ids)
     errors = {}
     for allocation in ("uniform", "sensitivity"):
         model = load_model("example:stories260K")
-        summary = run(host, model, "lowrank.svd_llm", {"param_ratio": 0.3, "allocation": allocation}, calibration)
+        summary = compress(model, "lowrank.svd_llm", {"param_ratio": 0.3, "allocation": allocation}, calibration)
         assert summary.details["removed_fraction"] >= 0.3 - 0.01
         errors[allocation] = float((logits(model, ids) - reference).norm() / reference.norm())
     assert errors["sensitivity"] < errors["uniform"]
@@ -205,11 +196,11 @@ def test_recipe_saves_reloads_and_densifies(host, tmp_path):
     assert "densified 35 layers (LowRankLinear)" in dense.steps[0].summary
 
 
-def test_factorised_layers_are_refused_by_weight_methods(host, model):
-    run(host, model, "lowrank.svd", {"rank_ratio": 0.25, "roles": ["up"]})
+def test_factorised_layers_are_refused_by_weight_methods(host, model, compress):
+    compress(model, "lowrank.svd", {"rank_ratio": 0.25, "roles": ["up"]})
     with pytest.raises(ArchitectureError, match="is already factorised"):
-        run(host, model, "lowrank.svd", {"rank_ratio": 0.25})
+        compress(model, "lowrank.svd", {"rank_ratio": 0.25})
     with pytest.raises(ArchitectureError, match="is factorised"):
-        run(host, model, "quantize.rtn", {"bits": 8})
+        compress(model, "quantize.rtn", {"bits": 8})
     with pytest.raises(ArchitectureError, match="no low-rank or quantized layers"):
-        run(host, load_model("example:stories260K"), "densify", {})
+        compress(load_model("example:stories260K"), "densify", {})
