@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from pruning import ASSETS, fresh, mib, rss_bytes  # noqa: E402
+from pruning import ASSETS, fresh, mib, rss_bytes, smol_inputs  # noqa: E402
 
 from slimkit.core.memory import peak_rss_bytes, release_free_memory, reset_peak  # noqa: E402
 
@@ -70,13 +70,10 @@ def main() -> int:
     parser.add_argument("--only", default=None, help=f"comma-separated rows of {[*LOWRANK, *PRUNED]}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    gguf = args.assets / "smollm2-135m-instruct-q4_1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    valid = args.assets / "wikitext-2" / "wikitext-2-valid.tokens.txt"
-    test = args.assets / "wikitext-2" / "wikitext-2-raw-test.txt"
-    for path in (gguf, valid, test):
-        if not path.is_file():
-            print(f"needs {path} (../shared/assets)", file=sys.stderr)
-            return 2
+    inputs = smol_inputs(args.assets)
+    if inputs is None:
+        return 2
+    gguf, valid, test = inputs
     wanted = set(args.only.split(",")) if args.only else {*LOWRANK, *PRUNED}
     unknown = wanted - {*LOWRANK, *PRUNED}
     if unknown:

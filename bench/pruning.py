@@ -61,6 +61,19 @@ from slimkit.core.memory import release_free_memory  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 
 
+def smol_inputs(assets: Path) -> tuple[Path, Path, Path] | None:
+    """``(gguf, wikitext valid, wikitext raw test)`` under ``assets``, or ``None`` (said on stderr)
+    when one is missing: the benchmarks' shared inputs."""
+    paths = (assets / "smollm2-135m-instruct-q4_1" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+             assets / "wikitext-2" / "wikitext-2-valid.tokens.txt",
+             assets / "wikitext-2" / "wikitext-2-raw-test.txt")
+    for path in paths:
+        if not path.is_file():
+            print(f"needs {path} (../shared/assets)", file=sys.stderr)
+            return None
+    return paths
+
+
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -239,13 +252,10 @@ def main() -> int:
     parser.add_argument("--no-peer", action="store_true", help="slimkit only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
-    gguf = args.assets / "smollm2-135m-instruct-q4_1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    valid = args.assets / "wikitext-2" / "wikitext-2-valid.tokens.txt"
-    test = args.assets / "wikitext-2" / "wikitext-2-raw-test.txt"
-    for path in (gguf, valid, test):
-        if not path.is_file():
-            print(f"needs {path} (../shared/assets)", file=sys.stderr)
-            return 2
+    inputs = smol_inputs(args.assets)
+    if inputs is None:
+        return 2
+    gguf, valid, test = inputs
     methods = METHODS
     if args.only:
         wanted = set(args.only.split(","))

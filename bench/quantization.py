@@ -46,7 +46,7 @@ os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from pruning import ASSETS, fresh, mib, num, rss_bytes  # noqa: E402
+from pruning import ASSETS, fresh, mib, num, rss_bytes, smol_inputs  # noqa: E402
 
 from slimkit.core.memory import peak_rss_bytes, release_free_memory, reset_peak  # noqa: E402
 
@@ -231,14 +231,11 @@ def main() -> int:
                         help="embeddings= of slimkit's int4 rows (float: as the peers, which keep lm_head dense)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
-    gguf = args.assets / "smollm2-135m-instruct-q4_1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    valid = args.assets / "wikitext-2" / "wikitext-2-valid.tokens.txt"
-    test = args.assets / "wikitext-2" / "wikitext-2-raw-test.txt"
+    inputs = smol_inputs(args.assets)
+    if inputs is None:
+        return 2
+    gguf, valid, test = inputs
     stsb = args.assets / "stsb" / "sts-test.noMSR.csv"
-    for path in (gguf, valid, test):
-        if not path.is_file():
-            print(f"needs {path} (../shared/assets)", file=sys.stderr)
-            return 2
     known = {s.key for s in SPECS}
     if args.only:
         wanted = set(args.only.split(","))
