@@ -7,7 +7,7 @@ same evaluator (slimkit's perplexity on the first ``--eval-windows`` x ``--eval-
 WikiText-2 raw *test*; MiniLM: slimkit's ``stsb`` evaluator on sts-test.noMSR, Spearman x100).
 
 slimkit rows run exactly as a user runs them: ``run_recipe`` with an output folder (the saved
-``quantized.safetensors`` is the size on disk), then ``load_model`` of that folder, which is what
+``slimkit.safetensors`` is the size on disk), then ``load_model`` of that folder, which is what
 gets evaluated and timed. "quant s" is the compression step's wall time; "+RSS" the peak resident
 memory above what the process held before ``run_recipe`` (the fresh fp32 model included).
 
