@@ -92,7 +92,7 @@ BAD_INPUTS = [
     (["run", "example:prune-50", "--model", "./no/such/model"], "no such model folder or file: ./no/such/model"),
     (["run", "example:prune-50", "--model", "{notmodel}"], "is not a model folder: it has no config.json"),
     (["run", "{malformed}", "--model", "example:stories260K"], "malformed YAML at line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 2, column 13)"),
-    (["run", "{unknown}", "--model", "example:stories260K"], "unknown compressor 'prune.magic'; installed compressors: dequantize, prune.blocks, prune.heads,"),
+    (["run", "{unknown}", "--model", "example:stories260K"], "unknown compressor 'prune.magic'; installed compressors: densify, dequantize, distill, lowrank.asvd,"),
     (["run", "{range}", "--model", "example:stories260K"], "step 1 (prune.unstructured): sparsity: Input should be less than 1 (got 1.5)"),
     (["run", "{wrongtype}", "--model", "example:stories260K"], "sparsity: Input should be a valid number"),
     (["run", "{unfit}", "--model", "example:stories260K"], "LlamaForCausalLM has no projections with roles qkv"),
