@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from slimkit import hookimpl
-from slimkit.core.architecture import resolve
+from slimkit.core.architecture import resolve, set_module
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, BaseScorer, CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
@@ -157,8 +157,7 @@ class BlockPruner(BaseCompressor):
         before = _param_count(model.model)
         old = resolve(model.model, layout.blocks_name)
         blocks = nn.ModuleList([old[i] for i in kept])
-        parent_name, _, attr = layout.blocks_name.rpartition(".")
-        setattr(resolve(model.model, parent_name), attr, blocks)
+        set_module(model.model, layout.blocks_name, blocks)
         renumber_layers(blocks)
         adapter.rewrite_config(model.config, kept_layers=kept)
         after = _param_count(model.model)
