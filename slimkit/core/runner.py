@@ -228,12 +228,13 @@ def _execute(
 def work_dir(cat: "Catalogue | None", target: Path | None, key: str) -> Path | None:
     """Where a step keeps checkpoints across an interrupted run: beside the catalogue's artifacts,
     else beside the output folder; named after the step key, so a rerun finds them."""
+    digest = key.rpartition(":")[2]  # "sha256:<hex>": no colon in a folder name
     if cat is not None:
         from slimkit.core.catalogue.artifacts import artifact_dir
 
-        return artifact_dir(cat) / ".work" / key.rpartition(":")[2][:32]
+        return artifact_dir(cat) / ".work" / digest[:32]
     if target is not None:
-        return target.parent / f".{target.name}.work-{key.rpartition(':')[2][:16]}"
+        return target.parent / f".{target.name}.work-{digest[:16]}"
     return None
 
 
