@@ -74,6 +74,19 @@ def smol_inputs(assets: Path) -> tuple[Path, Path, Path] | None:
     return paths
 
 
+def add_data_options(parser: argparse.ArgumentParser, peer_precision: str) -> None:
+    """The options the SmolLM2 peer benchmarks share: assets, calibration windows and precision,
+    evaluation windows (``peer_precision`` says how the peers run, for --precision's help)."""
+    parser.add_argument("--assets", type=Path, default=ASSETS)
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--calib-len", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help=f"slimkit's calibration passes ({peer_precision})")
+    parser.add_argument("--eval-windows", type=int, default=40)
+    parser.add_argument("--eval-len", type=int, default=512)
+
+
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -238,15 +251,8 @@ def num(value: float | None, fmt: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--assets", type=Path, default=ASSETS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calib-samples", type=int, default=64)
-    parser.add_argument("--calib-len", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="slimkit's calibration passes (the peer always runs the fp32 model)")
-    parser.add_argument("--eval-windows", type=int, default=40)
-    parser.add_argument("--eval-len", type=int, default=512)
+    add_data_options(parser, "the peer always runs the fp32 model")
     parser.add_argument("--decode-repeats", type=int, default=5)
     parser.add_argument("--only", default=None, help="comma-separated method keys (default: all)")
     parser.add_argument("--no-peer", action="store_true", help="slimkit only")

@@ -46,7 +46,7 @@ os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from pruning import ASSETS, fresh, mib, num, rss_bytes, smol_inputs  # noqa: E402
+from pruning import add_data_options, fresh, mib, num, rss_bytes, smol_inputs  # noqa: E402
 
 from slimkit.core.memory import peak_rss_bytes, release_free_memory, reset_peak  # noqa: E402
 
@@ -213,15 +213,8 @@ def minilm_folder() -> Path | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--assets", type=Path, default=ASSETS)
     parser.add_argument("--threads", type=int, default=2, help="threads everywhere; decode also at 1")
-    parser.add_argument("--calib-samples", type=int, default=64)
-    parser.add_argument("--calib-len", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="slimkit's calibration passes (peers always run fp32)")
-    parser.add_argument("--eval-windows", type=int, default=40)
-    parser.add_argument("--eval-len", type=int, default=512)
+    add_data_options(parser, "peers always run fp32")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default=None, help="comma-separated row keys (default: all but opt-in)")
