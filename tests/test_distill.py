@@ -134,3 +134,13 @@ def test_the_bundled_prune_distil_quantize_recipe_records_three_steps(host, tmp_
     layers = [m for m in reloaded.model.modules() if isinstance(m, QuantizedLinear)]
     zeros = sum(int((m.dequantized_weight() == 0).sum()) for m in layers)
     assert len(layers) == 35 and zeros >= 113_280  # Wanda's zeros survived distillation and GPTQ
+
+
+def test_a_teacher_that_does_not_exist_fails_before_any_step_runs(host, tmp_path):
+    from slimkit.core.errors import ModelLoadError
+
+    events = []
+    with pytest.raises(ModelLoadError, match="no such model folder or file: .*nowhere"):
+        run_recipe(recipe(PRUNE, distill(teacher=str(tmp_path / "nowhere"))), "example:stories260K",
+                   out=tmp_path / "out", host=host, catalogue=False, progress=events.append)
+    assert events == [] and not (tmp_path / "out").exists()  # the pruning never ran, nothing written

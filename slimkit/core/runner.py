@@ -139,8 +139,10 @@ def _execute(
     force: bool,
     name: str | None,
 ) -> RunResult:
-    before_records = evaluate_all(host, validated, loaded, progress)
     parent_id = content_id(loaded.model)
+    # Teachers first: a teacher that cannot be loaded fails the run before any evaluation or step.
+    teachers = Teachers([(info, config) for _, info, config in validated.steps], loaded, parent_id)
+    before_records = evaluate_all(host, validated, loaded, progress)
     base = {"source": loaded.source, "content_id": parent_id, "architecture": loaded.architecture}
     origin = loaded.provenance  # the chain that led to the input model, if it was derived
     if cat is not None:
@@ -153,7 +155,6 @@ def _execute(
         seed = step.seed if step.seed is not None else recipe.seed
         planned.append((info, config, serialise_config(info.name, info.version, config), seed))
 
-    teachers = Teachers([(info, config) for info, config, _, _ in planned], loaded, parent_id)
     start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
     records: list[StepRecord] = []
     summaries: list[CompressionSummary] = []

@@ -4,7 +4,8 @@ A compressor names its teacher field (``BaseCompressor.teacher_field``); the val
 means the recipe's input model, as it was before any step changed it, and anything else is a
 model spec :func:`~slimkit.load_model` takes (a folder, ``example:NAME``, a GGUF file, a hub id).
 The input model is kept by its folder when it came from one (and reloaded when needed), else as a
-copy taken before the first step.
+copy taken before the first step. Other teachers are loaded when the run starts, so a wrong path
+fails it before any step has run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Teachers:
             else:
                 self._input_copy = copy.deepcopy(loaded)
         self._cache: dict[str, tuple[LoadedModel, str]] = {}
+        for spec in self.specs:
+            if spec != INPUT:
+                self.get(spec)
 
     def get(self, spec: str) -> tuple[LoadedModel, str]:
         if spec not in self._cache:
