@@ -6,11 +6,11 @@ uniform budget per layer, and SVD-LLM with the budget allocated by measured sens
 calibration windows for the data-aware rows (WikiText-2 *valid*, ``--calib-samples`` x
 ``--calib-len`` tokens, seed 0).
 
-**Distillation.** A pruned model (50% unstructured by Wanda, and 20% of the MLP neurons by
-activation) is distilled from the dense model for at most ``--minutes`` minutes of training
+**Distillation.** A compressed model (50% unstructured by Wanda, 20% of the MLP neurons by
+activation, and RTN int4 g64, which learns through fake quantization) is distilled from the dense model for at most ``--minutes`` minutes of training
 (``time_limit_s``; 2 threads): logit KL at T=2, AdamW lr ``--lr``, batches of ``--batch`` x
 ``--seq`` tokens of WikiText-2 *valid* (general text; the evaluation is on *test*). Reported:
-tokens seen, training wall time, ppl before/after, and the share of the dense-to-pruned
+tokens seen, training wall time, ppl before/after, and the share of the dense-to-compressed
 perplexity gap recovered, ``(ppl_pruned - ppl_after) / (ppl_pruned - ppl_dense)``.
 
 Perplexity: slimkit's evaluator on the first ``--eval-windows`` x 512 windows of WikiText-2 raw
@@ -47,11 +47,14 @@ LOWRANK = {
     "svd-llm-sens": ("SVD-LLM, sensitivity allocation", {"method": "lowrank.svd_llm",
                                                           "params": {"allocation": "sensitivity"}}),
 }
-PRUNED = {
+COMPRESSED = {  # row -> (label, compression step, extra distill params)
     "distill-wanda": ("Wanda 50% unstructured", {"method": "prune.unstructured",
-                                                  "params": {"sparsity": 0.5, "scorer": "wanda", "scope": "row"}}),
+                                                  "params": {"sparsity": 0.5, "scorer": "wanda", "scope": "row"}}, {}),
     "distill-ffn20": ("20% MLP neurons (activation)", {"method": "prune.neurons",
-                                                        "params": {"fraction": 0.2, "scorer": "neurons.activation"}}),
+                                                        "params": {"fraction": 0.2, "scorer": "neurons.activation"}}, {}),
+    "distill-int4": ("RTN int4 g64 (fake quantization)", {"method": "quantize.rtn",
+                                                           "params": {"bits": 4, "group_size": 64}},
+                     {"keep_zeros": False}),
 }
 
 
@@ -67,15 +70,15 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--only", default=None, help=f"comma-separated rows of {[*LOWRANK, *PRUNED]}")
+    parser.add_argument("--only", default=None, help=f"comma-separated rows of {[*LOWRANK, *COMPRESSED]}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     inputs = smol_inputs(args.assets)
     if inputs is None:
         return 2
     gguf, valid, test = inputs
-    wanted = set(args.only.split(",")) if args.only else {*LOWRANK, *PRUNED}
-    unknown = wanted - {*LOWRANK, *PRUNED}
+    wanted = set(args.only.split(",")) if args.only else {*LOWRANK, *COMPRESSED}
+    unknown = wanted - {*LOWRANK, *COMPRESSED}
     if unknown:
         print(f"unknown rows {sorted(unknown)}", file=sys.stderr)
         return 2
@@ -131,7 +134,7 @@ def main() -> int:
                   f"{seconds:.0f} s, +{mib(extra)} MiB", flush=True)
             del model, result
 
-        for key, (label, step) in PRUNED.items():
+        for key, (label, step, extra_params) in COMPRESSED.items():
             if key not in wanted:
                 continue
             model = fresh(folder)
@@ -139,7 +142,7 @@ def main() -> int:
             pruned_ppl = ppl(model)
             distill = {"method": "distill", "params": {
                 "teacher": str(folder), "text": str(valid), "steps": 1_000_000, "time_limit_s": args.minutes * 60,
-                "seq_len": args.seq, "batch_size": args.batch, "lr": args.lr, "temperature": 2.0}}
+                "seq_len": args.seq, "batch_size": args.batch, "lr": args.lr, "temperature": 2.0, **extra_params}}
             result, seconds, extra = step_run(model, [distill])
             details = result.summaries[0].details
             after = ppl(model)
@@ -162,7 +165,7 @@ def main() -> int:
         if "removed" in row:
             print(f"| {row['label']} | {row['ppl']:.3f} | {row['removed']:.1%} | {row['relative_error']:.4f} | "
                   f"{row['seconds']:.0f} | {mib(row['extra_rss'])} |")
-    print("\n| distillation after | ppl pruned | ppl after | gap recovered | steps | tokens | train min | +RSS MiB |")
+    print("\n| distillation after | ppl compressed | ppl after | gap recovered | steps | tokens | train min | +RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         if "recovered" in row:

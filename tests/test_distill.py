@@ -1,7 +1,7 @@
 """Distillation on stories260K: the loss falls within a few steps, the teacher is recorded as a
 second parent, pruned zeros stay zero, an interrupted run resumes to the same weights as an
-uninterrupted one, and bad input (a foreign vocabulary, a zero budget, a quantized student) is
-refused."""
+uninterrupted one, a quantized student learns through fake quantization and goes back onto its
+grid, and bad input (a foreign vocabulary, a zero budget, no text) is refused."""
 
 from __future__ import annotations
 
@@ -107,10 +107,63 @@ def test_a_zero_budget_is_refused(host, params):
         run_recipe(recipe(distill(**params)), "example:stories260K", host=host, catalogue=False)
 
 
-def test_a_quantized_student_is_refused(host):
-    quantize = {"method": "quantize.rtn", "params": {"bits": 8}}
-    with pytest.raises(Exception, match="quantized layers, which cannot learn"):
-        run_recipe(recipe(quantize, distill()), "example:stories260K", host=host, catalogue=False)
+def _quantized_layer(grid, activations=None):
+    from slimkit.core.quant.formats import grid_params, quantize
+    from slimkit.core.quant.modules import QuantizedLinear, fp16_exact
+
+    weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(0))
+    scale, zero = grid_params(weight, grid)
+    scale = fp16_exact(scale)
+    return QuantizedLinear.from_codes(quantize(weight, scale, zero, grid), scale, zero, grid,
+                                      bias=torch.randn(24), activations=activations)
+
+
+@pytest.mark.parametrize("grid, activations", [((4, 32, False), None), ((4, None, True), None),
+                                               ((8, None, True), None), ((8, None, True), "int8")])
+def test_fake_quantization_computes_what_the_quantized_layer_computes_and_lets_gradients_through(grid, activations):
+    from slimkit.core.quant.fake import FakeQuantLinear
+    from slimkit.core.quant.formats import QuantGrid
+
+    layer = _quantized_layer(QuantGrid(*grid), activations)
+    fake = FakeQuantLinear(layer)
+    x = torch.randn(3, 40, 64)  # 120 rows: the quantized layer's float (dequantize or int8-dynamic) path
+    assert torch.allclose(fake(x), layer(x), rtol=1e-4, atol=1e-4)
+    again = fake.to_quantized()  # untrained: the very same integers
+    assert torch.equal(again.qweight, layer.qweight) and torch.equal(again.scales, layer.scales)
+    assert (again.zeros is None) == (layer.zeros is None) and (again.zeros is None or torch.equal(again.zeros, layer.zeros))
+    fake(x).sum().backward()
+    assert fake.weight.grad is not None and float(fake.weight.grad.abs().sum()) > 0
+    # pushed past the grid's top end, a latent weight gets no gradient (clipped straight-through)
+    with torch.no_grad():
+        fake.weight[0, 0] = float((fake.grid.max_code - fake.zero[0, 0] + 3) * fake.scale[0, 0])
+    fake.weight.grad = None
+    fake(x).sum().backward()
+    assert float(fake.weight.grad[0, 0]) == 0.0 and float(fake.weight.grad[0, 1:].abs().sum()) > 0
+    assert int(fake.codes()[0, 0]) == fake.grid.max_code
+
+
+def test_a_quantized_student_learns_through_fake_quantization_and_stays_on_its_grid(host, tmp_path):
+    from slimkit.core.quant.modules import QuantizedLinear
+
+    quantize = {"method": "quantize.rtn", "params": {"bits": 4, "symmetric": False}}
+    evaluate = [{"metric": "perplexity", "params": {"max_windows": 8, "seq_len": 128}}]
+    rtn = run_recipe(recipe(quantize, evaluate=evaluate), "example:stories260K", host=host, catalogue=False)
+    qat = distill(steps=60, seq_len=128, batch_size=8, lr=3e-4, keep_zeros=False)
+    result = run_recipe(recipe(quantize, qat, evaluate=evaluate),
+                        "example:stories260K", out=tmp_path / "qat", host=host, catalogue=False)
+    details = result.summaries[1].details
+    assert details["fake_quantized_layers"] == 35 and details["masked_layers"] == 0
+    assert details["loss_last"] < 0.8 * details["loss_first"]
+    before = {n: m for n, m in rtn.model.model.named_modules() if isinstance(m, QuantizedLinear)}
+    after = {n: m for n, m in load_model(tmp_path / "qat").model.named_modules() if isinstance(m, QuantizedLinear)}
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[n].scales, before[n].scales) and torch.equal(after[n].zeros, before[n].zeros)
+               for n in after)  # the grid is frozen: only codes moved
+    moved = sum(int((after[n].codes() != before[n].codes()).sum()) for n in after)
+    assert moved > 1000
+    # learning on the grid recovers a share of the gap to the teacher (the float input) that rounding opened
+    dense, rounded = rtn.before["perplexity"]["perplexity"], rtn.after["perplexity"]["perplexity"]
+    assert rounded - result.after["perplexity"]["perplexity"] > 0.2 * (rounded - dense)
 
 
 def test_without_text_or_calibration_it_says_what_is_missing(host):

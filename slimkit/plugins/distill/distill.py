@@ -5,7 +5,10 @@ The student is the model the step receives (pruned, factorised or structurally s
 in float32 on CPU with AdamW, dropout off, on batches that depend only on the step number and the
 seed (:mod:`.training`), against the teacher's logits (:func:`.losses.logit_loss`), optionally
 mixed with the language-modelling loss and per-block hidden-state matching. Exact zeros of a
-pruned student stay zero (gradients and weights are masked). A checkpoint is written every
+pruned student stay zero (gradients and weights are masked). A quantized student learns through fake
+quantization (:mod:`slimkit.core.quant.fake`): its integer layers become float latent weights
+whose forward is rounded to the stored grid, and go back onto that grid (same scales, new codes)
+when the step ends. A checkpoint is written every
 ``checkpoint_every`` steps into the step's work folder; running the same recipe again after an
 interruption resumes from it and ends with the same weights as an uninterrupted run (a
 ``time_limit_s`` stop is the exception: where it falls depends on the machine). The runner
@@ -28,6 +31,7 @@ from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
 from slimkit.core.model_io import is_causal_lm
+from slimkit.core.quant.fake import fake_quantize_linears, requantize_linears
 from slimkit.plugins.distill.losses import HiddenStateLoss, lm_loss, logit_loss
 from slimkit.plugins.distill.training import (
     WindowBatches,
@@ -55,6 +59,8 @@ class DistillConfig(MethodConfig):
     hidden_weight: float = Field(0.0, ge=0, le=100.0, description="Weight of the per-block hidden-state loss.")
     train: Literal["blocks", "all"] = Field("blocks", description="Train the blocks only (embeddings and head "
                                             "frozen), or everything.")
+    keep_zeros: bool = Field(True, description="Exact zeros stay zero (a pruned student stays pruned; in a "
+                             "quantized student, weights on the zero code too).")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints (resume points).")
 
 
@@ -75,9 +81,6 @@ class Distiller(BaseCompressor):
     def check(self, model, adapter, config, ctx):
         if not is_causal_lm(model.model):
             raise ArchitectureError(f"distill trains on next-token logits; {model.architecture} is not a causal LM")
-        if any(getattr(m, "grid", None) is not None for m in model.model.modules()):
-            raise ArchitectureError("distill: the model has quantized layers, which cannot learn; distil before "
-                                    "quantizing (or densify first)")
         if config.text is not None and not Path(config.text).is_file():
             raise ConfigError(f"distill: text {config.text} is not a file")
         if config.text is None and ctx.calibration is None:
@@ -100,8 +103,16 @@ class Distiller(BaseCompressor):
         batches = WindowBatches(tokenize(model.tokenizer, source.text()), config.seq_len, config.batch_size, ctx.seed)
 
         student = model.model
+        fake = fake_quantize_linears(student)  # undone in the finally below, whatever happens
+        try:
+            return self._train(model, adapter, config, ctx, teacher, source, batches, len(fake))
+        finally:
+            requantize_linears(student)
+
+    def _train(self, model, adapter, config, ctx, teacher, source, batches, fake: int) -> CompressionSummary:
+        student = model.model
         params = self._trainable(model, adapter, config)
-        masks = sparsity_masks(params)
+        masks = sparsity_masks(params) if config.keep_zeros else {}
         hidden = None
         if config.hidden_weight > 0:
             with torch.random.fork_rng():
@@ -177,10 +188,13 @@ class Distiller(BaseCompressor):
         return CompressionSummary(
             f"distilled {progress['step']} steps ({progress['tokens']:,} tokens, {progress['seconds']:.0f} s) from "
             f"the teacher; loss {first:.4f} -> {last:.4f} (first/last {window} steps); stopped by {reason}"
-            + (f"; resumed at step {resumed_from}" if resumed_from else ""),
+            + (f"; resumed at step {resumed_from}" if resumed_from else "")
+            + (f"; {fake} quantized layers learned through fake quantization, codes put back on their grids"
+               if fake else ""),
             {"steps": progress["step"], "tokens": progress["tokens"], "train_seconds": progress["seconds"],
              "loss_first": first, "loss_last": last, "stopped_by": reason, "resumed_from": resumed_from,
-             "trained_parameters": sum(p.numel() for p in params.values()), "masked_layers": len(masks)},
+             "trained_parameters": sum(p.numel() for p in params.values()), "masked_layers": len(masks),
+             "fake_quantized_layers": fake},
         )
 
     @staticmethod
