@@ -19,6 +19,16 @@ def test_pack_unpack_round_trip_is_exact(bits, columns):
     assert torch.equal(unpack(packed, bits, columns), codes)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_packing_stays_on_the_codes_device(bits):
+    """A quantized model moved to a GPU unpacks there; "meta" stands in for it on CPU-only CI (a
+    helper tensor made on the CPU fails the same way on both)."""
+    codes = torch.zeros(3, 70, dtype=torch.uint8, device="meta")
+    packed = pack(codes, bits)
+    assert packed.device.type == "meta" and packed.shape == (3, packed_row_bytes(70, bits))
+    assert unpack(packed, bits, 70).shape == (3, 70)
+
+
 def test_packing_is_dense():
     assert packed_row_bytes(576, 4) == 288 and packed_row_bytes(576, 3) == 216 and packed_row_bytes(576, 2) == 144
     # 4 bits: low nibble first

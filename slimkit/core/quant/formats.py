@@ -126,10 +126,10 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     rows, columns = codes.shape
     per_word, nbytes = _CODES_PER_WORD[bits]
     words = -(-columns // per_word)
-    padded = torch.zeros(rows, words * per_word, dtype=torch.int32)
+    padded = torch.zeros(rows, words * per_word, dtype=torch.int32, device=codes.device)
     padded[:, :columns] = codes
     padded = padded.reshape(rows, words, per_word)
-    shifts = torch.arange(per_word, dtype=torch.int32) * bits
+    shifts = torch.arange(per_word, dtype=torch.int32, device=codes.device) * bits
     word = (padded << shifts).sum(dim=2, dtype=torch.int32)  # < 2^24: exact in int32
     parts = [((word >> (8 * b)) & 0xFF).to(torch.uint8) for b in range(nbytes)]
     return torch.stack(parts, dim=2).reshape(rows, words * nbytes)
@@ -149,6 +149,6 @@ def unpack(packed: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
     word = parts[:, :, 0].clone()
     for b in range(1, nbytes):
         word |= parts[:, :, b] << (8 * b)
-    shifts = torch.arange(per_word, dtype=torch.int32) * bits
+    shifts = torch.arange(per_word, dtype=torch.int32, device=packed.device) * bits
     codes = (word.unsqueeze(2) >> shifts) & ((1 << bits) - 1)
     return codes.reshape(rows, -1)[:, :columns].to(torch.uint8)
