@@ -78,3 +78,14 @@ def _private_catalogue(tmp_path_factory):
         os.environ.pop("SLIMKIT_CATALOGUE", None)
     else:
         os.environ["SLIMKIT_CATALOGUE"] = previous
+
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The browser tests (tests/e2e) run in their own pytest process, only when named
+    (``pytest tests/e2e``): Playwright's sync API and nbclient's event loop do not mix well in one
+    process, and the plain ``pytest`` run stays browser-free."""
+    if collection_path == Path(__file__).parent / "e2e":
+        named = any("e2e" in Path(arg.split("::")[0]).parts for arg in config.args)
+        return None if named else True
+    return None

@@ -41,6 +41,10 @@ class RecipeError(SlimkitError):
             super().__init__(f"{where}{len(self.problems)} problems: {listed}")
 
 
+class RunCancelled(SlimkitError):
+    """A run was stopped on request (raised from its progress callback; nothing is saved)."""
+
+
 class ArchitectureError(SlimkitError):
     """No adapter fits the model, or a method does not fit the model's architecture."""
 

@@ -14,24 +14,11 @@ from slimkit.core.errors import ConfigError
 
 
 def load_model_ref(ctx: click.Context, spec: str) -> Any:
-    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id.
+    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id
+    (see :func:`slimkit.core.catalogue.artifacts.load_model_ref`)."""
+    from slimkit.core.catalogue.artifacts import load_model_ref as load
 
-    Local paths and examples win; then the catalogue (where the model was saved); then the hub.
-    """
-    from pathlib import Path
-
-    from slimkit.core.catalogue import CatalogueError
-    from slimkit.core.model_io import EXAMPLE_PREFIX, load_model
-
-    if spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
-        return load_model(spec)
-    try:
-        entry = get_catalogue_from(ctx).resolve(spec)
-    except CatalogueError:
-        return load_model(spec)  # not in the catalogue: a hub id, or a clear "no such model" error
-    if not entry.location or not Path(entry.location).exists():
-        raise CatalogueError(f"model {entry.label} is in the catalogue but its folder is gone ({entry.location})")
-    return load_model(entry.location)
+    return load(spec, lambda: get_catalogue_from(ctx))
 
 
 def _display(metric: str, value: float | None) -> str:
