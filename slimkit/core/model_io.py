@@ -53,6 +53,11 @@ class LoadedModel:
     def config(self) -> Any:
         return getattr(self.model, "config", None)
 
+    def _repr_html_(self) -> str:  # notebooks: architecture, params, source, provenance steps
+        from slimkit.core.catalogue.html import loaded_model_html
+
+        return loaded_model_html(self)
+
 
 def is_causal_lm(module: nn.Module) -> bool:
     """Whether ``module`` is a causal (generating) language model rather than an encoder."""

@@ -67,6 +67,11 @@ class RunResult:
                 rows.append((f"{evaluator}.{metric}", self.before.get(evaluator, {}).get(metric), value))
         return rows
 
+    def _repr_html_(self) -> str:  # notebooks: steps and metrics before/after
+        from slimkit.core.catalogue.html import run_result_html
+
+        return run_result_html(self)
+
 
 def evaluate_all(
     host: Host, validated: ValidatedRecipe, model: LoadedModel, progress: ProgressCallback | None

@@ -35,6 +35,14 @@ class ModelEntry:
     def to_dict(self) -> dict[str, Any]:
         return {key: _jsonable(value) for key, value in asdict(self).items()}
 
+    def _repr_html_(self) -> str:  # notebooks: a table of the model's facts
+        from slimkit.core.catalogue.html import model_html
+
+        return model_html(self)
+
+    def _repr_json_(self) -> dict[str, Any]:
+        return self.to_dict()
+
 
 @dataclass(frozen=True)
 class StepEntry:
@@ -71,6 +79,14 @@ class StepEntry:
         data["parents"] = [{"model_id": m, "role": r} for m, r in self.parents]
         return data
 
+    def _repr_html_(self) -> str:  # notebooks: method, parents, key params, full config
+        from slimkit.core.catalogue.html import step_html
+
+        return step_html(self)
+
+    def _repr_json_(self) -> dict[str, Any]:
+        return self.to_dict()
+
 
 @dataclass(frozen=True)
 class EvaluationEntry:
@@ -92,6 +108,14 @@ class EvaluationEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: _jsonable(value) for key, value in asdict(self).items()}
+
+    def _repr_html_(self) -> str:  # notebooks: the metric, its value and settings
+        from slimkit.core.catalogue.html import evaluation_html
+
+        return evaluation_html(self)
+
+    def _repr_json_(self) -> dict[str, Any]:
+        return self.to_dict()
 
 
 @dataclass(frozen=True)

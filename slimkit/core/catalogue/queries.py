@@ -156,6 +156,14 @@ class Node:
             "children": [child.to_dict() for child in self.children],
         }
 
+    def _repr_html_(self) -> str:  # notebooks: the tree as nested lists
+        from slimkit.core.catalogue.html import node_html
+
+        return node_html(self)
+
+    def _repr_json_(self) -> dict[str, Any]:
+        return self.to_dict()
+
 
 def descendants(cat: Catalogue, model_id: str) -> Node:
     """The tree of models derived from ``model_id`` (through any parent role), cycle-safe."""
