@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from slimkit.core.catalogue.recording import open_catalogue, record_input, recorded_run
+from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import ProgressCallback
 from slimkit.core.host import Host, get_host
@@ -53,5 +53,5 @@ def evaluate_model(
     with recorded_run(cat, "eval") as run_id:
         records = [run_evaluation(host, name, info, config, model, progress) for name, info, config in plan]
         if cat is not None:
-            record_input(cat, model, content_id(model.model), records, run_id)
+            record_input(cat, describe_input(model, content_id(model.model), records), run_id)
     return {record["evaluator"]: record["metrics"] for record in records}

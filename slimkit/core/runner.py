@@ -31,7 +31,7 @@ from slimkit.core.provenance import (
     runtime_versions,
     step_key,
 )
-from slimkit.core.catalogue.recording import open_catalogue, record_input, recorded_run
+from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 from slimkit.core.teachers import Teachers, teacher_spec
@@ -150,8 +150,9 @@ def _execute(
     before_records = evaluate_all(host, validated, loaded, progress)
     base = {"source": loaded.source, "content_id": parent_id, "architecture": loaded.architecture}
     origin = loaded.provenance  # the chain that led to the input model, if it was derived
-    if cat is not None:
-        record_input(cat, loaded, parent_id, before_records, run_id)
+    # The inputs are described now (the model changes in place below) and recorded with the
+    # result: a run that fails or is cancelled leaves the catalogue's models as they were.
+    inputs = [describe_input(loaded, parent_id, before_records)] if cat is not None else []
 
     fingerprint = calibration.fingerprint if calibration is not None else None
     calibration_spec = _calibration_spec(recipe)
@@ -171,7 +172,7 @@ def _execute(
         if teacher is not None:
             parents.append({"model_id": teacher[1], "role": "teacher"})
             if cat is not None:
-                record_input(cat, teacher[0], teacher[1], [], run_id)
+                inputs.append(describe_input(teacher[0], teacher[1], []))
         key = step_key(parents, serial, fingerprint, seed)
         if index < start:  # recorded before and its result is on disk: take it from there
             prior = cat.step(key) if cat is not None else None
@@ -219,6 +220,8 @@ def _execute(
     if target is not None and after_records:
         _rewrite_json(target / PROVENANCE_FILE, provenance)
     if cat is not None:
+        for described in inputs:
+            record_input(cat, described, run_id)
         size = disk_bytes(target) if target is not None else None
         params = sum(p.numel() for p in loaded.model.parameters())
         cat.record_provenance(provenance, location=str(target.resolve()) if target else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from slimkit.core.model_io import LoadedModel, disk_bytes
@@ -22,20 +23,28 @@ def open_catalogue(catalogue: "Catalogue | str | None | Literal[False]") -> "Cat
     return Catalogue(catalogue)
 
 
-def record_input(
-    cat: "Catalogue", loaded: LoadedModel, model_id: str, evaluations: list[dict[str, Any]], run_id: str | None
-) -> None:
-    """Make sure the input model (and, if it was derived, its chain) is in the catalogue."""
-    location = str(loaded.path.resolve()) if loaded.path is not None else None
-    params = sum(p.numel() for p in loaded.model.parameters())
-    size = disk_bytes(loaded.path)
-    if loaded.provenance and loaded.provenance.get("content_id") == model_id:
-        cat.record_provenance(loaded.provenance, location=location, params=params, size_bytes=size, run_id=run_id)
+def describe_input(loaded: LoadedModel, model_id: str, evaluations: list[dict[str, Any]]) -> dict[str, Any]:
+    """What :func:`record_input` writes, taken now: the model may change in place afterwards (a
+    run records its inputs only once it has succeeded, so a failed run leaves no trace)."""
+    derived = bool(loaded.provenance and loaded.provenance.get("content_id") == model_id)
+    return {"model_id": model_id, "architecture": loaded.architecture, "source": loaded.source,
+            "location": str(loaded.path.resolve()) if loaded.path is not None else None,
+            "params": sum(p.numel() for p in loaded.model.parameters()), "size_bytes": disk_bytes(loaded.path),
+            "provenance": copy.deepcopy(loaded.provenance) if derived else None, "evaluations": evaluations}
+
+
+def record_input(cat: "Catalogue", described: dict[str, Any], run_id: str | None) -> None:
+    """Make sure an input model (and, if it was derived, its chain) is in the catalogue, with the
+    evaluations taken of it (``described`` comes from :func:`describe_input`)."""
+    d = described
+    if d["provenance"] is not None:
+        cat.record_provenance(d["provenance"], location=d["location"], params=d["params"],
+                              size_bytes=d["size_bytes"], run_id=run_id)
     else:
-        cat.record_model(model_id, loaded.architecture, params=params, size_bytes=size, location=location,
-                         source=loaded.source)
-    for record in evaluations:
-        cat.record_evaluations(model_id, record["evaluator"], record["version"], record["metrics"],
+        cat.record_model(d["model_id"], d["architecture"], params=d["params"], size_bytes=d["size_bytes"],
+                         location=d["location"], source=d["source"])
+    for record in d["evaluations"]:
+        cat.record_evaluations(d["model_id"], record["evaluator"], record["version"], record["metrics"],
                                config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],
                                run_id=run_id)
 
