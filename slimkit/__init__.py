@@ -51,6 +51,13 @@ _LAZY: dict[str, str] = {
 __all__ = ["hookimpl", *_LAZY]
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext slimkit`` in IPython/Jupyter: adds the ``%slimkit`` panel magic."""
+    from slimkit.jupyter_ext import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:

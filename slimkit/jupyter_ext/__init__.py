@@ -1,1 +1,58 @@
-"""JupyterLab widgets for slimkit (issue 7: not built yet; importing this package gives nothing)."""
+"""slimkit in JupyterLab: ``%load_ext slimkit`` then ``%slimkit``, or ``Panel()`` from Python.
+
+The panel (:class:`Panel`) chooses a model, configures any installed method through a form built
+from its config schema, builds recipes, runs them off the kernel's main thread with progress and
+Cancel, and shows results, lineage, a Pareto plot and comparisons, all recorded in the catalogue.
+
+Needs the ``jupyter`` extra (``pip install 'slimkit[jupyter]'``: ipywidgets, anywidget, matplotlib).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+__all__ = ["Panel", "panel", "load_ipython_extension"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Panel":  # imported on use: ipywidgets and matplotlib are optional dependencies
+        from slimkit.jupyter_ext.panel import Panel
+
+        return Panel
+    raise AttributeError(f"module 'slimkit.jupyter_ext' has no attribute {name!r}")
+
+
+def panel(catalogue: Any = None, **kwargs: Any) -> Any:
+    """A new :class:`Panel` (shown when it is a cell's last expression)."""
+    from slimkit.jupyter_ext.panel import Panel
+
+    return Panel(catalogue, **kwargs)
+
+
+def _magic(line: str) -> None:
+    """``%slimkit [--catalogue PATH_OR_URL] [--model SPEC]``: show a panel, kept as ``slimkit_panel``."""
+    import argparse
+
+    from IPython import get_ipython
+    from IPython.display import display
+
+    parser = argparse.ArgumentParser(prog="%slimkit", add_help=False)
+    parser.add_argument("--catalogue", default=None)
+    parser.add_argument("--model", default=None)
+    try:
+        args = parser.parse_args(shlex.split(line))
+    except SystemExit:
+        print("usage: %slimkit [--catalogue PATH_OR_URL] [--model SPEC]")
+        return
+    kwargs = {"model": args.model} if args.model else {}
+    shown = panel(args.catalogue, **kwargs)
+    shell = get_ipython()
+    if shell is not None:
+        shell.user_ns["slimkit_panel"] = shown
+    display(shown)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext slimkit``: adds the ``%slimkit`` magic."""
+    ipython.register_magic_function(_magic, "line", "slimkit")

@@ -220,7 +220,11 @@ class FormField:
             return
         shown = next((v for v in (value, self.default) if v is not _MISSING and _accepts(self.kind, self.widget, v)),
                      self._neutral)  # a value the widget cannot show is kept aside, the widget shows the default
-        self.widget.value = tuple(shown) if self.kind == "multi" else list(shown) if self.kind == "tags" else shown
+        if self.kind in ("multi", "tags"):
+            items = list(shown or ())
+            self.widget.value = tuple(items) if self.kind == "multi" else items
+        else:
+            self.widget.value = shown
         if shown is not value and value is not _MISSING:
             self.pending = value
 

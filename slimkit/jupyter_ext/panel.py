@@ -1,0 +1,342 @@
+"""The main panel: choose a model, configure methods, build a recipe, run it off the main thread,
+and see results, lineage and trade-offs, all against one catalogue.
+
+Everything the panel does goes through the Python API (:func:`run_recipe`, the catalogue
+queries), so what it records is what the CLI would record. Its state is summarised, by the kernel,
+in one line (:meth:`Panel.summary`, also shown in the panel): users see what Run will do, and
+browser tests wait on it before clicking, since a click can reach the kernel before a value that
+was typed just before it.
+
+Failures are shown in the panel, never as tracebacks: a problem with the input (a
+:class:`~slimkit.core.errors.SlimkitError`) by its message, anything else by its type and message
+with the traceback folded away. A failed or cancelled run changes no model in the catalogue (the
+runner saves and records only complete results; the run itself is kept as failed). Runs that were
+in progress when their kernel died are marked failed when the catalogue is next opened, and the
+panel says so.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from slimkit.core.contracts import ProgressEvent
+from slimkit.core.errors import SlimkitError
+from slimkit.jupyter_ext.forms import ConfigForm
+from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
+from slimkit.jupyter_ext.tables import compare_table, results_table
+from slimkit.jupyter_ext.views import CatalogueViews
+from slimkit.jupyter_ext.worker import BackgroundRun
+
+BUNDLED = "example:stories260K"
+DEFAULT_METHOD = "prune.unstructured"
+PROGRESS_INTERVAL_S = 0.1  # at most this often a progress update goes to the front end
+
+
+def _error_html(error: BaseException, details: str = "") -> str:
+    if isinstance(error, SlimkitError):
+        text = html.escape(str(error))
+    else:
+        text = f"{type(error).__name__}: {html.escape(str(error))}"
+    folded = (f"<details><summary>details</summary><pre>{html.escape(details)}</pre></details>"
+              if details else "")
+    return f"<div class='slimkit-error' style='color:#b00020'><b>Error:</b> {text}</div>{folded}"
+
+
+class Panel:
+    """The slimkit panel. ``Panel()`` uses the default catalogue and every installed plugin.
+
+    :param catalogue: a :class:`Catalogue`, a path or SQLAlchemy URL, or ``None`` for the default.
+    :param host: the plugin host (default: :func:`slimkit.get_host`, entry points included).
+    :param model: the model to start with (default: the bundled example, or ``example:stories260K``).
+    """
+
+    def __init__(self, catalogue: Any = None, *, host: Any = None, model: str = BUNDLED) -> None:
+        from slimkit.core.catalogue import Catalogue
+        from slimkit.core.host import get_host
+
+        self.host = host or get_host()
+        self.catalogue = catalogue if isinstance(catalogue, Catalogue) else Catalogue(catalogue)
+        self.run_state: BackgroundRun | None = None
+        self.last_result: Any = None
+        self._last_push = 0.0
+        self._lock = threading.Lock()
+
+        # model picker: catalogue models, or any path/spec typed in the box
+        self.model_list = w.Dropdown(description="Model", layout=w.Layout(width="70%"))
+        self.model_path = w.Text(value=model, description="or path", placeholder="folder, .gguf, hub id, example:…",
+                                 layout=w.Layout(width="70%"))
+        self.model_list.observe(self._model_picked, names="value")
+        self.model_path.observe(lambda _: self._changed(), names="value")
+
+        # method picker and its generated form
+        names = sorted(self.host.compressors.names())
+        self.method = w.Dropdown(options=names, value=DEFAULT_METHOD if DEFAULT_METHOD in names else None,
+                                 description="Method")
+        self.method_help = w.HTML()
+        self.form_box = w.VBox()
+        self.form: ConfigForm | None = None
+        self.add_step = w.Button(description="Add to recipe", icon="plus")
+        self.replace_step = w.Button(description="Replace selected step", icon="pencil")
+        self.add_step.on_click(lambda _: self._add_step())
+        self.replace_step.on_click(lambda _: self._replace_step())
+        self._quiet = False  # set while a recipe step is loaded into the picker and its form
+        self.method.observe(lambda change: None if self._quiet else self._build_form(change["new"]), names="value")
+
+        # recipe, evaluation and run controls
+        self.recipe = RecipeBuilder()
+        self.recipe.on_change(lambda _: self._changed())
+        self.recipe.list.observe(self._step_picked, names="index")
+        self.evaluate = w.Checkbox(value=True, description="evaluate perplexity before/after", indent=False)
+        self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="windows")
+        self.name = w.Text(description="Save as", placeholder="name in the catalogue (optional)")
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="idle")
+        self.progress_text = w.Label()
+        self.error = w.HTML()
+        self.results = w.HTML()
+        self.run_button.on_click(lambda _: self.run())
+        self.cancel_button.on_click(lambda _: self.cancel())
+        for box in (self.evaluate, self.windows, self.name):
+            box.observe(lambda _: self._changed(), names="value")
+
+        self.compare_a = w.Dropdown(description="A")
+        self.compare_b = w.Dropdown(description="B")
+        self.compare_button = w.Button(description="Compare")
+        self.compare_out = w.HTML()
+        self.compare_button.on_click(lambda _: self.compare())
+
+        self.views = CatalogueViews(self.catalogue, on_select=self.select_model)
+        self.status = w.Label()
+        self.status.add_class("slimkit-summary")
+        self.notice = w.HTML()
+        failed = getattr(self.catalogue, "failed_runs", [])
+        if failed:
+            self.notice.value = (f"<div class='slimkit-notice'>{len(failed)} run(s) were still in progress when "
+                                 "their kernel or process ended; they are recorded as failed.</div>")
+
+        run_row = w.HBox([self.run_button, self.cancel_button, self.progress, self.progress_text])
+        tabs = w.Tab(children=[
+            w.VBox([self.model_list, self.model_path]),
+            w.VBox([self.method, self.method_help, self.form_box, w.HBox([self.add_step, self.replace_step])]),
+            w.VBox([self.recipe.widget, self.evaluate, self.windows]),
+            self.results,
+            self.views.lineage_box,
+            self.views.pareto_box,
+            w.VBox([w.HBox([self.compare_a, self.compare_b, self.compare_button]), self.compare_out]),
+        ])
+        for index, title in enumerate(("Model", "Method", "Recipe", "Results", "Lineage", "Pareto", "Compare")):
+            tabs.set_title(index, title)
+        self.tabs = tabs
+        self.widget = w.VBox([w.HTML("<b>slimkit</b>"), self.notice, tabs, self.name, run_row, self.error,
+                              self.status])
+        self.widget.add_class("slimkit-panel")
+        self.refresh()
+        self._build_form(self.method.value)
+
+    # -- display ----------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def summary(self) -> str:
+        """One line: the model, what Run will do, the run's state and the catalogue's size."""
+        if self.recipe.steps:
+            plan = f"recipe of {len(self.recipe.steps)} steps: " + " -> ".join(s["method"] for s in self.recipe.steps)
+        elif self.form is not None:
+            plan = f"{self.method.value} ({self.form.summary()})"
+        else:
+            plan = "no method"
+        state = self.run_state.state if self.run_state else "idle"
+        ready = "ready" if not self.run_button.disabled else "not ready"
+        last = ""
+        if self.last_result is not None:
+            last = f" | last: {self.last_result.provenance['content_id'].split(':', 1)[-1][:12]}"
+        return (f"model: {self.model_spec or '-'} | run: {plan} | {ready} | state: {state} | "
+                f"catalogue: {len(self.model_list.options) - 1} models{last}")
+
+    def _changed(self) -> None:
+        running = self.run_state is not None and self.run_state.running
+        form_ok = self.form is not None and self.form.valid
+        self.run_button.disabled = running or not self.model_spec or not (self.recipe.steps or form_ok)
+        self.add_step.disabled = not form_ok
+        self.replace_step.disabled = not form_ok or self.recipe.selected is None
+        self.cancel_button.disabled = not running
+        self.windows.disabled = not self.evaluate.value
+        self.status.value = self.summary()
+
+    # -- model ------------------------------------------------------------------------------
+    @property
+    def model_spec(self) -> str:
+        return self.model_path.value.strip()
+
+    def _model_picked(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self.model_path.value = change["new"]
+
+    def select_model(self, reference: str) -> None:
+        """Make a catalogue model (id, id prefix or name) the panel's model and focus the views on it."""
+        entry = self.catalogue.resolve(reference)
+        if entry.id in [value for _, value in self.model_list.options]:
+            self.model_list.value = entry.id
+        self.model_path.value = entry.id
+        self.views.focus(entry.id)
+        self.compare_b.value = entry.id if entry.id in [v for _, v in self.compare_b.options] else None
+
+    def refresh(self) -> None:
+        """Re-read the catalogue's models (after a run, or another process's)."""
+        models = self.catalogue.models()
+        options = [("(type a path below)", "")] + [
+            (f"{m.label} - {m.architecture}, {m.params or 0:,} params", m.id) for m in models]
+        current = self.model_list.value
+        self.model_list.options = options
+        self.model_list.value = current if current in [v for _, v in options] else ""
+        pairs = [(label, value) for label, value in options[1:]]
+        for box in (self.compare_a, self.compare_b):
+            keep = box.value
+            box.options = pairs
+            box.value = keep if keep in [v for _, v in pairs] else (pairs[0][1] if pairs else None)
+        self.views.refresh()
+        self._changed()
+
+    # -- method and recipe ------------------------------------------------------------------
+    def _build_form(self, method: str | None, values: dict[str, Any] | None = None) -> None:
+        if not method:
+            self.form, self.form_box.children = None, ()
+            return
+        info = self.host.compressors.get(method)
+        where = "" if info.plugin.startswith("slimkit.") else f" <i>(plugin {html.escape(info.plugin)})</i>"
+        self.method_help.value = f"<div class='slimkit-method-help'>{html.escape(info.description)}{where}</div>"
+        self.form = ConfigForm(info.cls.Config, values, title=method)
+        self.form.on_change(lambda _: self._changed())
+        self.form_box.children = (self.form.widget,)
+        self._changed()
+
+    def _add_step(self) -> None:
+        if self.form is not None and self.form.valid:
+            self.recipe.add(self.method.value, self.form.params())
+
+    def _replace_step(self) -> None:
+        index = self.recipe.selected
+        if self.form is not None and self.form.valid and index is not None:
+            self.recipe.replace(index, self.method.value, self.form.params())
+
+    def _step_picked(self, change: dict[str, Any]) -> None:
+        index = change["new"]
+        if index is None or index < 0 or index >= len(self.recipe.steps):
+            return
+        step = self.recipe.steps[index]
+        if step["method"] in self.host.compressors.names():
+            self._quiet = True
+            try:
+                self.method.value = step["method"]
+            finally:
+                self._quiet = False
+            self._build_form(step["method"], step.get("params", {}))
+        self._changed()
+
+    def recipe_data(self) -> dict[str, Any]:
+        """The recipe Run would run: the builder's steps, or else the method and its form."""
+        defaults: dict[str, Any] = {"calibration": {"n_samples": 16, "seq_len": 128}}
+        if self.evaluate.value:
+            defaults["evaluate"] = [{"metric": "perplexity", "params": {"max_windows": int(self.windows.value)}}]
+        if self.recipe.steps:
+            return self.recipe.recipe_data(defaults)
+        if self.form is None or not self.form.valid:
+            raise SlimkitError("the method's settings are not valid: " + self.form.summary() if self.form
+                               else "choose a method")
+        return {**defaults, "steps": [{"method": self.method.value, "params": self.form.params()}]}
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self) -> BackgroundRun | None:
+        """Start the run in the background (returns at once); :meth:`wait` waits for it."""
+        if self.run_state is not None and self.run_state.running:
+            return self.run_state
+        self.error.value = ""
+        try:
+            from slimkit.core.recipe import Recipe
+
+            recipe = Recipe.from_data(self.recipe_data())
+            recipe.resolve(self.host)  # every problem the model does not decide, before any work
+        except SlimkitError as error:
+            self.error.value = _error_html(error)
+            return None
+        spec, name = self.model_spec, self.name.value.strip() or None
+        steps = " -> ".join(describe_step(s) for s in recipe.model_dump(mode="json")["steps"])
+        self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
+        self.progress.description = "starting"
+        self.progress_text.value = steps
+
+        def work(progress):
+            from slimkit.core.catalogue.artifacts import load_model_ref, new_artifact_path
+            from slimkit.core.runner import run_recipe
+
+            model = load_model_ref(spec, self.catalogue)
+            out = new_artifact_path(self.catalogue, name or recipe.name or Path(spec).name or "model")
+            return run_recipe(recipe, model, out=out, host=self.host, progress=progress, inplace=True,
+                              catalogue=self.catalogue, name=name)
+
+        self.run_state = BackgroundRun(work, on_event=self._on_progress, on_finish=self._on_finish)
+        self.run_state.start()
+        self._changed()
+        return self.run_state
+
+    def cancel(self) -> None:
+        if self.run_state is not None and self.run_state.running:
+            self.run_state.cancel()
+            self.progress.description = "cancelling"
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Wait for the current run to end (for scripts and tests); returns its state."""
+        if self.run_state is None:
+            return "idle"
+        self.run_state.join(timeout)
+        return self.run_state.state
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        if now - self._last_push < PROGRESS_INTERVAL_S and event.done < event.total:
+            return  # the front end needs no more than ~10 updates a second
+        self._last_push = now
+        with self._lock:
+            self.progress.max = max(1, event.total)
+            self.progress.value = min(event.done, self.progress.max)
+            self.progress.description = event.stage[:12]
+            self.progress_text.value = f"{event.stage} {event.done}/{event.total} {event.message}"[:120]
+
+    def _on_finish(self, run: BackgroundRun) -> None:
+        with self._lock:
+            if run.state == "done":
+                result = self.last_result = run.result
+                self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
+                self.progress.description = "done"
+                self.progress_text.value = f"finished in {run.seconds:.1f} s"
+                self.results.value = results_table(result, seconds=run.seconds)
+                self.refresh()
+                self.select_model(result.provenance["content_id"])
+                self.tabs.selected_index = 3
+            else:
+                self.progress.bar_style = "danger" if run.state == "failed" else "warning"
+                self.progress.description = run.state
+                self.progress_text.value = f"{run.state} after {run.seconds:.1f} s; the catalogue's models are unchanged"
+                self.error.value = _error_html(run.error or RuntimeError(run.state), run.details)
+                self.refresh()
+        self._changed()
+
+    # -- comparing ----------------------------------------------------------------------------
+    def compare(self) -> None:
+        from slimkit.core.catalogue import queries
+
+        if not self.compare_a.value or not self.compare_b.value:
+            self.compare_out.value = _error_html(SlimkitError("choose two catalogue models"))
+            return
+        try:
+            self.compare_out.value = compare_table(queries.diff(self.catalogue, self.compare_a.value,
+                                                                self.compare_b.value))
+        except SlimkitError as error:
+            self.compare_out.value = _error_html(error)

@@ -1,0 +1,84 @@
+"""The panel's pictures of the catalogue: the lineage of the selected model (a drawn graph) and a
+Pareto scatter of all models on two chosen metrics (matplotlib). Both are clickable
+:class:`~slimkit.jupyter_ext.svgview.SvgView` widgets: clicking a model selects it in the panel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ipywidgets as w
+
+from slimkit.jupyter_ext.svgview import SvgView
+
+SIZE_AXES = ("params", "size")  # model columns pareto() takes besides metric keys
+
+
+class CatalogueViews:
+    """``lineage_box`` and ``pareto_box`` for one catalogue; ``focus(model_id)`` redraws both."""
+
+    def __init__(self, catalogue: Any, on_select: Callable[[str], None] | None = None) -> None:
+        self.catalogue = catalogue
+        self.focused: str | None = None
+        self._on_select = on_select
+        self.lineage = SvgView()
+        self.lineage.add_class("slimkit-lineage")
+        self.lineage_message = w.HTML("<i>run a recipe or pick a catalogue model to see its lineage</i>")
+        self.pareto = SvgView()
+        self.pareto.add_class("slimkit-pareto")
+        self.x = w.Dropdown(description="x", options=list(SIZE_AXES), value="params")
+        self.y = w.Dropdown(description="y", options=[])
+        self.pareto_message = w.HTML()
+        for axis in (self.x, self.y):
+            axis.observe(lambda _: self.draw_pareto(), names="value")
+        for view in (self.lineage, self.pareto):
+            view.observe(self._clicked, names="selected")
+        self.lineage_box = w.VBox([self.lineage_message, self.lineage])
+        self.pareto_box = w.VBox([w.HBox([self.x, self.y]), self.pareto_message, self.pareto])
+
+    def _clicked(self, change: dict[str, Any]) -> None:
+        if change["new"] and change["new"] != self.focused and self._on_select is not None:
+            self._on_select(change["new"])
+
+    def refresh(self) -> None:
+        """Re-read the metric names, then redraw."""
+        from slimkit.core.catalogue import queries
+
+        keys = sorted(queries.metric_keys(self.catalogue))
+        choices = list(SIZE_AXES) + keys
+        self.x.options = choices
+        keep = self.y.value
+        self.y.options = keys
+        if keys:
+            preferred = next((k for k in keys if k.endswith("perplexity")), keys[0])
+            self.y.value = keep if keep in keys else preferred
+        self.draw_lineage()
+        self.draw_pareto()
+
+    def focus(self, model_id: str) -> None:
+        self.focused = model_id
+        self.draw_lineage()
+        self.draw_pareto()
+
+    def draw_lineage(self) -> None:
+        from slimkit.jupyter_ext.lineage_svg import lineage_svg
+
+        if self.focused is None:
+            return
+        try:
+            self.lineage.svg = lineage_svg(self.catalogue, self.focused, selected=self.focused)
+            self.lineage_message.value = ""
+        except Exception as error:  # a picture must never break the panel
+            self.lineage_message.value = f"<i>no lineage drawing: {type(error).__name__}: {error}</i>"
+
+    def draw_pareto(self) -> None:
+        from slimkit.jupyter_ext.pareto_plot import pareto_svg
+
+        if not self.y.value:
+            self.pareto_message.value = "<i>no evaluations in the catalogue yet</i>"
+            return
+        try:
+            self.pareto.svg = pareto_svg(self.catalogue, self.x.value, self.y.value, selected=self.focused)
+            self.pareto_message.value = ""
+        except Exception as error:
+            self.pareto_message.value = f"<i>no Pareto plot: {type(error).__name__}: {error}</i>"
