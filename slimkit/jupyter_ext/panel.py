@@ -17,11 +17,12 @@ panel says so.
 
 from __future__ import annotations
 
+import collections
 import html
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as w
 
@@ -29,8 +30,9 @@ from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import SlimkitError
 from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
+from slimkit.jupyter_ext.serial import serialised
 from slimkit.jupyter_ext.tables import compare_table, results_table
-from slimkit.jupyter_ext.views import CatalogueViews
+from slimkit.jupyter_ext.views import CatalogueViews, set_choices
 from slimkit.jupyter_ext.worker import BackgroundRun
 
 BUNDLED = "example:stories260K"
@@ -46,6 +48,15 @@ def _error_html(error: BaseException, details: str = "") -> str:
     folded = (f"<details><summary>details</summary><pre>{html.escape(details)}</pre></details>"
               if details else "")
     return f"<div class='slimkit-error' style='color:#b00020'><b>Error:</b> {text}</div>{folded}"
+
+
+def _kernel_loop() -> Any:
+    """The running IPython kernel's main event loop, or None outside a kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return getattr(getattr(get_ipython(), "kernel", None), "io_loop", None)
 
 
 class Panel:
@@ -65,14 +76,15 @@ class Panel:
         self.run_state: BackgroundRun | None = None
         self.last_result: Any = None
         self._last_push = 0.0
-        self._lock = threading.Lock()
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._loop = _kernel_loop()
 
         # model picker: catalogue models, or any path/spec typed in the box
         self.model_list = w.Dropdown(description="Model", layout=w.Layout(width="70%"))
         self.model_path = w.Text(value=model, description="or path", placeholder="folder, .gguf, hub id, example:…",
                                  layout=w.Layout(width="70%"))
-        self.model_list.observe(self._model_picked, names="value")
-        self.model_path.observe(lambda _: self._changed(), names="value")
+        self.model_list.observe(serialised(self._model_picked), names="value")
+        self.model_path.observe(serialised(lambda _: self._changed()), names="value")
 
         # method picker and its generated form
         names = sorted(self.host.compressors.names())
@@ -83,15 +95,16 @@ class Panel:
         self.form: ConfigForm | None = None
         self.add_step = w.Button(description="Add to recipe", icon="plus")
         self.replace_step = w.Button(description="Replace selected step", icon="pencil")
-        self.add_step.on_click(lambda _: self._add_step())
-        self.replace_step.on_click(lambda _: self._replace_step())
+        self.add_step.on_click(serialised(lambda _: self._add_step()))
+        self.replace_step.on_click(serialised(lambda _: self._replace_step()))
         self._quiet = False  # set while a recipe step is loaded into the picker and its form
-        self.method.observe(lambda change: None if self._quiet else self._build_form(change["new"]), names="value")
+        self.method.observe(serialised(lambda change: None if self._quiet else self._build_form(change["new"])),
+                            names="value")
 
         # recipe, evaluation and run controls
         self.recipe = RecipeBuilder()
-        self.recipe.on_change(lambda _: self._changed())
-        self.recipe.list.observe(self._step_picked, names="index")
+        self.recipe.on_change(serialised(lambda _: self._changed()))
+        self.recipe.list.observe(serialised(self._step_picked), names="index")
         self.evaluate = w.Checkbox(value=True, description="evaluate perplexity before/after", indent=False)
         self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="windows")
         self.name = w.Text(description="Save as", placeholder="name in the catalogue (optional)")
@@ -101,18 +114,22 @@ class Panel:
         self.progress_text = w.Label()
         self.error = w.HTML()
         self.results = w.HTML()
-        self.run_button.on_click(lambda _: self.run())
-        self.cancel_button.on_click(lambda _: self.cancel())
+        for button, css in ((self.run_button, "slimkit-run"), (self.cancel_button, "slimkit-cancel"),
+                            (self.add_step, "slimkit-add-step"), (self.replace_step, "slimkit-replace-step")):
+            button.add_class(css)  # stable handles for styling and browser tests
+        self.run_button.on_click(serialised(lambda _: self.run()))
+        self.cancel_button.on_click(serialised(lambda _: self.cancel()))
         for box in (self.evaluate, self.windows, self.name):
-            box.observe(lambda _: self._changed(), names="value")
+            box.observe(serialised(lambda _: self._changed()), names="value")
 
         self.compare_a = w.Dropdown(description="A")
         self.compare_b = w.Dropdown(description="B")
         self.compare_button = w.Button(description="Compare")
         self.compare_out = w.HTML()
-        self.compare_button.on_click(lambda _: self.compare())
+        self.compare_button.add_class("slimkit-compare-button")
+        self.compare_button.on_click(serialised(lambda _: self.compare()))
 
-        self.views = CatalogueViews(self.catalogue, on_select=self.select_model)
+        self.views = CatalogueViews(self.catalogue, on_select=serialised(self.select_model))
         self.status = w.Label()
         self.status.add_class("slimkit-summary")
         self.notice = w.HTML()
@@ -194,13 +211,11 @@ class Panel:
         options = [("(type a path below)", "")] + [
             (f"{m.label} - {m.architecture}, {m.params or 0:,} params", m.id) for m in models]
         current = self.model_list.value
-        self.model_list.options = options
-        self.model_list.value = current if current in [v for _, v in options] else ""
+        set_choices(self.model_list, options, current if current in [v for _, v in options] else "")
         pairs = [(label, value) for label, value in options[1:]]
         for box in (self.compare_a, self.compare_b):
             keep = box.value
-            box.options = pairs
-            box.value = keep if keep in [v for _, v in pairs] else (pairs[0][1] if pairs else None)
+            set_choices(box, pairs, keep if keep in [v for _, v in pairs] else (pairs[0][1] if pairs else None))
         self.views.refresh()
         self._changed()
 
@@ -213,7 +228,7 @@ class Panel:
         where = "" if info.plugin.startswith("slimkit.") else f" <i>(plugin {html.escape(info.plugin)})</i>"
         self.method_help.value = f"<div class='slimkit-method-help'>{html.escape(info.description)}{where}</div>"
         self.form = ConfigForm(info.cls.Config, values, title=method)
-        self.form.on_change(lambda _: self._changed())
+        self.form.on_change(serialised(lambda _: self._changed()))
         self.form_box.children = (self.form.widget,)
         self._changed()
 
@@ -242,9 +257,10 @@ class Panel:
 
     def recipe_data(self) -> dict[str, Any]:
         """The recipe Run would run: the builder's steps, or else the method and its form."""
-        defaults: dict[str, Any] = {"calibration": {"n_samples": 16, "seq_len": 128}}
+        evaluate: list[dict[str, Any]] = [{"metric": "size"}]  # cheap, and the Pareto plot's natural x
         if self.evaluate.value:
-            defaults["evaluate"] = [{"metric": "perplexity", "params": {"max_windows": int(self.windows.value)}}]
+            evaluate.append({"metric": "perplexity", "params": {"max_windows": int(self.windows.value)}})
+        defaults: dict[str, Any] = {"calibration": {"n_samples": 16, "seq_len": 128}, "evaluate": evaluate}
         if self.recipe.steps:
             return self.recipe.recipe_data(defaults)
         if self.form is None or not self.form.valid:
@@ -296,36 +312,65 @@ class Panel:
         if self.run_state is None:
             return "idle"
         self.run_state.join(timeout)
+        if threading.current_thread() is threading.main_thread():
+            self._drain()  # the kernel's loop cannot show the outcome while this cell waits
         return self.run_state.state
+
+    # Widgets are changed on the kernel's main thread only: the worker hands its updates over.
+    # ipywidgets' syncing (the echo of a value the front end just sent) is not thread-safe, and a
+    # refresh from the worker racing a click's message left a dropdown showing one model while
+    # the kernel held another.
+    def _on_main(self, update: Callable[[], None]) -> None:
+        self._pending.append(update)
+        if self._loop is None:
+            self._drain()  # no kernel, no front end: nothing else touches the widgets
+        else:
+            self._loop.add_callback(self._drain)
+
+    @serialised
+    def _drain(self) -> None:
+        while True:
+            try:
+                update = self._pending.popleft()
+            except IndexError:
+                return
+            update()
 
     def _on_progress(self, event: ProgressEvent) -> None:
         now = time.monotonic()
         if now - self._last_push < PROGRESS_INTERVAL_S and event.done < event.total:
             return  # the front end needs no more than ~10 updates a second
         self._last_push = now
-        with self._lock:
-            self.progress.max = max(1, event.total)
-            self.progress.value = min(event.done, self.progress.max)
-            self.progress.description = event.stage[:12]
-            self.progress_text.value = f"{event.stage} {event.done}/{event.total} {event.message}"[:120]
+        self._on_main(lambda: self._show_progress(event))
+
+    def _show_progress(self, event: ProgressEvent) -> None:
+        if self.run_state is None or not self.run_state.running:
+            return  # a late update of a run that has ended
+        self.progress.max = max(1, event.total)
+        self.progress.value = min(event.done, self.progress.max)
+        self.progress.description = event.stage[:12]
+        self.progress_text.value = f"{event.stage} {event.done}/{event.total} {event.message}"[:120]
 
     def _on_finish(self, run: BackgroundRun) -> None:
-        with self._lock:
-            if run.state == "done":
-                result = self.last_result = run.result
-                self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
-                self.progress.description = "done"
-                self.progress_text.value = f"finished in {run.seconds:.1f} s"
-                self.results.value = results_table(result, seconds=run.seconds)
-                self.refresh()
-                self.select_model(result.provenance["content_id"])
-                self.tabs.selected_index = 3
-            else:
-                self.progress.bar_style = "danger" if run.state == "failed" else "warning"
-                self.progress.description = run.state
-                self.progress_text.value = f"{run.state} after {run.seconds:.1f} s; the catalogue's models are unchanged"
-                self.error.value = _error_html(run.error or RuntimeError(run.state), run.details)
-                self.refresh()
+        self._on_main(lambda: self._show_outcome(run))
+
+    def _show_outcome(self, run: BackgroundRun) -> None:
+        if run.state == "done":
+            result = self.last_result = run.result
+            self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
+            self.progress.description = "done"
+            self.progress_text.value = f"finished in {run.seconds:.1f} s"
+            self.results.value = results_table(result, seconds=run.seconds)
+            self.refresh()
+            self.select_model(result.provenance["content_id"])
+            self.tabs.selected_index = 3
+        else:
+            self.progress.bar_style = "danger" if run.state == "failed" else "warning"
+            self.progress.description = run.state
+            self.progress_text.value = f"{run.state} after {run.seconds:.1f} s; the catalogue's models are unchanged"
+            error = run.error or RuntimeError(run.state)  # a user's problem needs no traceback
+            self.error.value = _error_html(error, "" if isinstance(error, SlimkitError) else run.details)
+            self.refresh()
         self._changed()
 
     # -- comparing ----------------------------------------------------------------------------

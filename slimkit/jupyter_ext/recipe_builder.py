@@ -17,6 +17,7 @@ import ipywidgets as w
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.recipe import Recipe
+from slimkit.jupyter_ext.serial import serialised
 
 
 def describe_step(step: dict[str, Any]) -> str:
@@ -42,12 +43,12 @@ class RecipeBuilder:
         self.save_button = w.Button(description="Save", icon="save", layout=w.Layout(width="auto"))
         self.message = w.HTML()
         self.message.add_class("slimkit-recipe-message")
-        self.up.on_click(lambda _: self.move(self.selected, -1))
-        self.down.on_click(lambda _: self.move(self.selected, +1))
-        self.remove_button.on_click(lambda _: self.remove(self.selected))
-        self.clear_button.on_click(lambda _: self.clear())
-        self.load_button.on_click(lambda _: self._guarded(self.load, self.path.value))
-        self.save_button.on_click(lambda _: self._guarded(self.save, self.path.value))
+        self.up.on_click(serialised(lambda _: self.move(self.selected, -1)))
+        self.down.on_click(serialised(lambda _: self.move(self.selected, +1)))
+        self.remove_button.on_click(serialised(lambda _: self.remove(self.selected)))
+        self.clear_button.on_click(serialised(lambda _: self.clear()))
+        self.load_button.on_click(serialised(lambda _: self._guarded(self.load, self.path.value)))
+        self.save_button.on_click(serialised(lambda _: self._guarded(self.save, self.path.value)))
         self.widget = w.VBox([
             self.list, w.HBox([self.up, self.down, self.remove_button, self.clear_button]),
             w.HBox([self.path, self.load_button, self.save_button]), self.message,

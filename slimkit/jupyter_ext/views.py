@@ -9,9 +9,18 @@ from typing import Any, Callable
 
 import ipywidgets as w
 
+from slimkit.jupyter_ext.serial import serialised
 from slimkit.jupyter_ext.svgview import SvgView
 
 SIZE_AXES = ("params", "size")  # model columns pareto() takes besides metric keys
+
+
+def set_choices(dropdown: w.Dropdown, options: list[Any], value: Any) -> None:
+    """New options and value for a dropdown, sent to the front end as one update."""
+    with dropdown.hold_sync():
+        if list(dropdown.options) != list(options):
+            dropdown.options = options
+        dropdown.value = value
 
 
 class CatalogueViews:
@@ -30,9 +39,9 @@ class CatalogueViews:
         self.y = w.Dropdown(description="y", options=[])
         self.pareto_message = w.HTML()
         for axis in (self.x, self.y):
-            axis.observe(lambda _: self.draw_pareto(), names="value")
+            axis.observe(serialised(lambda _: self.draw_pareto()), names="value")
         for view in (self.lineage, self.pareto):
-            view.observe(self._clicked, names="selected")
+            view.observe(serialised(self._clicked), names="selected")
         self.lineage_box = w.VBox([self.lineage_message, self.lineage])
         self.pareto_box = w.VBox([w.HBox([self.x, self.y]), self.pareto_message, self.pareto])
 
@@ -46,12 +55,12 @@ class CatalogueViews:
 
         keys = sorted(queries.metric_keys(self.catalogue))
         choices = list(SIZE_AXES) + keys
-        self.x.options = choices
+        keep_x = self.x.value
+        set_choices(self.x, choices, keep_x if keep_x in choices and keep_x != "params" else (
+            "size.nonzero_params" if "size.nonzero_params" in keys else "params"))  # pruning shows on this axis
         keep = self.y.value
-        self.y.options = keys
-        if keys:
-            preferred = next((k for k in keys if k.endswith("perplexity")), keys[0])
-            self.y.value = keep if keep in keys else preferred
+        preferred = next((k for k in keys if k.endswith("perplexity")), keys[0]) if keys else None
+        set_choices(self.y, keys, keep if keep in keys else preferred)
         self.draw_lineage()
         self.draw_pareto()
 

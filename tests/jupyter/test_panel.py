@@ -63,6 +63,9 @@ def test_a_run_records_the_model_and_shows_results_and_lineage(panel):
     assert panel.views.focused == child and child.split(":", 1)[-1][:12] in panel.views.lineage.svg
     assert len(panel.views.lineage.clickable_ids) >= 2  # the base and the derived model
     assert panel.views.pareto.svg and "last: " + child.split(":", 1)[-1][:12] in panel.summary()
+    # the Pareto plot puts non-zero parameters against perplexity, both models clickable
+    assert (panel.views.x.value, panel.views.y.value) == ("size.nonzero_params", "perplexity.perplexity")
+    assert sorted(panel.views.pareto.clickable_ids) == sorted(m.id for m in panel.catalogue.models())
 
 
 def test_clicking_a_model_in_the_lineage_selects_it(panel):
@@ -121,7 +124,7 @@ def test_a_failing_run_shows_its_error_and_leaves_the_catalogue_unchanged(panel)
     panel.run()
     assert panel.wait(300) == "failed"
     assert "slimkit-error" in panel.error.value and "group_size 5 does not divide" in panel.error.value
-    assert "Traceback" not in panel.error.value.split("<details>")[0]
+    assert "<details>" not in panel.error.value  # a problem with the input needs no traceback
     assert panel.catalogue.models() == models and panel.progress.bar_style == "danger"
 
 
@@ -175,10 +178,21 @@ def test_a_third_party_method_gets_a_form_and_runs(tmp_path, monkeypatch):
                         param.mul_(config.factor)
             return CompressionSummary(f"scaled by {config.factor}")
 
+    class Explode(BaseCompressor):
+        """Fail with an unexpected error (a bug in a third-party method)."""
+
+        name = "acme.explode"
+        version = 1
+        Config = ScaleConfig
+
+        def compress_(self, model, adapter, config, ctx):
+            raise ValueError("boom")
+
     class Plugin:
         @hookimpl
         def register_compressors(self, register):
             register(Scale)
+            register(Explode)
 
     host = make_host(load_entrypoints=False)
     host.register(Plugin(), "acme")
@@ -191,6 +205,12 @@ def test_a_third_party_method_gets_a_form_and_runs(tmp_path, monkeypatch):
     panel.run()
     assert panel.wait(120) == "done", panel.error.value
     assert panel.last_result.steps[0].method == "acme.scale"
+    # a bug in a plugin: its type and message in the panel, the traceback folded away
+    panel.method.value = "acme.explode"
+    panel.run()
+    assert panel.wait(120) == "failed"
+    assert "ValueError: boom" in panel.error.value and "<details>" in panel.error.value
+    assert "Traceback" in panel.error.value.split("<details>")[1]
     panel.catalogue.close()
 
 

@@ -98,3 +98,29 @@ def test_compare_table_puts_two_models_side_by_side_and_escapes_names(two_models
     assert "same base model" in page and "sparsity=0.3" in page and "sparsity=0.6" in page
     a = cat.metrics(first.provenance["content_id"])["perplexity.perplexity"]
     assert f"{a:,.4g}" in page
+
+
+def test_serialised_callbacks_never_overlap_even_from_two_threads():
+    import time
+
+    from slimkit.jupyter_ext.serial import serialised
+
+    trace = []
+
+    @serialised
+    def handler(name):
+        trace.append(("in", name))
+        time.sleep(0.05)
+        trace.append(("out", name))
+
+    @serialised
+    def outer():
+        handler("nested")  # re-entrant: a callback may call another
+
+    threads = [threading.Thread(target=handler, args=(n,)) for n in "ab"] + [threading.Thread(target=outer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(trace) == 6 and all(trace[i][0] == "in" and trace[i + 1] == ("out", trace[i][1])
+                                   for i in range(0, 6, 2))

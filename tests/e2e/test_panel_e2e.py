@@ -1,0 +1,170 @@
+"""The panel in a real JupyterLab, driven through Chromium like a user: load the extension, pick
+the bundled model, set magnitude pruning to 50% in the generated form, run, wait for the progress
+bar, read the results table and find the new model in the lineage drawing; bad form input and a
+failing run are shown in the panel. Every test leaves screenshots (the docs' pictures)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (test extra)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
+Locator, Page, expect = sync_api.Locator, sync_api.Page, sync_api.expect
+
+pytestmark = pytest.mark.e2e
+
+
+def notebook(root: Path, name: str, catalogue: Path) -> str:
+    book = nbformat.v4.new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    book.cells = [nbformat.v4.new_code_cell(f"%load_ext slimkit\n%slimkit --catalogue {catalogue}")]
+    nbformat.write(book, root / name)
+    return name
+
+
+def open_and_run(page: Page, lab: dict, name: str) -> Locator:
+    """Open the notebook through JupyterLab's own API, wait until its kernel answered, run all."""
+    page.goto(f"{lab['url']}/lab/workspaces/{lab['workspace']}?token={lab['token']}")
+    page.wait_for_function("() => window.jupyterapp !== undefined")
+    panel_id = page.evaluate(
+        """async (path) => {
+            const app = window.jupyterapp;
+            await app.started; await app.restored;
+            const panel = await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+            await panel.context.ready;
+            await panel.sessionContext.ready;
+            await panel.sessionContext.session.kernel.info;
+            app.shell.activateById(panel.id);
+            await app.commands.execute('notebook:run-all-cells');
+            return panel.id;
+        }""",
+        name,
+    )
+    return page.locator(f"#{panel_id}")
+
+
+def tab(slimkit: Locator, title: str) -> None:
+    slimkit.locator(".lm-TabBar-tab", has_text=re.compile(f"^{title}$")).click()
+
+
+def field(slimkit: Locator, css: str, label: str) -> Locator:
+    """The widget of kind ``css`` whose description/label reads ``label``."""
+    return slimkit.locator(css).filter(has=slimkit.page.get_by_text(label, exact=True))
+
+
+@pytest.mark.timeout(600)
+def test_prune_the_bundled_model_from_the_panel(lab, page, screenshot, tmp_path):
+    name = notebook(lab["root"], "prune.ipynb", tmp_path / "cat.db")
+    book = open_and_run(page, lab, name)
+    slimkit = book.locator(".slimkit-panel")
+    expect(slimkit).to_be_visible()
+    expect(book.get_by_text("Error displaying widget")).to_have_count(0)
+    summary = slimkit.locator(".slimkit-summary")
+
+    # the model: the bundled example, typed into the path box
+    path = field(slimkit, ".widget-text", "or path").locator("input")
+    path.fill("example:stories260K")
+    path.press("Enter")
+    expect(summary).to_contain_text("model: example:stories260K")
+    screenshot(slimkit, "panel-model")
+
+    # the method and its generated form: magnitude scorer, 50% sparsity
+    tab(slimkit, "Method")
+    slimkit.get_by_label("Method", exact=True).select_option("prune.unstructured")
+    expect(summary).to_contain_text("run: prune.unstructured")
+    readout = slimkit.locator(".slimkit-field-sparsity .widget-readout")
+    readout.fill("0.3")
+    readout.press("Enter")
+    expect(summary).to_contain_text("sparsity=0.3")  # the kernel has the value before Run is clicked
+    readout.fill("0.5")
+    readout.press("Enter")
+    expect(summary).to_contain_text("run: prune.unstructured (defaults)")  # 50% magnitude is the default
+    scorer = slimkit.locator(".slimkit-field-scorer input")
+    expect(scorer).to_have_value("magnitude")
+    screenshot(slimkit, "panel-method-form")
+
+    # the step goes into the recipe, which Run then runs
+    slimkit.locator("button.slimkit-add-step").click()
+    expect(summary).to_contain_text("run: recipe of 1 steps: prune.unstructured")
+    tab(slimkit, "Recipe")
+    expect(slimkit.locator(".slimkit-recipe-steps select option")).to_have_text(["1. prune.unstructured"])
+
+    # run, and wait for the progress bar to fill
+    windows = field(slimkit, ".widget-inline-hbox", "windows").locator("input")
+    windows.fill("4")
+    windows.press("Enter")
+    expect(summary).to_contain_text("| ready |")
+    screenshot(slimkit, "panel-recipe")
+    slimkit.locator("button.slimkit-run").click()
+    bar = slimkit.locator(".widget-hprogress .progress-bar")
+    expect(bar).to_have_attribute("style", re.compile(r"width: 100%"), timeout=300_000)
+    expect(summary).to_contain_text("state: done")
+
+    # the results table, then the new model in the lineage drawing
+    results = slimkit.locator("table.slimkit-results")
+    expect(results).to_be_visible()
+    expect(results).to_contain_text("perplexity.perplexity")
+    expect(slimkit.locator(".slimkit-steps")).to_contain_text("prune.unstructured")
+    screenshot(slimkit, "panel-results")
+    new_id = re.search(r"last: ([0-9a-f]{12})", summary.inner_text()).group(1)
+    tab(slimkit, "Lineage")
+    lineage = slimkit.locator("div.slimkit-lineage")
+    expect(lineage.locator("[id^='slimkit-select-']")).to_have_count(2)
+    expect(lineage).to_contain_text(new_id)
+    screenshot(slimkit, "panel-lineage")
+
+    # clicking the base model in the drawing selects it in the panel
+    base = lineage.locator("[id^='slimkit-select-']").filter(has_not_text=new_id).first
+    base.click()
+    expect(summary).not_to_contain_text(f"model: sha256:{new_id}")
+    tab(slimkit, "Pareto")
+    expect(slimkit.locator("div.slimkit-pareto svg").first).to_be_visible()
+    screenshot(slimkit, "panel-pareto")
+    tab(slimkit, "Compare")
+    slimkit.locator("button.slimkit-compare-button").click()
+    table = slimkit.locator("table.slimkit-compare")
+    expect(table).to_contain_text("perplexity")
+    # the table compares exactly what the two dropdowns show
+    shown = [slimkit.get_by_label(side, exact=True).evaluate(
+        "el => el.options[el.selectedIndex].text")[:12] for side in ("A", "B")]
+    expect(table.locator("th")).to_have_text(["", *shown, "change"])
+    screenshot(slimkit, "panel-compare")
+    assert not page.page_errors, page.page_errors
+
+
+@pytest.mark.timeout(600)
+def test_bad_form_input_disables_run_and_a_failing_run_is_shown_in_the_panel(lab, page, screenshot, tmp_path):
+    name = notebook(lab["root"], "bad.ipynb", tmp_path / "cat.db")
+    book = open_and_run(page, lab, name)
+    slimkit = book.locator(".slimkit-panel")
+    summary = slimkit.locator(".slimkit-summary")
+    expect(summary).to_contain_text("| ready |")
+    tab(slimkit, "Method")
+    slimkit.get_by_label("Method", exact=True).select_option("quantize.rtn")
+    expect(summary).to_contain_text("run: quantize.rtn")
+    row = slimkit.locator(".slimkit-field-group_size")
+    row.locator("input[type='checkbox']").first.check()  # an optional field: tick "set", then type
+    number = row.locator("input[type='number']")
+    number.fill("0")
+    number.press("Enter")
+    message = row.locator(".slimkit-field-error")
+    expect(message).to_contain_text("greater than or equal to 1")
+    expect(slimkit.locator("button.slimkit-run")).to_be_disabled()
+    expect(summary).to_contain_text("not ready")
+    screenshot(slimkit, "panel-invalid-field")
+
+    number.fill("5")  # valid for the form, but 5 divides no layer of the model: the run fails
+    number.press("Enter")
+    expect(message).to_have_text("")
+    run = slimkit.locator("button.slimkit-run")
+    expect(run).to_be_enabled()
+    run.click()
+    error = slimkit.locator(".slimkit-error")
+    expect(error).to_contain_text("group_size 5 does not divide")
+    expect(summary).to_contain_text("state: failed")
+    expect(summary).to_contain_text("catalogue: 0 models")
+    screenshot(slimkit, "panel-failed-run")
+    assert not page.page_errors, page.page_errors
