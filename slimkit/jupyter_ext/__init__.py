@@ -15,19 +15,30 @@ from typing import Any
 __all__ = ["Panel", "panel", "load_ipython_extension"]
 
 
+def _panel_class() -> Any:
+    """The Panel class; a clear error where the optional dependencies are missing."""
+    try:
+        from slimkit.jupyter_ext.panel import Panel
+    except ImportError as error:
+        missing = getattr(error, "name", None) or str(error)
+        if missing.split(".")[0] in ("ipywidgets", "anywidget", "matplotlib", "traitlets"):
+            from slimkit.core.errors import SlimkitError
+
+            raise SlimkitError(f"the JupyterLab panel needs {missing.split('.')[0]}: "
+                               "pip install 'slimkit[jupyter]'") from None
+        raise
+    return Panel
+
+
 def __getattr__(name: str) -> Any:
     if name == "Panel":  # imported on use: ipywidgets and matplotlib are optional dependencies
-        from slimkit.jupyter_ext.panel import Panel
-
-        return Panel
+        return _panel_class()
     raise AttributeError(f"module 'slimkit.jupyter_ext' has no attribute {name!r}")
 
 
 def panel(catalogue: Any = None, **kwargs: Any) -> Any:
     """A new :class:`Panel` (shown when it is a cell's last expression)."""
-    from slimkit.jupyter_ext.panel import Panel
-
-    return Panel(catalogue, **kwargs)
+    return _panel_class()(catalogue, **kwargs)
 
 
 def _magic(line: str) -> None:
@@ -46,7 +57,13 @@ def _magic(line: str) -> None:
         print("usage: %slimkit [--catalogue PATH_OR_URL] [--model SPEC]")
         return
     kwargs = {"model": args.model} if args.model else {}
-    shown = panel(args.catalogue, **kwargs)
+    from slimkit.core.errors import SlimkitError
+
+    try:
+        shown = panel(args.catalogue, **kwargs)
+    except SlimkitError as error:  # a missing extra, a catalogue that cannot be opened: one line
+        print(f"Error: {error}")
+        return
     shell = get_ipython()
     if shell is not None:
         shell.user_ns["slimkit_panel"] = shown

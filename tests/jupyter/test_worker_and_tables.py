@@ -124,3 +124,15 @@ def test_serialised_callbacks_never_overlap_even_from_two_threads():
         t.join(10)
     assert len(trace) == 6 and all(trace[i][0] == "in" and trace[i + 1] == ("out", trace[i][1])
                                    for i in range(0, 6, 2))
+
+
+def test_without_the_jupyter_extra_the_panel_says_what_to_install():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ipywidgets'] = None\n"  # as if it were not installed
+            "from slimkit.core.errors import SlimkitError\n"
+            "import slimkit.jupyter_ext as j\n"
+            "try:\n    j.panel()\nexcept SlimkitError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "the JupyterLab panel needs ipywidgets: pip install 'slimkit[jupyter]'", out.stderr
