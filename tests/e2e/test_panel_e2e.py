@@ -168,3 +168,43 @@ def test_bad_form_input_disables_run_and_a_failing_run_is_shown_in_the_panel(lab
     expect(summary).to_contain_text("catalogue: 0 models")
     screenshot(slimkit, "panel-failed-run")
     assert not page.page_errors, page.page_errors
+
+
+@pytest.mark.timeout(600)
+def test_cancel_stops_a_long_run_and_the_notebook_stays_responsive(lab, page, screenshot, tmp_path):
+    name = notebook(lab["root"], "cancel.ipynb", tmp_path / "cat.db")
+    book = open_and_run(page, lab, name)
+    slimkit = book.locator(".slimkit-panel")
+    summary = slimkit.locator(".slimkit-summary")
+    expect(summary).to_contain_text("| ready |")
+    tab(slimkit, "Method")
+    slimkit.get_by_label("Method", exact=True).select_option("distill")
+    steps = slimkit.locator(".slimkit-field-steps input")
+    steps.fill("100000")
+    steps.press("Enter")
+    expect(summary).to_contain_text("steps=100000")
+    tab(slimkit, "Recipe")
+    slimkit.get_by_text("evaluate perplexity before/after").click()  # untick: straight to training
+    expect(summary).to_contain_text("| ready |")
+    slimkit.locator("button.slimkit-run").click()
+    expect(slimkit.locator(".widget-label").filter(has_text=re.compile(r"^steps \d+/100000"))).to_be_visible()
+    expect(slimkit.locator("button.slimkit-cancel")).to_be_enabled()
+    screenshot(slimkit, "panel-running")
+    # the kernel answers while the run trains in its thread: a new cell runs at once
+    page.evaluate("""async () => {
+        const app = window.jupyterapp;
+        const panel = app.shell.currentWidget;
+        panel.content.activeCellIndex = 0;
+        await app.commands.execute('notebook:insert-cell-below');
+        const cell = panel.content.activeCell;
+        cell.model.sharedModel.setSource('print("kernel answers", 6 * 7)');
+        await app.commands.execute('notebook:run-cell');
+    }""")
+    expect(book.locator(".jp-OutputArea-output").filter(has_text="kernel answers 42")).to_be_visible()
+    expect(summary).to_contain_text("state: running")
+    slimkit.locator("button.slimkit-cancel").click()
+    expect(summary).to_contain_text("state: cancelled")
+    expect(slimkit.locator(".slimkit-error")).to_contain_text("cancelled by the user")
+    expect(summary).to_contain_text("catalogue: 0 models")
+    expect(slimkit.locator("button.slimkit-run")).to_be_enabled()
+    assert not page.page_errors, page.page_errors
