@@ -102,9 +102,13 @@ class Panel:
                             names="value")
 
         # recipe, evaluation and run controls
-        self.recipe = RecipeBuilder()
-        self.recipe.on_change(serialised(lambda _: self._changed()))
+        self.recipe = RecipeBuilder(defaults=self._recipe_defaults)
+        self.recipe.on_change(serialised(lambda _: self._recipe_changed()))
         self.recipe.list.observe(serialised(self._step_picked), names="index")
+        from slimkit.core.recipe import CalibrationSpec
+
+        self.calibration = ConfigForm(CalibrationSpec, title="Calibration data (for data-aware methods)")
+        self.calibration.on_change(serialised(lambda _: self._changed()))
         self.evaluate = w.Checkbox(value=True, description="evaluate perplexity before/after", indent=False)
         self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="windows")
         self.name = w.Text(description="Save as", placeholder="name in the catalogue (optional)")
@@ -142,7 +146,8 @@ class Panel:
         tabs = w.Tab(children=[
             w.VBox([self.model_list, self.model_path]),
             w.VBox([self.method, self.method_help, self.form_box, w.HBox([self.add_step, self.replace_step])]),
-            w.VBox([self.recipe.widget, self.evaluate, self.windows]),
+            w.VBox([self.recipe.widget, self.evaluate, self.windows,
+                    w.Accordion(children=[self.calibration.widget], titles=("Calibration data",))]),
             self.results,
             self.views.lineage_box,
             self.views.pareto_box,
@@ -180,7 +185,8 @@ class Panel:
     def _changed(self) -> None:
         running = self.run_state is not None and self.run_state.running
         form_ok = self.form is not None and self.form.valid
-        self.run_button.disabled = running or not self.model_spec or not (self.recipe.steps or form_ok)
+        self.run_button.disabled = (running or not self.model_spec or not self.calibration.valid
+                                    or not (self.recipe.steps or form_ok))
         self.add_step.disabled = not form_ok
         self.replace_step.disabled = not form_ok or self.recipe.selected is None
         self.cancel_button.disabled = not running
@@ -255,12 +261,24 @@ class Panel:
             self._build_form(step["method"], step.get("params", {}))
         self._changed()
 
-    def recipe_data(self) -> dict[str, Any]:
-        """The recipe Run would run: the builder's steps, or else the method and its form."""
+    def _recipe_defaults(self) -> dict[str, Any]:
+        """The sections the panel adds to the steps: calibration (its form) and evaluation."""
         evaluate: list[dict[str, Any]] = [{"metric": "size"}]  # cheap, and the Pareto plot's natural x
         if self.evaluate.value:
             evaluate.append({"metric": "perplexity", "params": {"max_windows": int(self.windows.value)}})
-        defaults: dict[str, Any] = {"calibration": {"n_samples": 16, "seq_len": 128}, "evaluate": evaluate}
+        if not self.calibration.valid:
+            raise SlimkitError("the calibration settings are not valid: " + self.calibration.summary())
+        return {"calibration": self.calibration.params(), "evaluate": evaluate}
+
+    def _recipe_changed(self) -> None:
+        loaded = self.recipe.sections.pop("calibration", None)
+        if loaded is not None:  # a loaded recipe's calibration goes into the calibration form
+            self.calibration.set_values(loaded)
+        self._changed()
+
+    def recipe_data(self) -> dict[str, Any]:
+        """The recipe Run would run: the builder's steps, or else the method and its form."""
+        defaults = self._recipe_defaults()
         if self.recipe.steps:
             return self.recipe.recipe_data(defaults)
         if self.form is None or not self.form.valid:
@@ -283,6 +301,17 @@ class Panel:
             self.error.value = _error_html(error)
             return None
         spec, name = self.model_spec, self.name.value.strip() or None
+        if name is not None:  # checked now: the catalogue would refuse it only after all the work
+            from slimkit.core.catalogue import CatalogueError
+
+            try:
+                holder = self.catalogue.resolve(name)
+            except CatalogueError:
+                holder = None
+            if holder is not None and holder.name == name:
+                self.error.value = _error_html(SlimkitError(
+                    f"the name {name!r} is already used by model {holder.short_id}; choose another"))
+                return None
         steps = " -> ".join(describe_step(s) for s in recipe.model_dump(mode="json")["steps"])
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
         self.progress.description = "starting"

@@ -2,7 +2,8 @@
 
 It holds plain step dictionaries (``{"method": ..., "params": {...}}``, the recipe file's own
 shape) and the recipe's other sections (calibration, evaluate, name, seed) as loaded, so a recipe
-read from a file and saved again keeps what the panel does not edit. Loading goes through
+read from a file and saved again keeps what the panel does not edit; a saved recipe also holds the
+sections its owner adds (``defaults``), so the file runs what the panel's Run would run. Loading goes through
 :meth:`Recipe.from_yaml`, so a malformed file gets the same messages as on the command line; the
 current steps are kept when a file cannot be read.
 """
@@ -28,7 +29,9 @@ def describe_step(step: dict[str, Any]) -> str:
 class RecipeBuilder:
     """Steps in order plus the loaded recipe's other sections; ``widget`` shows and edits them."""
 
-    def __init__(self, on_change: Callable[["RecipeBuilder"], None] | None = None) -> None:
+    def __init__(self, on_change: Callable[["RecipeBuilder"], None] | None = None, *,
+                 defaults: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.defaults = defaults  # sections the owner adds (the panel: calibration, evaluation)
         self.steps: list[dict[str, Any]] = []
         self.sections: dict[str, Any] = {}  # calibration / evaluate / name / seed of a loaded recipe
         self._listeners = [on_change] if on_change else []
@@ -111,7 +114,8 @@ class RecipeBuilder:
             raise SlimkitError("give the recipe file's path")
         if not self.steps:
             raise SlimkitError("the recipe has no steps to save")
-        recipe = Recipe.from_data(self.recipe_data())  # refuses what a recipe file could not hold
+        data = self.recipe_data(self.defaults() if self.defaults else None)  # what Run would run
+        recipe = Recipe.from_data(data)  # refuses what a recipe file could not hold
         target = Path(path.strip()).expanduser()
         target.write_text(recipe.to_yaml())
         self._say(f"saved {len(self.steps)} steps to {target}")

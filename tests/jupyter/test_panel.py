@@ -88,13 +88,20 @@ def test_recipe_builder_steps_run_in_order_and_round_trip_through_yaml(panel, tm
     assert [s["method"] for s in panel.recipe.steps] == ["quantize.rtn", "prune.unstructured"]
     panel.recipe.move(0, +1)
     path = tmp_path / "r.yaml"
+    panel.calibration.set_values({"n_samples": 8, "seq_len": 64})
     panel.recipe.save(str(path))
+    import yaml
+
+    saved = yaml.safe_load(path.read_text())  # the file runs what Run would run
+    assert saved["calibration"]["n_samples"] == 8 and [e["metric"] for e in saved["evaluate"]] == ["size", "perplexity"]
+    panel.calibration.set_values({})
     panel.recipe.clear()
     assert panel.recipe.steps == [] and "run: quantize.rtn (bits=8)" in panel.summary()  # the form again
     panel.recipe.path.value = str(path)
     panel.recipe.load_button.click()
     assert panel.recipe.steps == [{"method": "prune.unstructured", "params": {"sparsity": 0.3}},
                                   {"method": "quantize.rtn", "params": {"bits": 8}}]
+    assert panel.calibration.params() == {"n_samples": 8, "seq_len": 64}  # loaded into its form
     # selecting a step loads it into the picker and its form; replace edits it
     panel.recipe.list.index = 1
     assert panel.method.value == "quantize.rtn" and panel.form.params() == {"bits": 8}
@@ -106,6 +113,18 @@ def test_recipe_builder_steps_run_in_order_and_round_trip_through_yaml(panel, tm
     panel.run()
     assert panel.wait(300) == "done", panel.error.value
     assert [s.method for s in panel.last_result.steps] == ["prune.unstructured"]
+    assert panel.last_result.provenance["steps"][0]["calibration"]["n_samples"] == 8
+
+
+def test_a_name_already_in_the_catalogue_is_refused_before_any_work(panel):
+    quick(panel)
+    panel.name.value = "half"
+    panel.run()
+    assert panel.wait(300) == "done"
+    panel.model_path.value = "example:stories260K"
+    panel.form.set_values({"sparsity": 0.7})
+    assert panel.run() is None and panel.run_state.state == "done"  # nothing started
+    assert "the name &#x27;half&#x27; is already used by model" in panel.error.value
 
 
 def test_a_malformed_recipe_file_is_reported_and_the_steps_are_kept(panel, tmp_path):
