@@ -64,7 +64,8 @@ class Panel:
 
     :param catalogue: a :class:`Catalogue`, a path or SQLAlchemy URL, or ``None`` for the default.
     :param host: the plugin host (default: :func:`slimkit.get_host`, entry points included).
-    :param model: the model to start with (default: the bundled example, or ``example:stories260K``).
+    :param model: the model to start with, as the path box takes it (default: the bundled
+        ``example:stories260K``).
     """
 
     def __init__(self, catalogue: Any = None, *, host: Any = None, model: str = BUNDLED) -> None:
