@@ -37,6 +37,7 @@ from slimkit.jupyter_ext.worker import BackgroundRun
 
 BUNDLED = "example:stories260K"
 DEFAULT_METHOD = "prune.unstructured"
+DEFAULT_METRICS = ("perplexity", "size")  # size is cheap, and the Pareto plot's natural x axis
 PROGRESS_INTERVAL_S = 0.1  # at most this often a progress update goes to the front end
 
 
@@ -110,8 +111,11 @@ class Panel:
 
         self.calibration = ConfigForm(CalibrationSpec, title="Calibration data (for data-aware methods)")
         self.calibration.on_change(serialised(lambda _: self._changed()))
-        self.evaluate = w.Checkbox(value=True, description="evaluate perplexity before/after", indent=False)
-        self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="windows")
+        evaluators = sorted(self.host.evaluators.names())
+        self.metrics = w.SelectMultiple(options=evaluators, value=[m for m in DEFAULT_METRICS if m in evaluators],
+                                        description="Evaluate", rows=min(6, max(2, len(evaluators))))
+        self.metrics.add_class("slimkit-metrics")
+        self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="ppl windows")
         self.name = w.Text(description="Save as", placeholder="name in the catalogue (optional)")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
@@ -124,7 +128,7 @@ class Panel:
             button.add_class(css)  # stable handles for styling and browser tests
         self.run_button.on_click(serialised(lambda _: self.run()))
         self.cancel_button.on_click(serialised(lambda _: self.cancel()))
-        for box in (self.evaluate, self.windows, self.name):
+        for box in (self.metrics, self.windows, self.name):
             box.observe(serialised(lambda _: self._changed()), names="value")
 
         self.compare_a = w.Dropdown(description="A")
@@ -147,7 +151,7 @@ class Panel:
         tabs = w.Tab(children=[
             w.VBox([self.model_list, self.model_path]),
             w.VBox([self.method, self.method_help, self.form_box, w.HBox([self.add_step, self.replace_step])]),
-            w.VBox([self.recipe.widget, self.evaluate, self.windows,
+            w.VBox([self.recipe.widget, w.HBox([self.metrics, self.windows]),
                     w.Accordion(children=[self.calibration.widget], titles=("Calibration data",))]),
             self.results,
             self.views.lineage_box,
@@ -191,7 +195,7 @@ class Panel:
         self.add_step.disabled = not form_ok
         self.replace_step.disabled = not form_ok or self.recipe.selected is None
         self.cancel_button.disabled = not running
-        self.windows.disabled = not self.evaluate.value
+        self.windows.disabled = "perplexity" not in self.metrics.value
         self.status.value = self.summary()
 
     # -- model ------------------------------------------------------------------------------
@@ -264,9 +268,8 @@ class Panel:
 
     def _recipe_defaults(self) -> dict[str, Any]:
         """The sections the panel adds to the steps: calibration (its form) and evaluation."""
-        evaluate: list[dict[str, Any]] = [{"metric": "size"}]  # cheap, and the Pareto plot's natural x
-        if self.evaluate.value:
-            evaluate.append({"metric": "perplexity", "params": {"max_windows": int(self.windows.value)}})
+        evaluate = [{"metric": name, "params": {"max_windows": int(self.windows.value)} if name == "perplexity" else {}}
+                    for name in self.metrics.value]  # each evaluator's defaults, but perplexity's length
         if not self.calibration.valid:
             raise SlimkitError("the calibration settings are not valid: " + self.calibration.summary())
         return {"calibration": self.calibration.params(), "evaluate": evaluate}

@@ -93,7 +93,7 @@ def test_prune_the_bundled_model_from_the_panel(lab, page, screenshot, tmp_path)
     expect(slimkit.locator(".slimkit-recipe-steps select option")).to_have_text(["1. prune.unstructured"])
 
     # run, and wait for the progress bar to fill
-    windows = field(slimkit, ".widget-inline-hbox", "windows").locator("input")
+    windows = field(slimkit, ".widget-inline-hbox", "ppl windows").locator("input")
     windows.fill("4")
     windows.press("Enter")
     expect(summary).to_contain_text("| ready |")
@@ -184,7 +184,7 @@ def test_cancel_stops_a_long_run_and_the_notebook_stays_responsive(lab, page, sc
     steps.press("Enter")
     expect(summary).to_contain_text("steps=100000")
     tab(slimkit, "Recipe")
-    slimkit.get_by_text("evaluate perplexity before/after").click()  # untick: straight to training
+    slimkit.locator(".slimkit-metrics select").select_option(["size"])  # no perplexity: straight to training
     expect(summary).to_contain_text("| ready |")
     slimkit.locator("button.slimkit-run").click()
     expect(slimkit.locator(".widget-label").filter(has_text=re.compile(r"^steps \d+/100000"))).to_be_visible()

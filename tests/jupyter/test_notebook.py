@@ -75,7 +75,7 @@ def test_a_kernel_restarted_mid_run_is_recorded_failed_and_the_next_panel_says_s
             f"p = j.panel({str(db)!r})\n"
             "p.method.value = 'distill'\n"
             "p.form.set_values({'steps': 100000, 'seq_len': 32, 'checkpoint_every': 1000000})\n"
-            "p.evaluate.value = False\n"
+            "p.metrics.value = ('size',)\n"
             "run = p.run()\n"
             "print(run is not None)"
         )

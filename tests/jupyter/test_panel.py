@@ -93,7 +93,7 @@ def test_recipe_builder_steps_run_in_order_and_round_trip_through_yaml(panel, tm
     import yaml
 
     saved = yaml.safe_load(path.read_text())  # the file runs what Run would run
-    assert saved["calibration"]["n_samples"] == 8 and [e["metric"] for e in saved["evaluate"]] == ["size", "perplexity"]
+    assert saved["calibration"]["n_samples"] == 8 and [e["metric"] for e in saved["evaluate"]] == ["perplexity", "size"]
     panel.calibration.set_values({})
     panel.recipe.clear()
     assert panel.recipe.steps == [] and "run: quantize.rtn (bits=8)" in panel.summary()  # the form again
@@ -109,7 +109,7 @@ def test_recipe_builder_steps_run_in_order_and_round_trip_through_yaml(panel, tm
     panel.replace_step.click()
     assert panel.recipe.steps[1]["params"] == {"bits": 3}
     panel.recipe.remove(1)
-    panel.evaluate.value = False
+    panel.metrics.value = ("size",)
     panel.run()
     assert panel.wait(300) == "done", panel.error.value
     assert [s.method for s in panel.last_result.steps] == ["prune.unstructured"]
@@ -156,7 +156,7 @@ def test_a_wrong_model_path_fails_in_the_panel(panel, tmp_path):
 def test_cancel_stops_a_run_and_records_nothing(panel):
     panel.method.value = "distill"
     panel.form.set_values({"steps": 100_000, "seq_len": 32, "checkpoint_every": 1_000_000})
-    panel.evaluate.value = False
+    panel.metrics.value = ("size",)
     models = panel.catalogue.models()
     run = panel.run()
     for _ in range(600):
@@ -220,7 +220,7 @@ def test_a_third_party_method_gets_a_form_and_runs(tmp_path, monkeypatch):
     panel.method.value = "acme.scale"
     assert "acme" in panel.method_help.value and set(panel.form.fields) == {"factor", "which"}
     panel.form.set_values({"factor": 0.25})
-    panel.evaluate.value = False
+    panel.metrics.value = ("size",)
     panel.run()
     assert panel.wait(120) == "done", panel.error.value
     assert panel.last_result.steps[0].method == "acme.scale"
@@ -239,3 +239,12 @@ def test_compare_shows_two_catalogue_models(panel):
     assert panel.wait(300) == "done"
     panel.compare_button.click()
     assert "slimkit-compare" in panel.compare_out.value and "perplexity" in panel.compare_out.value
+
+
+def test_any_installed_evaluator_can_be_chosen_and_one_that_does_not_fit_is_reported(panel):
+    assert set(panel.metrics.options) >= {"perplexity", "size", "latency", "stsb"}
+    quick(panel)
+    panel.metrics.value = ("stsb",)  # a sentence-encoder benchmark, asked of a causal LM
+    panel.run()
+    assert panel.wait(120) == "failed"
+    assert "stsb" in panel.error.value and panel.catalogue.models() == []
