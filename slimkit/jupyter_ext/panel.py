@@ -115,7 +115,8 @@ class Panel:
         self.metrics = w.SelectMultiple(options=evaluators, value=[m for m in DEFAULT_METRICS if m in evaluators],
                                         description="Evaluate", rows=min(6, max(2, len(evaluators))))
         self.metrics.add_class("slimkit-metrics")
-        self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="ppl windows")
+        self.windows = w.BoundedIntText(value=16, min=1, max=100_000, description="ppl windows",
+                                        style={"description_width": "initial"})
         self.name = w.Text(description="Save as", placeholder="name in the catalogue (optional)")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
