@@ -69,7 +69,8 @@ def _slider(schema: dict[str, Any], default: Any, integer: bool) -> W.Widget | N
 
     Exclusive bounds move one step inside. The step is a power of ten near a hundredth of the
     range, made finer until the default lies on the grid; a field whose default needs more than
-    ``_MAX_STEPS`` positions (a learning rate of 5e-5 in (0, 1]) gets a text box instead.
+    ``_MAX_STEPS`` positions (a learning rate of 5e-5 in (0, 1]), or a float whose step would be
+    whole numbers, gets a text box instead.
     """
     lo, lo_excl, hi, hi_excl = _bounds(schema)
     if lo is None or hi is None or not hi > lo or not math.isfinite(hi - lo):
@@ -89,6 +90,8 @@ def _slider(schema: dict[str, Any], default: Any, integer: bool) -> W.Widget | N
         lo, hi = round(lo + step * lo_excl, places), round(hi - step * hi_excl, places)
     if (hi - lo) / step > _MAX_STEPS or hi <= lo or isinstance(default, (int, float)) and not lo <= default <= hi:
         return None
+    if not integer and step >= 1:
+        return None  # a float over a wide range (a temperature in (0, 100]): whole steps would hide 0.5
     if integer:
         return W.IntSlider(min=int(lo), max=int(hi), step=1, continuous_update=False)
     return W.FloatSlider(min=lo, max=hi, step=step, readout_format=f".{places}f", continuous_update=False)

@@ -257,3 +257,13 @@ def test_forms_module_stays_light():
     code = "import sys, slimkit.jupyter_ext.forms; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_float_over_a_wide_range_gets_a_text_box_so_every_valid_value_can_be_entered():
+    form = ConfigForm(slimkit.make_host(load_entrypoints=False).compressors.get("distill").cls.Config)
+    temperature = form.fields["temperature"].widget  # (0, 100]: a slider would step by whole numbers
+    assert isinstance(temperature, W.FloatText) and isinstance(form.fields["hidden_weight"].widget, W.FloatText)
+    temperature.value = 0.5
+    assert form.valid and form.params() == {"temperature": 0.5}
+    temperature.value = 0
+    assert "temperature" in form.errors and not form.valid
