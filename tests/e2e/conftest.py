@@ -185,7 +185,6 @@ def page(browser, request):
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.page_errors = errors  # type: ignore[attr-defined]
     yield tab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:  # the final state of every test, passed or failed
@@ -193,6 +192,7 @@ def page(browser, request):
     except Exception:
         pass
     context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"  # every test, pass or fail
 
 
 @pytest.fixture

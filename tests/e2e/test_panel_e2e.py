@@ -14,7 +14,7 @@ nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (te
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
 Locator, Page, expect = sync_api.Locator, sync_api.Page, sync_api.expect
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 def notebook(root: Path, name: str, catalogue: Path) -> str:
@@ -46,6 +46,28 @@ def open_and_run(page: Page, lab: dict, name: str) -> Locator:
     return page.locator(f"#{panel_id}")
 
 
+def open_panel(page: Page, lab: dict, catalogue: Path, name: str) -> tuple[Locator, Locator, Locator]:
+    """A notebook that shows the panel, opened and run: (notebook, panel, summary line)."""
+    book = open_and_run(page, lab, notebook(lab["root"], name, catalogue))
+    slimkit = book.locator(".slimkit-panel")
+    summary = slimkit.locator(".slimkit-summary")
+    expect(summary).to_contain_text("| ready |")
+    expect(book.get_by_text("Error displaying widget")).to_have_count(0)
+    return book, slimkit, summary
+
+
+def choose_method(slimkit: Locator, summary: Locator, method: str) -> None:
+    tab(slimkit, "Method")
+    slimkit.get_by_label("Method", exact=True).select_option(method)
+    expect(summary).to_contain_text(f"run: {method}")
+
+
+def enter(box: Locator, text: str) -> None:
+    """Type into a text box or a slider's readout and commit it, as a person does."""
+    box.fill(text)
+    box.press("Enter")
+
+
 def tab(slimkit: Locator, title: str) -> None:
     slimkit.locator(".lm-TabBar-tab", has_text=re.compile(f"^{title}$")).click()
 
@@ -55,32 +77,21 @@ def field(slimkit: Locator, css: str, label: str) -> Locator:
     return slimkit.locator(css).filter(has=slimkit.page.get_by_text(label, exact=True))
 
 
-@pytest.mark.timeout(600)
 def test_prune_the_bundled_model_from_the_panel(lab, page, screenshot, tmp_path):
-    name = notebook(lab["root"], "prune.ipynb", tmp_path / "cat.db")
-    book = open_and_run(page, lab, name)
-    slimkit = book.locator(".slimkit-panel")
-    expect(slimkit).to_be_visible()
-    expect(book.get_by_text("Error displaying widget")).to_have_count(0)
-    summary = slimkit.locator(".slimkit-summary")
+    _, slimkit, summary = open_panel(page, lab, tmp_path / "cat.db", "prune.ipynb")
 
     # the model: the bundled example, typed into the path box
     path = field(slimkit, ".widget-text", "or path").locator("input")
-    path.fill("example:stories260K")
-    path.press("Enter")
+    enter(path, "example:stories260K")
     expect(summary).to_contain_text("model: example:stories260K")
     screenshot(slimkit, "panel-model")
 
     # the method and its generated form: magnitude scorer, 50% sparsity
-    tab(slimkit, "Method")
-    slimkit.get_by_label("Method", exact=True).select_option("prune.unstructured")
-    expect(summary).to_contain_text("run: prune.unstructured")
+    choose_method(slimkit, summary, "prune.unstructured")
     readout = slimkit.locator(".slimkit-field-sparsity .widget-readout")
-    readout.fill("0.3")
-    readout.press("Enter")
+    enter(readout, "0.3")
     expect(summary).to_contain_text("sparsity=0.3")  # the kernel has the value before Run is clicked
-    readout.fill("0.5")
-    readout.press("Enter")
+    enter(readout, "0.5")
     expect(summary).to_contain_text("run: prune.unstructured (defaults)")  # 50% magnitude is the default
     scorer = slimkit.locator(".slimkit-field-scorer input")
     expect(scorer).to_have_value("magnitude")
@@ -94,8 +105,7 @@ def test_prune_the_bundled_model_from_the_panel(lab, page, screenshot, tmp_path)
 
     # run, and wait for the progress bar to fill
     windows = field(slimkit, ".widget-inline-hbox", "ppl windows").locator("input")
-    windows.fill("4")
-    windows.press("Enter")
+    enter(windows, "4")
     expect(summary).to_contain_text("| ready |")
     screenshot(slimkit, "panel-recipe")
     slimkit.locator("button.slimkit-run").click()
@@ -132,32 +142,22 @@ def test_prune_the_bundled_model_from_the_panel(lab, page, screenshot, tmp_path)
         "el => el.options[el.selectedIndex].text")[:12] for side in ("A", "B")]
     expect(table.locator("th")).to_have_text(["", *shown, "change"])
     screenshot(slimkit, "panel-compare")
-    assert not page.page_errors, page.page_errors
 
 
-@pytest.mark.timeout(600)
 def test_bad_form_input_disables_run_and_a_failing_run_is_shown_in_the_panel(lab, page, screenshot, tmp_path):
-    name = notebook(lab["root"], "bad.ipynb", tmp_path / "cat.db")
-    book = open_and_run(page, lab, name)
-    slimkit = book.locator(".slimkit-panel")
-    summary = slimkit.locator(".slimkit-summary")
-    expect(summary).to_contain_text("| ready |")
-    tab(slimkit, "Method")
-    slimkit.get_by_label("Method", exact=True).select_option("quantize.rtn")
-    expect(summary).to_contain_text("run: quantize.rtn")
+    _, slimkit, summary = open_panel(page, lab, tmp_path / "cat.db", "bad.ipynb")
+    choose_method(slimkit, summary, "quantize.rtn")
     row = slimkit.locator(".slimkit-field-group_size")
     row.locator("input[type='checkbox']").first.check()  # an optional field: tick "set", then type
     number = row.locator("input[type='number']")
-    number.fill("0")
-    number.press("Enter")
+    enter(number, "0")
     message = row.locator(".slimkit-field-error")
     expect(message).to_contain_text("greater than or equal to 1")
     expect(slimkit.locator("button.slimkit-run")).to_be_disabled()
     expect(summary).to_contain_text("not ready")
     screenshot(slimkit, "panel-invalid-field")
 
-    number.fill("5")  # valid for the form, but 5 divides no layer of the model: the run fails
-    number.press("Enter")
+    enter(number, "5")  # valid for the form, but 5 divides no layer of the model: the run fails
     expect(message).to_have_text("")
     run = slimkit.locator("button.slimkit-run")
     expect(run).to_be_enabled()
@@ -167,21 +167,13 @@ def test_bad_form_input_disables_run_and_a_failing_run_is_shown_in_the_panel(lab
     expect(summary).to_contain_text("state: failed")
     expect(summary).to_contain_text("catalogue: 0 models")
     screenshot(slimkit, "panel-failed-run")
-    assert not page.page_errors, page.page_errors
 
 
-@pytest.mark.timeout(600)
 def test_cancel_stops_a_long_run_and_the_notebook_stays_responsive(lab, page, screenshot, tmp_path):
-    name = notebook(lab["root"], "cancel.ipynb", tmp_path / "cat.db")
-    book = open_and_run(page, lab, name)
-    slimkit = book.locator(".slimkit-panel")
-    summary = slimkit.locator(".slimkit-summary")
-    expect(summary).to_contain_text("| ready |")
-    tab(slimkit, "Method")
-    slimkit.get_by_label("Method", exact=True).select_option("distill")
+    book, slimkit, summary = open_panel(page, lab, tmp_path / "cat.db", "cancel.ipynb")
+    choose_method(slimkit, summary, "distill")
     steps = slimkit.locator(".slimkit-field-steps input")
-    steps.fill("100000")
-    steps.press("Enter")
+    enter(steps, "100000")
     expect(summary).to_contain_text("steps=100000")
     tab(slimkit, "Recipe")
     slimkit.locator(".slimkit-metrics select").select_option(["size"])  # no perplexity: straight to training
@@ -207,4 +199,3 @@ def test_cancel_stops_a_long_run_and_the_notebook_stays_responsive(lab, page, sc
     expect(slimkit.locator(".slimkit-error")).to_contain_text("cancelled by the user")
     expect(summary).to_contain_text("catalogue: 0 models")
     expect(slimkit.locator("button.slimkit-run")).to_be_enabled()
-    assert not page.page_errors, page.page_errors
