@@ -206,14 +206,14 @@ class Panel:
 
     def _model_picked(self, change: dict[str, Any]) -> None:
         if change["new"]:
-            self.model_path.value = change["new"]
+            self.model_path.value = self.catalogue.model(change["new"]).label
 
     def select_model(self, reference: str) -> None:
         """Make a catalogue model (id, id prefix or name) the panel's model and focus the views on it."""
         entry = self.catalogue.resolve(reference)
         if entry.id in [value for _, value in self.model_list.options]:
             self.model_list.value = entry.id
-        self.model_path.value = entry.id
+        self.model_path.value = entry.label  # its name, or the short id: both resolve to it
         self.views.focus(entry.id)
         self.compare_b.value = entry.id if entry.id in [v for _, v in self.compare_b.options] else None
 
