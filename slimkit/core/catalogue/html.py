@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from html import escape
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, StepEntry
-from slimkit.core.catalogue.queries import key_params
+from slimkit.core.catalogue.queries import config_params, key_params
 
 if TYPE_CHECKING:
     from slimkit.core.catalogue.lineage_view import Lineage
@@ -72,16 +72,6 @@ def config_details(config: Any, summary: str = "config") -> str:
     """A collapsed ``<details>`` holding the full config as JSON."""
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
     return f"<details><summary>{esc(summary)}</summary><pre>{esc(text)}</pre></details>"
-
-
-def params_of(config: Mapping[str, Any]) -> str:
-    """:func:`queries.key_params` of a bare config (a step record rather than a StepEntry)."""
-    return key_params(cast(StepEntry, _Configured(dict(config))))
-
-
-class _Configured:  # key_params reads only ``.config``
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
 
 
 def model_html(model: ModelEntry, metrics: Mapping[str, float] | None = None) -> str:
@@ -161,7 +151,7 @@ def metrics_table(rows: Sequence[tuple[str, float | None, float | None]]) -> str
 
 def run_result_html(result: "RunResult") -> str:
     content = result.provenance.get("content_id")
-    steps = [[esc(i + 1), code(s.method), esc(params_of(s.config)), short(s.child_id),
+    steps = [[esc(i + 1), code(s.method), esc(config_params(s.config)), short(s.child_id),
               esc(f"{s.wall_time_s:.2f} s" + (" (reused)" if i < len(result.reused) and result.reused[i] else "")),
               esc(s.summary)] for i, s in enumerate(result.steps)]
     parts = [fields([("model", short(content) if content else ""),
@@ -180,7 +170,7 @@ def loaded_model_html(loaded: "LoadedModel") -> str:
     except (AttributeError, TypeError):
         params = None
     steps = provenance.get("steps", [])
-    rows = [[esc(i + 1), code(s.get("method")), esc(params_of(s.get("config", {}))), short(s.get("child_id")),
+    rows = [[esc(i + 1), code(s.get("method")), esc(config_params(s.get("config", {}))), short(s.get("child_id")),
              esc(s.get("summary"))] for i, s in enumerate(steps)]
     base = provenance.get("base", {})
     parts = [fields([("architecture", esc(loaded.architecture)), ("params", num(params) if params else ""),

@@ -65,7 +65,13 @@ def lineage_models(cat: Catalogue, model_id: str) -> tuple[list[ModelEntry], lis
 def key_params(step: StepEntry, limit: int = 3) -> str:
     """A step's scalar config fields, ``name=value``, the first ``limit`` of them: numbers first
     (sparsity, bits, rank say most about a step), then words, then switches."""
-    data = step.config.get("data", step.config) if isinstance(step.config, dict) else {}
+    return config_params(step.config, limit)
+
+
+def config_params(config: Any, limit: int = 3) -> str:
+    """:func:`key_params` of a stored config (``{name, version, data}`` or bare fields), e.g. a step
+    record from ``slimkit.json`` rather than a catalogue :class:`StepEntry`."""
+    data = config.get("data", config) if isinstance(config, dict) else {}
     scalars = [(k, v) for k, v in data.items() if isinstance(v, (int, float, str, bool))]
     rank = {int: 0, float: 0, str: 1, bool: 2}
     scalars.sort(key=lambda item: rank[type(item[1])])  # stable: keeps name order within a kind

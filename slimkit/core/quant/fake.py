@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from slimkit.core.architecture import set_module
-from slimkit.core.quant.modules import QuantizedLinear
+from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
 
 
 def _straight_through(value: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ def fake_quantize_linears(model: nn.Module) -> list[str]:
     """Replace every :class:`QuantizedLinear` of ``model`` by a :class:`FakeQuantLinear`; returns
     their names. A tied output head sharing an int8 embedding table's buffers stays as it is (the
     table has no trainable form here)."""
-    tied = {id(m.qweight) for m in model.modules() if type(m).__name__ == "QuantizedEmbedding"}
+    tied = {id(m.qweight) for m in model.modules() if isinstance(m, QuantizedEmbedding)}
     names = [name for name, m in model.named_modules()
              if isinstance(m, QuantizedLinear) and id(m.qweight) not in tied]
     for name in names:
