@@ -64,10 +64,6 @@ class BackgroundRun:
         """Ask the run to stop at its next progress report."""
         self._cancel.set()
 
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
-
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the end; True if it ended."""
         if self._thread is not None:
