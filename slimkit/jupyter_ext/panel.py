@@ -395,6 +395,7 @@ class Panel:
             self.progress.description = "done"
             self.progress_text.value = f"finished in {run.seconds:.1f} s"
             self.results.value = results_table(result, seconds=run.seconds)
+            self.views.focused = result.provenance["content_id"]  # refresh() draws the views once, for it
             self.refresh()
             self.select_model(result.provenance["content_id"])
             self.tabs.selected_index = 3

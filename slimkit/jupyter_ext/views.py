@@ -38,8 +38,9 @@ class CatalogueViews:
         self.x = w.Dropdown(description="x", options=list(SIZE_AXES), value="params")
         self.y = w.Dropdown(description="y", options=[])
         self.pareto_message = w.HTML()
+        self._setting_axes = False  # refresh() sets both axes, then draws once
         for axis in (self.x, self.y):
-            axis.observe(serialised(lambda _: self.draw_pareto()), names="value")
+            axis.observe(serialised(lambda _: None if self._setting_axes else self.draw_pareto()), names="value")
         for view in (self.lineage, self.pareto):
             view.observe(serialised(self._clicked), names="selected")
         self.lineage_box = w.VBox([self.lineage_message, self.lineage])
@@ -55,16 +56,21 @@ class CatalogueViews:
 
         keys = sorted(queries.metric_keys(self.catalogue))
         choices = list(SIZE_AXES) + keys
-        keep_x = self.x.value
-        set_choices(self.x, choices, keep_x if keep_x in choices and keep_x != "params" else (
-            "size.nonzero_params" if "size.nonzero_params" in keys else "params"))  # pruning shows on this axis
-        keep = self.y.value
+        keep_x, keep_y = self.x.value, self.y.value
         preferred = next((k for k in keys if k.endswith("perplexity")), keys[0]) if keys else None
-        set_choices(self.y, keys, keep if keep in keys else preferred)
+        self._setting_axes = True
+        try:
+            set_choices(self.x, choices, keep_x if keep_x in choices and keep_x != "params" else (
+                "size.nonzero_params" if "size.nonzero_params" in keys else "params"))  # pruning shows on this axis
+            set_choices(self.y, keys, keep_y if keep_y in keys else preferred)
+        finally:
+            self._setting_axes = False
         self.draw_lineage()
         self.draw_pareto()
 
     def focus(self, model_id: str) -> None:
+        if model_id == self.focused:
+            return  # drawn already (refresh() draws for the current focus)
         self.focused = model_id
         self.draw_lineage()
         self.draw_pareto()
