@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from slimkit import BaseCompressor, Recipe, hookimpl, load_model, run_recipe
+from slimkit.core.errors import PluginError
 from slimkit.core.catalogue import Catalogue, CatalogueError
 from slimkit.core.catalogue.migrate import read_only_sqlite as read_only
 from slimkit.core.provenance import content_id
 
-TABLES = ("runs", "models", "steps", "step_parents", "evaluations")
+TABLES = ("runs", "models", "steps", "step_parents", "step_uses", "evaluations")
 ARCHITECTURE = "LlamaForCausalLM"
 
 
@@ -106,7 +107,7 @@ def test_two_writer_processes_at_once_both_succeed(tmp_path: Path) -> None:
             assert step.run_id == run_id and step.input_id == content_id(base.model)
             assert {k for k in catalogue.metrics(model_id) if k.startswith("writer.")} == {
                 f"writer.{tag}-{i}" for i in range(30)}
-    assert counts(path) == {"runs": 2, "models": 3, "steps": 2, "step_parents": 2, "evaluations": 60}
+    assert counts(path) == {"runs": 2, "models": 3, "steps": 2, "step_parents": 2, "step_uses": 2, "evaluations": 60}
     with read_only(path) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
@@ -208,7 +209,7 @@ def test_kill_9_mid_run_leaves_a_consistent_catalogue(tmp_path: Path) -> None:
         assert run.error is not None and "killed" in run.error
         # Nothing from the run but the failed run itself: inputs are recorded with the result.
         assert catalogue.models() == []
-    assert counts(path) == {"runs": 1, "models": 0, "steps": 0, "step_parents": 0, "evaluations": 0}
+    assert counts(path) == {"runs": 1, "models": 0, "steps": 0, "step_parents": 0, "step_uses": 0, "evaluations": 0}
     with Catalogue(str(path)) as catalogue:
         assert catalogue.failed_runs == []  # marked once; the next open has nothing to do
 
@@ -268,14 +269,16 @@ def test_failed_run_is_recorded_failed_without_steps(slimkit_host: Any, register
     register_plugin(ExplodingPlugin(), name="exploding-catalogue")
     path = tmp_path / "catalogue.db"
     recipe = Recipe.from_data([{"method": "prune.unstructured"}, {"method": "test.exploding_catalogue"}])
-    with pytest.raises(RuntimeError, match="simulated"):
+    with pytest.raises(PluginError, match="simulated"):
         run_recipe(recipe, "example:stories260K", out=tmp_path / "out", host=slimkit_host, catalogue=str(path))
     assert not (tmp_path / "out").exists()
     with Catalogue(str(path)) as catalogue:
         (run,) = catalogue.runs()
-        assert run.status == "failed" and run.error == "RuntimeError: out of memory (simulated)"
+        assert run.status == "failed" and run.error == (
+            "PluginError: compressor 'test.exploding_catalogue' (plugin 'exploding-catalogue') failed in compress_: "
+            "RuntimeError: out of memory (simulated)")
         assert run.ended is not None and catalogue.failed_runs == []
-    assert counts(path) == {"runs": 1, "models": 0, "steps": 0, "step_parents": 0, "evaluations": 0}
+    assert counts(path) == {"runs": 1, "models": 0, "steps": 0, "step_parents": 0, "step_uses": 0, "evaluations": 0}
 
 
 def test_delete_with_descendants_needs_cascade(host: Any, tmp_path: Path) -> None:

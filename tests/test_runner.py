@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from slimkit import BaseCompressor, Recipe, hookimpl, load_model, run_recipe
-from slimkit.core.errors import OutputExistsError, RecipeError
+from slimkit.core.errors import OutputExistsError, PluginError, RecipeError
 from slimkit.core.provenance import content_id
 
 
@@ -97,8 +97,12 @@ def test_failed_step_leaves_nothing_behind(slimkit_host, register_plugin, tmp_pa
     recipe = Recipe.from_data([{"method": "prune.unstructured"}, {"method": "test.exploding"}])
     model = load_model("example:stories260K")
     before = content_id(model.model)
-    with pytest.raises(RuntimeError, match="simulated"):
+    # The plugin's own exception reaches the caller as one line naming the method and plugin,
+    # with the original chained (what --debug shows).
+    with pytest.raises(PluginError, match=r"^compressor 'test.exploding' \(plugin 'exploding'\) failed in "
+                                          r"compress_: RuntimeError: out of memory \(simulated\)$") as caught:
         run_recipe(recipe, model, out=out, host=slimkit_host)
+    assert isinstance(caught.value.__cause__, RuntimeError)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
     assert content_id(model.model) == before  # the caller's model was copied, not changed

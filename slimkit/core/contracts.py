@@ -40,6 +40,17 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+@dataclass(frozen=True)
+class MethodUse:
+    """A method another method runs inside its step (a compressor's scorer): ``family``, ``name``
+    and the ``params`` it is given. Declared by :meth:`BaseCompressor.uses` before the step runs,
+    so the step's id covers it: a changed scorer makes a new step, never a stale reuse."""
+
+    family: Family
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class MethodContext:
     """What a running method may use besides the model and its config.
@@ -63,6 +74,11 @@ class MethodContext:
     work_dir: "Path | None" = None
     extras: dict[str, Any] = field(default_factory=dict)
     data_fingerprints: list[str] = field(default_factory=list)
+    #: Names of the scorers the running step declared (:meth:`BaseCompressor.uses`); ``None``
+    #: outside a recorded step (``slimkit score``, tests), where any installed scorer may be used.
+    declared_scorers: frozenset[str] | None = None
+    #: The step being run, for messages (``"prune.unstructured"``).
+    method: str | None = None
 
     def used_data(self, fingerprint: str) -> None:
         """Declare the fingerprint of a dataset the method read (recorded with its results)."""
@@ -80,12 +96,26 @@ class MethodContext:
         if self.calibration is None:
             raise ConfigError(f"{what} needs calibration data{f' ({why})' if why else ''}; add a calibration section")
 
+    def scorer(self, name: str) -> Any:
+        """The installed scorer called ``name`` (its registry entry: ``.cls``, ``.version``,
+        ``.plugin``...). Inside a recorded step it must be one the step declared in
+        :meth:`BaseCompressor.uses`, so that the step's id covers it; else :class:`PluginError`."""
+        from slimkit.core.errors import PluginError
+
+        if self.declared_scorers is not None and name not in self.declared_scorers:
+            declared = ", ".join(sorted(self.declared_scorers)) or "none"
+            raise PluginError(
+                f"{self.method or 'this step'} used scorer {name!r}, which its uses() did not declare "
+                f"(declared: {declared}); the step's id must cover every method that shapes the result"
+            )
+        return self.host.scorers.get(name)
+
     def require_scorer(self, scorer: str, granularity: str, method: str) -> Any:
         """The installed scorer ``scorer`` if ``method`` can use it: it scores ``granularity``
         units and, if it needs calibration data, there is some. Raises ConfigError otherwise."""
         from slimkit.core.errors import ConfigError
 
-        info = self.host.scorers.get(scorer)
+        info = self.scorer(scorer)
         if info.cls.granularity != granularity:
             raise ConfigError(
                 f"scorer {scorer!r} scores {info.cls.granularity}s; {method} needs a {granularity} scorer"
@@ -101,7 +131,9 @@ class MethodContext:
         adapter: "ArchitectureAdapter",
         params: Mapping[str, Any] | None = None,
     ) -> "Scores":
-        """Run the installed scorer called ``scorer`` on ``model``."""
+        """Run the installed scorer called ``scorer`` on ``model`` with ``params`` (validated
+        into its config) and return its :class:`~slimkit.Scores`."""
+        self.scorer(scorer)  # declared by the step?
         return self.host.score(scorer, model, adapter=adapter, params=params, context=self)
 
 
@@ -220,6 +252,17 @@ class BaseCompressor(_MethodBase):
     """
 
     teacher_field: ClassVar[str | None] = None
+
+    def uses(self, config: Any) -> tuple[MethodUse, ...]:
+        """The other methods this step will run with ``config``: part of the step's identity.
+
+        The default covers the common shape, a config with a ``scorer`` name and optional
+        ``scorer_params``. Override it when the compressor runs other scorers (every scorer it
+        looks up through ``ctx.scorer``/``ctx.score`` must be declared here)."""
+        name = getattr(config, "scorer", None)
+        if not isinstance(name, str):
+            return ()
+        return (MethodUse("scorer", name, dict(getattr(config, "scorer_params", None) or {})),)
 
     def check(self, model, adapter, config, ctx) -> None:
         """Raise :class:`~slimkit.core.errors.ArchitectureError` (or another

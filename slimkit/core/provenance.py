@@ -53,14 +53,16 @@ def now_iso() -> str:
 
 def step_key(
     parents: list[dict[str, str]],
-    config: Mapping[str, Any],
+    identity: Mapping[str, Any],
     calibration_fingerprint: str | None,
     seed: int,
 ) -> str:
-    """The id of a step, known before it runs: the same method, config, data and seed applied
-    to the same parent(s) always get the same id, so the catalogue can recognise a repeat."""
+    """The id of a step, known before it runs: the same methods (``identity``: the compressor's
+    config, plugin and distribution version, and every method it runs inside, see
+    :func:`slimkit.core.identity.step_identity`), data and seed applied to the same parent(s)
+    always get the same id, so the catalogue can recognise a repeat; anything else, a new id."""
     payload = json.dumps(
-        {"parents": parents, "config": config, "data": calibration_fingerprint, "seed": seed},
+        {"parents": parents, "methods": identity, "data": calibration_fingerprint, "seed": seed},
         sort_keys=True, separators=(",", ":"),
     )
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
@@ -80,6 +82,8 @@ class StepRecord:
     step_id: str = ""
     child_id: str = ""
     parents: list[dict[str, str]] = field(default_factory=list)
+    #: Every method the step ran inside (its scorers), as ``MethodIdentity.to_json()`` dicts.
+    uses: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     calibration_fingerprint: str | None = None
     seed: int = 0

@@ -18,7 +18,7 @@ naming the step, the method, the field and what is allowed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Literal, TYPE_CHECKING, Any, Mapping
 
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slimkit.core.config import MethodConfig, describe_validation_error
 from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
+from slimkit.core.identity import MethodIdentity, resolve_uses
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.data import CalibrationData
@@ -124,11 +125,14 @@ class Recipe(_Strict):
         """
         problems: list[str] = []
         steps: list[tuple[StepSpec, MethodInfo[Any], MethodConfig]] = []
+        uses: list[tuple[MethodIdentity, ...]] = []
         for index, step in enumerate(self.steps, start=1):
             label = f"step {index} ({step.method})"
             resolved = _resolve(host, "compressor", step.method, step.params, label, problems, self)
             if resolved is not None:
                 steps.append((step, *resolved))
+                # Nested methods (a pruner's scorer and its params) are checked now, with the rest.
+                uses.append(resolve_uses(host, resolved[0], resolved[1], label, problems))
                 if resolved[0].cls.needs_calibration and self.calibration is None:
                     problems.append(f"{label}: needs calibration data; add a 'calibration:' section")
         evaluations: list[tuple[EvalSpec, MethodInfo[Any], MethodConfig]] = []
@@ -140,7 +144,7 @@ class Recipe(_Strict):
         if self.calibration is not None and self.calibration.text is not None:
             if not self.resolve_path(self.calibration.text).is_file():
                 problems.append(f"calibration: no such text file {self.resolve_path(self.calibration.text)}")
-        validated = ValidatedRecipe(self, steps, evaluations)
+        validated = ValidatedRecipe(self, steps, evaluations, uses)
         if model is not None and not problems:
             try:
                 calibration = self.calibration_data(model)
@@ -230,6 +234,8 @@ class ValidatedRecipe:
     recipe: Recipe
     steps: list[tuple[StepSpec, "MethodInfo[Any]", MethodConfig]]
     evaluations: list[tuple[EvalSpec, "MethodInfo[Any]", MethodConfig]]
+    #: For each step, the methods it runs inside (its scorer), resolved and validated.
+    uses: list[tuple[MethodIdentity, ...]] = dataclass_field(default_factory=list)
 
     def check_model(
         self, host: "Host", model: "LoadedModel", calibration: "CalibrationData | None" = None

@@ -2,8 +2,9 @@
 
 Every step is timed and its peak memory measured; the chain of steps with their configs, plugins,
 versions, calibration data and seed goes into the derived model's ``slimkit.json`` and into the
-catalogue. A step the catalogue already knows (same parent, method, config, data and seed) whose
-result is still on disk is reused instead of recomputed, unless ``force`` is set.
+catalogue. A step the catalogue already knows (same parent, methods with their plugins, versions
+and configs, data and seed: see :mod:`slimkit.core.identity`) whose result is still on disk is
+reused instead of recomputed, unless ``force`` is set.
 """
 
 from __future__ import annotations
@@ -16,24 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from slimkit.core.config import serialise_config
 from slimkit.core.contracts import CompressionSummary, ProgressCallback
 from slimkit.core.data import CalibrationData
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
-from slimkit.core.memory import peak_rss_bytes, reset_peak
-from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, check_output, disk_bytes, load_model, save_model
-from slimkit.core.provenance import (
-    Stopwatch,
-    StepRecord,
-    build_provenance,
-    content_id,
-    runtime_versions,
-    step_key,
-)
+from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model, save_model
+from slimkit.core.preflight import check_disk_space, check_name, check_output_folder
+from slimkit.core.provenance import StepRecord, build_provenance, content_id, runtime_versions
 from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
+from slimkit.core.steps import PlannedStep, run_step
 from slimkit.core.teachers import Teachers, teacher_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,7 +85,7 @@ def _calibration_spec(recipe: Recipe) -> dict[str, Any] | None:
 
 
 def run_recipe(
-    recipe: Recipe,
+    recipe: "Recipe | ValidatedRecipe",
     model: LoadedModel | str | os.PathLike[str],
     *,
     out: str | os.PathLike[str] | None = None,
@@ -105,6 +99,8 @@ def run_recipe(
 ) -> RunResult:
     """Apply ``recipe`` to ``model`` (a :class:`LoadedModel` or anything :func:`load_model` takes).
 
+    :param recipe: a :class:`Recipe`, or one already resolved against ``host``
+        (:meth:`Recipe.resolve`), which is then not resolved again.
     :param out: save the derived model here (Hugging Face folder + ``slimkit.json``).
     :param overwrite: replace ``out`` if it exists (only once the new model is fully written).
     :param inplace: change the given :class:`LoadedModel` itself instead of a copy.
@@ -112,27 +108,52 @@ def run_recipe(
     :param force: recompute steps the catalogue already has results for.
     :param name: a unique name for the derived model in the catalogue.
     :raises RecipeError: before any work, listing every problem with the recipe and the model.
+    :raises OutputError: before any work: the output folder, the name or the free space do not do.
     """
     host = host or get_host()
-    target = check_output(out, overwrite) if out is not None else None
-    validated = recipe.resolve(host)
+    validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
     cat = open_catalogue(catalogue)
-    if isinstance(model, LoadedModel):
-        loaded = model if inplace else copy.deepcopy(model)
-    else:
-        loaded = load_model(model)
-    calibration = recipe.calibration_data(loaded)
-    problems = validated.check_model(host, loaded, calibration)
-    if problems:
-        raise RecipeError(problems, recipe.name)
-    with recorded_run(cat, "recipe", recipe.name, recipe.to_yaml()) as run_id:
-        return _execute(host, recipe, validated, loaded, calibration, cat, run_id, target, overwrite,
-                        progress, force, name)
+    input_path = model.path if isinstance(model, LoadedModel) else _local_folder(model)
+    target = None
+    if out is not None:
+        catalogued = cat.locations() if cat is not None else ()
+        target = check_output_folder(out, overwrite, input_path=input_path, catalogued=catalogued)
+    check_name(cat, name)
+    with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
+        # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
+        if isinstance(model, LoadedModel):
+            loaded = model if inplace else copy.deepcopy(model)
+        else:
+            loaded = load_model(model)
+        if target is not None:
+            check_disk_space(target, state_bytes(loaded.model))
+        calibration = validated.recipe.calibration_data(loaded)
+        problems = validated.check_model(host, loaded, calibration)
+        if problems:
+            raise RecipeError(problems, validated.recipe.name)
+        return _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force, name)
+
+
+def _local_folder(spec: str | os.PathLike[str]) -> Path | None:
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
+def state_bytes(model: Any) -> int:
+    """Bytes of a model's weights and buffers: what saving it writes, near enough."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def plan_steps(validated: ValidatedRecipe) -> list[PlannedStep]:
+    """The recipe's steps with their nested methods and seeds, ready to key and run."""
+    recipe = validated.recipe
+    uses = validated.uses or [() for _ in validated.steps]
+    return [PlannedStep(info, config, nested, step.seed if step.seed is not None else recipe.seed)
+            for (step, info, config), nested in zip(validated.steps, uses)]
 
 
 def _execute(
     host: Host,
-    recipe: Recipe,
     validated: ValidatedRecipe,
     loaded: LoadedModel,
     calibration: CalibrationData | None,
@@ -144,6 +165,7 @@ def _execute(
     force: bool,
     name: str | None,
 ) -> RunResult:
+    recipe = validated.recipe
     parent_id = content_id(loaded.model)
     # Teachers first: a teacher that cannot be loaded fails the run before any evaluation or step.
     teachers = Teachers([(info, config) for _, info, config in validated.steps], loaded, parent_id)
@@ -156,24 +178,21 @@ def _execute(
 
     fingerprint = calibration.fingerprint if calibration is not None else None
     calibration_spec = _calibration_spec(recipe)
-    planned = []
-    for step, info, config in validated.steps:
-        seed = step.seed if step.seed is not None else recipe.seed
-        planned.append((info, config, serialise_config(info.name, info.version, config), seed))
+    planned = plan_steps(validated)
 
     start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
     records: list[StepRecord] = []
     summaries: list[CompressionSummary] = []
     reused: list[bool] = []
-    for index, (info, config, serial, seed) in enumerate(planned):
+    for index, step in enumerate(planned):
         parents = [{"model_id": parent_id, "role": "input"}]
-        spec = teacher_spec(info, config)
+        spec = teacher_spec(step.info, step.config)
         teacher = teachers.get(spec) if index >= start and spec is not None else None
         if teacher is not None:
             parents.append({"model_id": teacher[1], "role": "teacher"})
             if cat is not None:
                 inputs.append(describe_input(teacher[0], teacher[1], []))
-        key = step_key(parents, serial, fingerprint, seed)
+        key = step.key(parents, fingerprint)
         if index < start:  # recorded before and its result is on disk: take it from there
             prior = cat.step(key) if cat is not None else None
             assert prior is not None and prior.child_id is not None
@@ -185,53 +204,93 @@ def _execute(
                 loaded = reused_model
             continue
         work = work_dir(cat, target, key)
-        ctx = host.context(calibration=calibration, seed=seed, progress=progress,
+        outcome = run_step(host, step, loaded, calibration=calibration, progress=progress,
                            teacher=teacher[0] if teacher else None, work_dir=work)
-        adapter = host.adapter_for(loaded)
-        reset_peak()
-        with Stopwatch() as watch:
-            summary = info.create().compress_(loaded, adapter, config, ctx)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)  # the step is done: its checkpoints are not needed
-        peak = peak_rss_bytes()  # the step's own peak, before hashing the result adds its buffers
         loaded.path = None  # the in-memory model no longer matches any file
         child_id = content_id(loaded.model)
         records.append(StepRecord(
-            method=info.name, family=info.family, config=serial, plugin=info.plugin,
-            plugin_version=info.plugin_version, versions=runtime_versions(), parent_id=parent_id,
-            step_id=key, child_id=child_id, parents=parents, calibration=calibration_spec,
+            method=step.info.name, family=step.info.family, config=step.serial, plugin=step.info.plugin,
+            plugin_version=step.info.plugin_version, versions=runtime_versions(), parent_id=parent_id,
+            step_id=key, child_id=child_id, parents=parents, uses=[use.to_json() for use in step.uses],
+            calibration=calibration_spec,
             # Recorded whenever the step was given calibration data: a compressor may not need it
             # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
-            calibration_fingerprint=fingerprint, seed=seed, wall_time_s=round(watch.seconds, 4),
-            peak_rss_bytes=peak, summary=summary.description, details=dict(summary.details),
+            calibration_fingerprint=fingerprint, seed=step.seed, wall_time_s=round(outcome.seconds, 4),
+            peak_rss_bytes=outcome.peak_rss_bytes, summary=outcome.summary.description,
+            details=dict(outcome.summary.details),
         ))
-        summaries.append(summary)
+        summaries.append(outcome.summary)
         reused.append(False)
         parent_id = child_id
 
     provenance = build_provenance(model=loaded.model, child_id=parent_id, base=base, steps=records,
                                   parent=origin, recipe=recipe.model_dump(mode="json", exclude={"base_dir"}))
-    if target is not None:
+    shared = _shared_folder(cat, target, parent_id)
+    if shared is not None:  # an identical run already saved these weights in the catalogue's folder
+        target = shared
+    elif target is not None:
         save_model(loaded, target, provenance, overwrite=overwrite)
+    if target is not None:
         loaded.path = target
     loaded.provenance = provenance
     after_records = evaluate_all(host, validated, loaded, progress)
     provenance["evaluations"] = after_records
-    if target is not None and after_records:
+    if target is not None and after_records and shared is None:
         _rewrite_json(target / PROVENANCE_FILE, provenance)
     if cat is not None:
         for described in inputs:
             record_input(cat, described, run_id)
         size = disk_bytes(target) if target is not None else None
         params = sum(p.numel() for p in loaded.model.parameters())
-        cat.record_provenance(provenance, location=str(target.resolve()) if target else None,
-                              size_bytes=size, params=params, run_id=run_id, name=name)
+        entry = cat.record_provenance(provenance, location=str(target.resolve()) if target else None,
+                                      size_bytes=size, params=params, run_id=run_id, name=name)
+        target = _settle_folder(cat, target, entry.location)
+        loaded.path = target
     return RunResult(
         loaded, target, records, summaries,
         {r["evaluator"]: r["metrics"] for r in before_records},
         {r["evaluator"]: r["metrics"] for r in after_records},
         provenance, reused, run_id,
     )
+
+
+def _managed(cat: "Catalogue | None", target: Path | None) -> bool:
+    """Whether ``target`` is a folder of the catalogue's artifact folder (which ``gc`` tidies)."""
+    if cat is None or target is None:
+        return False
+    from slimkit.core.catalogue.artifacts import artifact_dir
+
+    return target.resolve().parent == artifact_dir(cat).resolve()
+
+
+def _shared_folder(cat: "Catalogue | None", target: Path | None, model_id: str) -> Path | None:
+    """The catalogue's folder of ``model_id`` when this run would save a second copy of it into
+    the artifact folder (an identical run finished first): the run then reports that folder."""
+    if not _managed(cat, target) or cat is None:
+        return None
+    from slimkit.core.catalogue import CatalogueError
+
+    try:
+        location = cat.model(model_id).location
+    except CatalogueError:
+        return None
+    if location and Path(location, "config.json").is_file():
+        return Path(location)
+    return None
+
+
+def _settle_folder(cat: "Catalogue", target: Path | None, recorded: str | None) -> Path | None:
+    """After recording: if an identical run started together recorded its own copy first, the
+    catalogue keeps that one; this run's managed copy is removed (``gc`` would remove it later,
+    after this run reported it as saved) and the run reports the recorded folder instead."""
+    if target is None or recorded is None or Path(recorded).resolve() == target.resolve():
+        return target
+    if _managed(cat, target) and Path(recorded, "config.json").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        return Path(recorded)
+    return target
 
 
 def work_dir(cat: "Catalogue | None", target: Path | None, key: str) -> Path | None:
@@ -248,7 +307,7 @@ def work_dir(cat: "Catalogue | None", target: Path | None, key: str) -> Path | N
 
 
 def _reusable_prefix(
-    cat: "Catalogue", planned: list[Any], parent_id: str, fingerprint: str | None
+    cat: "Catalogue", planned: list[PlannedStep], parent_id: str, fingerprint: str | None
 ) -> tuple[int, LoadedModel | None]:
     """How many leading steps are already in the catalogue with a loadable result.
 
@@ -257,8 +316,8 @@ def _reusable_prefix(
     """
     best: tuple[int, LoadedModel | None] = (0, None)
     current = parent_id
-    for index, (_, _, serial, seed) in enumerate(planned):
-        prior = cat.step(step_key([{"model_id": current, "role": "input"}], serial, fingerprint, seed))
+    for index, step in enumerate(planned):
+        prior = cat.step(step.key([{"model_id": current, "role": "input"}], fingerprint))
         if prior is None or prior.status != "done" or prior.child_id is None:
             break
         current = prior.child_id
@@ -278,7 +337,7 @@ def _record_from_entry(entry: Any, parent_id: str) -> StepRecord:
         method=entry.method, family=entry.family, config=entry.config, plugin=entry.plugin,
         plugin_version=entry.plugin_version, versions=entry.versions, parent_id=parent_id, step_id=entry.id,
         child_id=entry.child_id, parents=[{"model_id": m, "role": r} for m, r in entry.parents],
-        calibration=entry.calibration, calibration_fingerprint=entry.calibration_fingerprint, seed=entry.seed,
+        uses=[dict(use) for use in entry.uses], calibration=entry.calibration, calibration_fingerprint=entry.calibration_fingerprint, seed=entry.seed,
         wall_time_s=entry.wall_time_s or 0.0, peak_rss_bytes=entry.peak_rss_bytes, summary=entry.summary or "",
         details=dict(entry.details), started=entry.created.isoformat(timespec="seconds"), status=entry.status,
     )

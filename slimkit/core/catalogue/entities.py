@@ -68,6 +68,8 @@ class StepEntry:
     summary: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    #: Methods the step ran inside it (scorers): ``{family, plugin, plugin_version, config}``.
+    uses: tuple[dict[str, Any], ...] = ()
 
     @property
     def input_id(self) -> str | None:

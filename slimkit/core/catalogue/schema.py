@@ -95,6 +95,24 @@ class StepParentRow(Base):
     role: Mapped[str] = mapped_column(String(32))  # "input", "teacher", ...
 
 
+class StepUseRow(Base):
+    """A method a step ran inside it (a pruner's scorer), in order: part of the step's identity.
+
+    Revision 0003. Queryable, so "which models did scorer X of plugin Y help make" is one join.
+    """
+
+    __tablename__ = "step_uses"
+
+    step_id: Mapped[str] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    family: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(200), index=True)
+    method_version: Mapped[int] = mapped_column(Integer)
+    plugin: Mapped[str] = mapped_column(String(200))
+    plugin_version: Mapped[str | None] = mapped_column(String(64))
+    config_json: Mapped[str] = mapped_column(Text)
+
+
 class EvaluationRow(Base):
     """One metric of one model from one evaluator run."""
 

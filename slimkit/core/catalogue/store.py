@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, RunEntry, StepEntry
 from slimkit.core.catalogue.migrate import CatalogueError, default_url, ensure_current, make_engine, to_url
-from slimkit.core.catalogue.schema import EvaluationRow, ModelRow, RunRow, StepParentRow, StepRow
+from slimkit.core.catalogue.schema import EvaluationRow, ModelRow, RunRow, StepParentRow, StepRow, StepUseRow
 
 
 def utcnow() -> datetime:
@@ -141,6 +141,8 @@ class Catalogue:
                     session.add(ModelRow(id=model_id, architecture=architecture, params=params,
                                          size_bytes=size_bytes, location=location, source=source, name=name,
                                          created=utcnow()))
+                if location is not None:
+                    self._forget_location(location, model_id, session)
                 return None
             except IntegrityError:
                 row = session.get(ModelRow, model_id)
@@ -150,6 +152,8 @@ class Catalogue:
         # (the same weights saved elsewhere) must not orphan the managed artifact gc looks after.
         if location is not None and (row.location is None or not Path(row.location).exists()):
             row.location = location
+        if location is not None and row.location == location:
+            self._forget_location(location, model_id, session)
         if size_bytes is not None:
             row.size_bytes = size_bytes
         if params is not None and row.params is None:
@@ -157,6 +161,13 @@ class Catalogue:
         if name is not None:
             row.name = name
         return None
+
+    @staticmethod
+    def _forget_location(location: str, holder: str, session: Session) -> None:
+        """A folder holds one model: other models recorded there (replaced with ``--overwrite``)
+        lose their location, so the catalogue never points at weights that are not theirs."""
+        for other in session.scalars(select(ModelRow).where(ModelRow.location == location, ModelRow.id != holder)):
+            other.location = None
 
     def record_step(self, step: Mapping[str, Any], run_id: str | None, session: Session) -> None:
         """Insert a step (a :class:`~slimkit.core.provenance.StepRecord` dict) unless known."""
@@ -186,6 +197,12 @@ class Catalogue:
         for position, parent in enumerate(parents):
             session.add(StepParentRow(step_id=step["step_id"], position=position,
                                       model_id=parent["model_id"], role=parent["role"]))
+        for position, use in enumerate(step.get("uses") or ()):
+            config = use["config"]
+            session.add(StepUseRow(step_id=step["step_id"], position=position, family=use["family"],
+                                   method=config["type"], method_version=int(config["version"]),
+                                   plugin=use["plugin"], plugin_version=use.get("plugin_version"),
+                                   config_json=json.dumps(config, sort_keys=True)))
         session.flush()
 
     def record_evaluations(
@@ -396,6 +413,7 @@ def _step(session: Session, row: StepRow) -> StepEntry:
         select(StepParentRow.model_id, StepParentRow.role).where(StepParentRow.step_id == row.id)
         .order_by(StepParentRow.position)
     ).all()
+    uses = session.scalars(select(StepUseRow).where(StepUseRow.step_id == row.id).order_by(StepUseRow.position))
     return StepEntry(
         id=row.id, child_id=row.child_id, parents=tuple((m, r) for m, r in parents), method=row.method,
         method_version=row.method_version, family=row.family, config=json.loads(row.config_json),
@@ -405,6 +423,8 @@ def _step(session: Session, row: StepRow) -> StepEntry:
         calibration_fingerprint=row.calibration_fingerprint, wall_time_s=row.wall_time_s,
         peak_rss_bytes=row.peak_rss_bytes, summary=row.summary,
         details=json.loads(row.details_json) if row.details_json else {}, run_id=row.run_id,
+        uses=tuple({"family": use.family, "plugin": use.plugin, "plugin_version": use.plugin_version,
+                    "config": json.loads(use.config_json)} for use in uses),
     )
 
 

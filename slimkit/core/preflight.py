@@ -1,0 +1,109 @@
+"""Checks a run makes before any work: where it will write, under what name, and with what room.
+
+Everything here is cheap next to compressing a model, so a run that would fail at the end (an
+output folder it cannot write, a name another model holds, a disk too small for the result)
+fails at the start instead, with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from slimkit.core.errors import OutputExistsError, SlimkitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.catalogue import Catalogue
+
+#: Room beyond the estimated size of the result: tokenizer files, slimkit.json, file-system slack.
+DISK_MARGIN_BYTES = 16 * 2**20
+
+
+class OutputError(SlimkitError):
+    """The output folder cannot be used (not writable, another model's folder, too little room)."""
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def check_output_folder(
+    out: str | os.PathLike[str],
+    overwrite: bool,
+    *,
+    input_path: Path | None = None,
+    catalogued: Iterable[str] = (),
+) -> Path:
+    """The output folder ``out`` if a run can write its result there, else an error naming why.
+
+    Refused: a file in its place; an existing folder without ``overwrite``; the input model's own
+    folder, or a folder inside it or any catalogued model's folder (the run still reads the input;
+    a nested folder would be hidden inside another model); a catalogued model's folder without
+    ``overwrite`` (with it, the catalogue forgets that model's location when the run records its
+    result: a folder holds one model); a parent folder that cannot be created or written (probed
+    by creating and removing a file).
+    """
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path} exists and is not a folder")
+    resolved = path.resolve()
+    if input_path is not None and (resolved == input_path.resolve() or input_path.resolve() in resolved.parents):
+        raise OutputError(f"output folder {path} is {'inside ' if resolved != input_path.resolve() else ''}"
+                          "the input model's folder; choose another --out")
+    for location in catalogued:
+        folder = Path(location).resolve()
+        if folder in resolved.parents:
+            raise OutputError(f"output folder {path} is inside the folder of catalogued model at {location}; "
+                              "choose another --out")
+        if folder == resolved and not overwrite:
+            raise OutputExistsError(f"output folder {path} holds a catalogued model (use --overwrite to replace it; "
+                                    "the catalogue then forgets its folder)")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {path} already exists (use --overwrite to replace it)")
+    # Probe the nearest folder that exists (creating none: a refused run leaves nothing behind).
+    where = _existing_ancestor(path.parent)
+    if not where.is_dir():
+        raise OutputError(f"cannot write the output folder {path}: {where} is a file, not a folder")
+    try:
+        probe = where / f".{path.name}.probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        cause = error.strerror or type(error).__name__
+        raise OutputError(f"cannot write the output folder {path}: {cause} ({where})") from None
+    return path
+
+
+def check_name(cat: "Catalogue | None", name: str | None) -> None:
+    """Refuse a ``--name`` that another catalogued model already has (before the run, not after)."""
+    if cat is None or name is None:
+        return
+    from slimkit.core.catalogue import CatalogueError
+
+    try:
+        holder = cat.resolve(name)
+    except CatalogueError:
+        return
+    if holder.name == name:
+        raise OutputError(f"the name {name!r} is already used by model {holder.short_id} in the catalogue; "
+                          "choose another --name")
+
+
+def check_disk_space(target: Path, expected_bytes: int) -> None:
+    """Refuse a result of ``expected_bytes`` that the file system holding ``target`` cannot take."""
+    where = _existing_ancestor(target.parent)
+    free = shutil.disk_usage(where).free
+    need = expected_bytes + DISK_MARGIN_BYTES
+    if free < need:
+        raise OutputError(f"not enough free space for the result in {where}: about {_mib(need)} needed, "
+                          f"{_mib(free)} free")
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB"
