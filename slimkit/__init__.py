@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "BaseEvaluator": "slimkit.core.contracts",
     "CompressionSummary": "slimkit.core.contracts",
     "MethodContext": "slimkit.core.contracts",
+    "MethodUse": "slimkit.core.contracts",
     "ProgressEvent": "slimkit.core.contracts",
     "Scores": "slimkit.core.scores",
     "ArchitectureAdapter": "slimkit.core.architecture",

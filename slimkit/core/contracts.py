@@ -124,6 +124,14 @@ class MethodContext:
             self.require_calibration(f"scorer {scorer!r}")
         return info
 
+    def score_block(self, scorer: Any, block: Any, stats: Mapping[str, Any], config: Any) -> dict[str, Any]:
+        """Scores of one block from ``scorer`` (its entry from :meth:`scorer`) with its validated
+        ``config``: for pruners that score block by block. A scorer that raises, or returns
+        weight scores of the wrong shape, is reported as :class:`PluginError` naming its plugin."""
+        from slimkit.core.scores import checked_scores
+
+        return checked_scores(scorer, lambda: scorer.create().score_block(block, stats, config, self), block.linears())
+
     def score(
         self,
         scorer: str,

@@ -280,12 +280,16 @@ class Host:
         context: MethodContext | None = None,
     ) -> "Scores":
         """Run the scorer ``name`` on ``model`` and return its :class:`~slimkit.core.scores.Scores`."""
+        from slimkit.core.scores import checked_scores
+
         info = self.scorers.get(name)
         config = self.config(info, params)
         ctx = context or self.context()
         if info.cls.needs_calibration and ctx.calibration is None:
             raise ConfigError(f"scorer {name!r} needs calibration data")
-        return info.create().score(model, adapter or self.adapter_for(model), config, ctx)
+        adapter = adapter or self.adapter_for(model)
+        refs = [ref for _, ref in adapter.layout(model.model).linears()]
+        return checked_scores(info, lambda: info.create().score(model, adapter, config, ctx), refs)
 
     def evaluate(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -78,3 +78,37 @@ class Scores:
             values=values,
             config=json.loads(metadata.get("slimkit.config", "{}")),
         )
+
+
+def checked_scores(info: Any, produce: Callable[[], Any], refs: Iterable[Any]) -> Any:
+    """Run a scorer (``produce``) and check what it gave, so that a plugin's mistake is reported
+    as one line naming the scorer and its plugin, not as a failure deep inside the pruner.
+
+    ``info`` is the scorer's registry entry; ``refs`` the projections its weight scores must fit:
+    each weight score has its layer's ``[out, in]`` shape.
+    """
+    from slimkit.core.errors import PluginError, SlimkitError
+    from slimkit.core.identity import plugin_failure, plugin_label
+
+    try:
+        result = produce()
+    except SlimkitError:
+        raise
+    except Exception as error:  # the plugin's own bug: one line naming it, the traceback chained
+        raise PluginError(plugin_failure(info, "score", error)) from error
+    values = result.values if isinstance(result, Scores) else result
+    if not isinstance(values, Mapping):
+        raise PluginError(f"{plugin_label(info)} returned {type(result).__name__}, not scores by name")
+    if getattr(info.cls, "granularity", None) != "weight":
+        return result
+    for ref in refs:
+        got = values.get(ref.name)
+        if got is None:
+            continue
+        if not isinstance(got, torch.Tensor):
+            raise PluginError(f"{plugin_label(info)} returned a {type(got).__name__} for {ref.name}, not a tensor")
+        expected = (ref.out_features, ref.in_features)
+        if tuple(got.shape) != expected:
+            raise PluginError(f"{plugin_label(info)} returned scores of shape {list(got.shape)} for {ref.name}, "
+                              f"whose weight is {list(expected)} ([out, in])")
+    return result

@@ -185,7 +185,7 @@ class _StructuredPruner(BaseCompressor):
     ) -> bool:
         """Call ``apply(block, scores, extras)`` for every block (``extras``: the scorer's other
         outputs for that block, keyed ``"<block>::<what>"``); returns whether it went sequentially."""
-        info = ctx.host.scorers.get(config.scorer)
+        info = ctx.scorer(config.scorer)
         if config.sequential and getattr(info.cls, "statistics", ()):
             from slimkit.core.calibration import SequentialCalibration
 
@@ -195,7 +195,7 @@ class _StructuredPruner(BaseCompressor):
                 roles = scorer.roles(scorer_config)
                 refs = [ref for ref in step.block.linears() if roles is None or ref.role in roles]
                 stats = step.collect(refs, scorer.statistics, outputs=False)  # the block shrinks next
-                values = scorer.score_block(step.block, stats, scorer_config, ctx)
+                values = ctx.score_block(info, step.block, stats, scorer_config)
                 apply(step.block, _finite(values[step.block.name], step.block, config.scorer),
                       _extras(values, step.block.name))
                 ctx.report("blocks", index, len(engine), step.block.name)
@@ -220,7 +220,7 @@ class NeuronPruner(_StructuredPruner):
 
     def check(self, model, adapter, config, ctx):
         self._check_scorer(config, ctx)
-        if config.fold and not getattr(ctx.host.scorers.get(config.scorer).cls, "reports_twins", False):
+        if config.fold and not getattr(ctx.scorer(config.scorer).cls, "reports_twins", False):
             raise ConfigError(f"fold needs twins, and scorer {config.scorer!r} reports none (use neurons.mi)")
         sizes = {block.mlp.intermediate_size for block in adapter.layout(model.model).blocks}
         if len(sizes) > 1:

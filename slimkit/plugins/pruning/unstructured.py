@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
+from slimkit import MethodUse, hookimpl
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import BaseCompressor, CompressionSummary
 from slimkit.core.errors import ArchitectureError, ConfigError
@@ -112,7 +112,7 @@ class ScoredPruner(BaseCompressor):
             )
 
     def _scorer(self, config, ctx):
-        info = ctx.host.scorers.get(config.scorer)
+        info = ctx.scorer(config.scorer)
         params = dict(config.scorer_params)
         if "roles" in info.cls.Config.model_fields:
             params.setdefault("roles", list(config.roles))
@@ -150,11 +150,11 @@ class ScoredPruner(BaseCompressor):
 
     def _data_free_by_block(self, model, adapter, config, ctx, info, params):
         """Score and prune block by block: one block's scores in memory at a time."""
-        scorer, scorer_config = info.create(), ctx.host.config(info, params)
+        scorer_config = ctx.host.config(info, params)
         blocks = adapter.layout(model.model).blocks
         tally = _Tally()
         for index, block in enumerate(blocks, start=1):
-            scores = scorer.score_block(block, {}, scorer_config, ctx)
+            scores = ctx.score_block(info, block, {}, scorer_config)
             for ref in block.linears():
                 if ref.role in config.roles:
                     if ref.name not in scores:
@@ -175,7 +175,7 @@ class ScoredPruner(BaseCompressor):
         for index, step in enumerate(engine, start=1):
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             stats = step.collect(refs, scorer.statistics, outputs=False)  # the block changes next
-            scores = scorer.score_block(step.block, stats, scorer_config, ctx)
+            scores = ctx.score_block(info, step.block, stats, scorer_config)
             for ref in refs:
                 tally.apply(ref, self.mask(scores[ref.name], config, ref))
             ctx.report("blocks", index, len(engine), step.block.name)
@@ -214,6 +214,13 @@ class UnstructuredPruner(ScoredPruner):
     name = "prune.unstructured"
     version = 1
     Config = UnstructuredConfig
+
+    def uses(self, config):
+        declared = super().uses(config)
+        if config.allocation == "owl":  # OWL ranks blocks by their Wanda outliers
+            owl = MethodUse("scorer", "wanda", {"roles": list(config.roles)})
+            declared += () if owl in declared else (owl,)
+        return declared
 
     def check(self, model, adapter, config, ctx):
         super().check(model, adapter, config, ctx)
