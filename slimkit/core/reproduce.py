@@ -16,7 +16,9 @@ from slimkit.core.data import CalibrationData, TextSource, calibration_samples
 from slimkit.core.errors import SlimkitError
 from slimkit.core.host import Host, get_host
 from slimkit.core.model_io import LoadedModel, load_model
-from slimkit.core.provenance import Stopwatch, content_id
+from slimkit.core.identity import MethodIdentity
+from slimkit.core.provenance import content_id
+from slimkit.core.steps import PlannedStep, check_step, run_step
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue, StepEntry
@@ -111,16 +113,22 @@ def reproduce(
     loaded = _load_base(cat, base_id)
     report = ReproduceReport(target.id, base_id)
     for step in chain:
-        info, config = host.config_from_dict(step.family, step.config)  # type: ignore[arg-type]
+        planned = _planned(host, step)
         calibration = _calibration(step, loaded)
-        ctx = host.context(calibration=calibration, seed=step.seed, progress=progress)
-        adapter = host.adapter_for(loaded)
-        compressor = info.create()
-        compressor.check(loaded, adapter, config, ctx)
-        with Stopwatch() as watch:
-            compressor.compress_(loaded, adapter, config, ctx)
+        check_step(host, planned, loaded, host.adapter_for(loaded), calibration)
+        outcome = run_step(host, planned, loaded, calibration=calibration, progress=progress)
         got = content_id(loaded.model)
-        report.steps.append(ReplayedStep(step.method, step.child_id or "", got, watch.seconds))
+        report.steps.append(ReplayedStep(step.method, step.child_id or "", got, outcome.seconds))
         if got != step.child_id:
             break
     return report
+
+
+def _planned(host: Host, step: "StepEntry") -> PlannedStep:
+    """The recorded step as the installed plugins run it: its compressor and the methods it used."""
+    info, config = host.config_from_dict(step.family, step.config)  # type: ignore[arg-type]
+    uses = []
+    for use in step.uses:
+        nested_info, nested_config = host.config_from_dict(use["family"], use["config"])
+        uses.append(MethodIdentity.of(nested_info, nested_config))
+    return PlannedStep(info, config, tuple(uses), step.seed)

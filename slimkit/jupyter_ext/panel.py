@@ -301,7 +301,7 @@ class Panel:
             from slimkit.core.recipe import Recipe
 
             recipe = Recipe.from_data(self.recipe_data())
-            recipe.resolve(self.host)  # every problem the model does not decide, before any work
+            validated = recipe.resolve(self.host)  # every problem the model does not decide; resolved once
         except SlimkitError as error:
             self.error.value = _error_html(error)
             return None
@@ -328,7 +328,7 @@ class Panel:
 
             model = load_model_ref(spec, self.catalogue)
             out = new_artifact_path(self.catalogue, name or recipe.name or Path(spec).name or "model")
-            return run_recipe(recipe, model, out=out, host=self.host, progress=progress, inplace=True,
+            return run_recipe(validated, model, out=out, host=self.host, progress=progress, inplace=True,
                               catalogue=self.catalogue, name=name)
 
         self.run_state = BackgroundRun(work, on_event=self._on_progress, on_finish=self._on_finish)

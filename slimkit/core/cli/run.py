@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,26 +56,30 @@ def _change(before: float | None, after: float | None) -> str:
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
         no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
-    from slimkit.core.model_io import check_output
+    from slimkit.core.preflight import check_name, check_output_folder
     from slimkit.core.recipe import load_recipe
     from slimkit.core.runner import run_recipe
 
     host = get_host_from(ctx)
     started = time.perf_counter()
-    parsed = load_recipe(recipe)
     if out is None and no_record:
         raise click.UsageError("--out is needed with --no-record (there is no catalogue to keep the model in)")
-    if out is not None:
-        check_output(out, overwrite)
-    parsed.resolve(host)  # everything the model does not decide, before loading it
+    parsed = load_recipe(recipe)
+    validated = parsed.resolve(host)  # everything the model does not decide, before loading it; resolved once
     catalogue: Any = False if no_record else get_catalogue_from(ctx)
+    # The output folder and the name, before the model loads (run_recipe checks them again, cheaply).
+    if out is not None:
+        local = Path(model_spec).expanduser()
+        check_output_folder(out, overwrite, input_path=local if local.is_dir() else None,
+                            catalogued=catalogue.locations() if catalogue else ())
+    check_name(catalogue or None, name)
     if out is None:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
         out = str(new_artifact_path(catalogue, name or parsed.name))
     model = load_model_ref(ctx, model_spec)
     with ProgressBars(enabled=not (no_progress or as_json)) as bars:
-        result = run_recipe(parsed, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True,
+        result = run_recipe(validated, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True,
                             catalogue=catalogue, force=force, name=name)
     total = time.perf_counter() - started
     if as_json:
