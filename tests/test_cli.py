@@ -41,6 +41,7 @@ def test_plugins_json_lists_bundled_with_all(cli):
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
     magnitude = plugins["slimkit.plugins.pruning.magnitude"]
     assert magnitude["hooks"] == ["register_scorers"] and magnitude["source"] == "bundled"
+    assert magnitude["status"] == "ok" and magnitude["errors"] == []
     assert magnitude["version"]
     assert json.loads(invoke(cli, "plugins", "--json").stdout) == []  # no third-party ones on this host
 

@@ -163,6 +163,7 @@ LIST_PLUGINS = """
         os.environ.update(env)
         host = slimkit.make_host()
         results[case] = {"plugins": [p.name for p in host.plugin_infos()],
+                         "status": {p.name: p.status for p in host.plugin_infos(unloaded=True)},
                          "scorers": host.scorers.names(),
                          "problems": [str(p) for p in host.problems]}
     print(json.dumps(results))
@@ -175,22 +176,30 @@ def env_results(plugin_path: Path) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("case", "loaded"),
+    ("case", "status"),
     [
-        ("default-loads-all", True),
-        ("load-empty-means-none", False),
-        ("load-by-entry-point-name", True),
-        ("load-by-distribution", True),
-        ("load-other", False),
-        ("block-by-name", False),
-        ("block-wins", False),
+        ("default-loads-all", "ok"),
+        ("load-empty-means-none", "not selected"),
+        ("load-by-entry-point-name", "ok"),
+        ("load-by-distribution", "ok"),
+        ("load-other", "not selected"),
+        ("block-by-name", "blocked"),
+        ("block-wins", "blocked"),
     ],
 )
-def test_environment_selects_plugins(env_results: dict, case: str, loaded: bool) -> None:
+def test_environment_selects_plugins(env_results: dict, case: str, status: str) -> None:
     out = env_results[case]
+    loaded = status == "ok"
     assert ("example" in out["plugins"]) is loaded
     assert ("example.random" in out["scorers"]) is loaded
+    assert out["status"]["example"] == status  # a plugin that did not load still says why
     # Bundled plugins are not entry points: SLIMKIT_LOAD_PLUGINS never removes them.
     assert "slimkit.plugins.pruning.magnitude" in out["plugins"]
     assert "magnitude" in out["scorers"]
-    assert out["problems"] == []
+    if case == "load-other":  # a name that matches nothing installed is reported, naming what is
+        [problem] = out["problems"]
+        assert problem.startswith("SLIMKIT_LOAD_PLUGINS names 'something-else', which is not installed")
+        assert "example (slimkit-example-plugin)" in problem
+        assert out["status"]["something-else"] == "not installed"
+    else:
+        assert out["problems"] == []

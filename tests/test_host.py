@@ -431,6 +431,7 @@ def fake_site_report(fake_site: Path) -> dict:
             evaluators = host.evaluators.names()
         print(json.dumps({
             "plugins": {p.name: p.distribution for p in host.plugin_infos()},
+            "status": {f"{p.name} {p.distribution}": p.status for p in host.plugin_infos(unloaded=True)},
             "at_make_host": at_make_host,
             "problems": [str(p) for p in host.problems],
             "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
@@ -458,6 +459,11 @@ def test_broken_entry_point_plugins_are_reported_by_name_and_the_rest_load(fake_
     assert "good.constant" in out["evaluators"] and "size" in out["evaluators"]
     assert out["good"] == {"constant": 1.0}
     assert out["plugins"]["twin"] in {"slimkit-twin-a", "slimkit-twin-b"}
+    # What became of each is kept, for `slimkit plugins`.
+    status = out["status"]
+    assert status["typo slimkit-typo-plugin"] == status["broken slimkit-broken-plugin"] == "broken"
+    assert status["raiser slimkit-raiser-plugin"] == "partly loaded"
+    assert status["good slimkit-good-plugin"] == "ok"
 
 
 @pytest.mark.slow
@@ -465,6 +471,8 @@ def test_two_distributions_claiming_one_plugin_name_are_reported(fake_site_repor
     loaded = fake_site_report["plugins"]["twin"]
     skipped = ({"slimkit-twin-a", "slimkit-twin-b"} - {loaded}).pop()
     assert any("'twin'" in p and skipped in p and loaded in p for p in fake_site_report["problems"])
+    assert fake_site_report["status"][f"twin {loaded}"] == "ok"
+    assert fake_site_report["status"][f"twin {skipped}"] == "broken"
 
 
 def test_a_plugin_raising_in_a_register_hook_is_reported_by_make_host(monkeypatch: pytest.MonkeyPatch) -> None:

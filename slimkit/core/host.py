@@ -3,16 +3,16 @@
 Nothing is loaded at import time. :func:`make_host` builds a fresh :class:`Host` (tests build
 their own); :func:`get_host` returns a lazily built process-wide one for the CLI and the API.
 A plugin that fails to import, registers something invalid or raises in a hook is recorded in
-:attr:`Host.problems` by name, a warning is issued, and every other plugin keeps working.
+:attr:`Host.problems` by name, a warning is issued, and every other plugin keeps working;
+:meth:`Host.plugin_infos` says what became of each plugin (see :mod:`slimkit.core.plugin_loading`).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import warnings
-from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pluggy
@@ -23,15 +23,21 @@ from slimkit.core.architecture import ArchitectureAdapter
 from slimkit.core.config import MethodConfig, build_config
 from slimkit.core.contracts import Family, MethodContext
 from slimkit.core.errors import ArchitectureError, ConfigError, PluginError, PluginWarning, UnknownMethodError
+from slimkit.core.plugin_loading import (  # noqa: F401  (ENTRY_POINT_GROUP, ENV_*: re-exported)
+    ENTRY_POINT_GROUP,
+    ENV_BLOCK,
+    ENV_LOAD,
+    PluginInfo,
+    Selection,
+    check_names,
+    installed_entry_points,
+    load_entry_points,
+)
 from slimkit.core.registry import MethodInfo, Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.model_io import LoadedModel
     from slimkit.core.scores import Scores
-
-ENTRY_POINT_GROUP = "slimkit"
-ENV_LOAD = "SLIMKIT_LOAD_PLUGINS"
-ENV_BLOCK = "SLIMKIT_BLOCK_PLUGINS"
 
 #: Bundled plugins: ordinary plugin modules registered through the same hooks as third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -79,29 +85,14 @@ def slimkit_version() -> str:
         return "0.0.0+unknown"
 
 
-@dataclass(frozen=True)
-class PluginInfo:
-    """One registered plugin: its name, distribution version, hooks and where it came from."""
-
-    name: str
-    version: str | None
-    hooks: tuple[str, ...]
-    source: str  # "bundled", "entrypoint" or "registered"
-    distribution: str | None = None
-
-
-def _split_env(value: str | None) -> set[str] | None:
-    if value is None:
-        return None
-    return {part.strip() for part in value.split(",") if part.strip()}
-
-
 class Host:
     """A plugin manager plus the registries it feeds. Build one with :func:`make_host`."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self.problems: list[PluginError] = []
+        self._errors: dict[str, list[str]] = {}  # problems of registered plugins, by plugin name
+        self._unloaded: list[PluginInfo] = []  # plugins found but not registered, and unknown names
         self._meta: dict[str, tuple[str | None, str, str | None]] = {}
         self._registries: dict[str, Registry[Any]] | None = None
         self._adapters: dict[str, ArchitectureAdapter] | None = None
@@ -133,24 +124,39 @@ class Host:
         self.pm.unregister(plugin=plugin, name=name)
         if registered_name is not None:
             self._meta.pop(registered_name, None)
+            self._errors.pop(registered_name, None)
         self._invalidate()
 
     def _invalidate(self) -> None:
         self._registries = None
         self._adapters = None
 
-    def _report(self, problem: PluginError) -> None:
+    def _report(self, problem: PluginError, plugin: str | None = None) -> None:
+        """Record a problem (once), warn, and charge it to the registered ``plugin`` if given."""
+        if plugin is not None and self.pm.get_plugin(plugin) is not None:
+            errors = self._errors.setdefault(plugin, [])
+            if str(problem) not in errors:
+                errors.append(str(problem))
         if str(problem) not in {str(p) for p in self.problems}:
             self.problems.append(problem)
             warnings.warn(str(problem), PluginWarning, stacklevel=3)
 
-    def plugin_infos(self) -> list[PluginInfo]:
+    def _record_unloaded(self, info: PluginInfo) -> None:
+        self._unloaded.append(info)
+
+    def plugin_infos(self, *, unloaded: bool = False) -> list[PluginInfo]:
+        """The registered plugins (status ``ok`` or ``partly loaded``), in registration order; with
+        ``unloaded``, then the ones found but not loaded (``broken``, ``blocked``, ``not selected``)
+        and the names in ``SLIMKIT_LOAD_PLUGINS``/``SLIMKIT_BLOCK_PLUGINS`` that match nothing
+        (``not installed``)."""
+        self._collect()  # the register_* hooks decide whether a plugin is only partly loaded
         infos = []
         for name, plugin in self.pm.list_name_plugin():
             version, source, dist = self._meta.get(name, (None, "registered", None))
             hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
-            infos.append(PluginInfo(name, version, hooks, source, dist))
-        return infos
+            errors = tuple(self._errors.get(name, ()))
+            infos.append(PluginInfo(name, version, hooks, source, dist, "partly loaded" if errors else "ok", errors))
+        return infos + (list(self._unloaded) if unloaded else [])
 
     # -- registries ----------------------------------------------------------------------
     def _collect(self) -> dict[str, Registry[Any]]:
@@ -162,13 +168,12 @@ class Host:
             caller = getattr(self.pm.hook, hook_name)
             for impl in _plain_impls(caller):
                 version = self._meta.get(impl.plugin_name, (None,))[0]
-                register = registry.callback(impl.plugin_name, version, self._report)
+                report = partial(self._report, plugin=impl.plugin_name)
+                register = registry.callback(impl.plugin_name, version, report)
                 try:
                     impl.function(register=register)
                 except Exception as error:  # a broken plugin must not take the others down
-                    self._report(
-                        PluginError(f"plugin {impl.plugin_name!r} raised in {hook_name}: {error!r}")
-                    )
+                    report(PluginError(f"plugin {impl.plugin_name!r} raised in {hook_name}: {error!r}"))
             registries[family] = registry
         self._registries = registries
         return registries
@@ -246,7 +251,8 @@ class Host:
             try:
                 answer = impl.function(model=module, adapters=adapters)
             except Exception as error:
-                self._report(PluginError(f"plugin {impl.plugin_name!r} raised in find_architecture: {error!r}"))
+                self._report(PluginError(f"plugin {impl.plugin_name!r} raised in find_architecture: {error!r}"),
+                             impl.plugin_name)
                 continue
             if answer is None:
                 continue
@@ -255,7 +261,7 @@ class Host:
             self._report(PluginError(
                 f"plugin {impl.plugin_name!r} answered find_architecture with "
                 f"{type(answer).__name__}, not an ArchitectureAdapter"
-            ))
+            ), impl.plugin_name)
         config = getattr(module, "config", None)
         model_type = getattr(config, "model_type", None)
         installed = ", ".join(
@@ -317,38 +323,6 @@ def _plain_impls(caller: Any) -> list[Any]:
     return [impl for impl in caller.get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]
 
 
-def _load_entrypoints(host: Host, only: set[str] | None, block: set[str]) -> None:
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(ep, "dist", None)
-        dist_name = getattr(dist, "name", None)
-        if ep.name in block or (dist_name and dist_name in block):
-            continue
-        if only is not None and ep.name not in only and dist_name not in only:
-            continue
-        if host.pm.get_plugin(ep.name) is not None:
-            holder = host._meta.get(ep.name, (None, "", None))[2] or "another plugin"
-            host._report(PluginError(
-                f"plugin {ep.name!r} from distribution {dist_name} skipped: the name is taken by {holder}"
-            ))
-            continue
-        label = f"{ep.name!r}" + (f" (distribution {dist_name})" if dist_name else "")
-        try:
-            plugin = ep.load()
-        except Exception as error:
-            host._report(PluginError(f"plugin {label} failed to import: {error!r}"))
-            continue
-        try:
-            host.register(
-                plugin,
-                name=ep.name,
-                version=getattr(dist, "version", None),
-                source="entrypoint",
-                distribution=dist_name,
-            )
-        except (pluggy.PluginValidationError, PluginError, ValueError) as error:
-            host._report(PluginError(f"plugin {label} is invalid: {error}"))
-
-
 def _check_pending(host: Host) -> None:
     """Unregister plugins that implement hooks slimkit does not define (usually typos)."""
     while True:
@@ -357,8 +331,11 @@ def _check_pending(host: Host) -> None:
             return
         except pluggy.PluginValidationError as error:
             name = host.pm.get_name(error.plugin) or repr(error.plugin)
-            host._report(PluginError(f"plugin {name!r} is invalid: {error}"))
+            problem = PluginError(f"plugin {name!r} is invalid: {error}")
+            version, source, dist = host._meta.get(name, (None, "registered", None))
             host.unregister(plugin=error.plugin)
+            host._record_unloaded(PluginInfo(name, version, (), source, dist, "broken", (str(problem),)))
+            host._report(problem)
 
 
 def make_host(
@@ -373,19 +350,25 @@ def make_host(
     :param only: load only these entry-point or distribution names (default: ``SLIMKIT_LOAD_PLUGINS``,
         a comma list, empty for none; unset means all).
     :param block: never load these (default: ``SLIMKIT_BLOCK_PLUGINS``); bundled ones can be blocked too.
+
+    A name in ``only`` or ``block`` that matches no installed plugin is a problem in :attr:`Host.problems`.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     host = Host(pm)
-    blocked = set(block) if block is not None else (_split_env(os.environ.get(ENV_BLOCK)) or set())
+    selection = Selection.from_arguments(only, block)
+    default_plugins = tuple(default_plugins)
     version = slimkit_version()
     for module_name in default_plugins:
-        if module_name in blocked:
+        if module_name in selection.block:
+            host._record_unloaded(PluginInfo(module_name, version, (), "bundled", "slimkit", "blocked"))
             continue
         host.register(importlib.import_module(module_name), name=module_name, version=version, source="bundled", distribution="slimkit")
+    # Reading the entry points imports nothing; it is needed to tell a typo from an installed name.
+    entry_points = installed_entry_points()
+    check_names(host, selection, entry_points, default_plugins, check_only=load_entrypoints)
     if load_entrypoints:
-        wanted = set(only) if only is not None else _split_env(os.environ.get(ENV_LOAD))
-        _load_entrypoints(host, wanted, blocked)
+        load_entry_points(host, selection, entry_points)
     _check_pending(host)
     host._collect()  # run the register_* hooks now, so problems show up at start
     return host

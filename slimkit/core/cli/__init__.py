@@ -52,6 +52,11 @@ def make_cli(host=None) -> click.Group:
     def cli(ctx: click.Context, catalogue_url: str | None) -> None:
         """slimkit: make language models smaller and faster, and remember how."""
         ctx.obj = CliState(host, catalogue_url)
+        if ctx.invoked_subcommand != "plugins":  # which lists every plugin problem itself
+            from slimkit.core.cli.info import load_warnings
+
+            for line in load_warnings(get_host_from(ctx)):
+                click.echo(line, err=True)
         # slimkit draws its own progress; transformers' per-file bars would interleave with it.
         from transformers.utils import logging as hf_logging
 
@@ -108,7 +113,8 @@ def main() -> None:
     """Console-script entry point."""
     import warnings
 
-    # Plugin problems are shown by `slimkit plugins`; keep other commands' output clean.
+    # Plugin problems are listed by `slimkit plugins`; other commands say in a line or two what
+    # did not load (see cli.info.load_warnings) instead of one Python warning per problem.
     from slimkit.core.errors import PluginWarning
 
     warnings.filterwarnings("ignore", category=PluginWarning)

@@ -7,7 +7,7 @@ import click
 from slimkit.core.cli import get_host_from
 from slimkit.core.cli.render import print_json, table
 from slimkit.core.config import config_schema
-from slimkit.core.host import FAMILY_HOOKS
+from slimkit.core.host import FAMILY_HOOKS, Host
 
 
 @click.command()
@@ -15,21 +15,44 @@ from slimkit.core.host import FAMILY_HOOKS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def plugins(ctx: click.Context, show_all: bool, as_json: bool) -> None:
-    """List installed plugins (and, with --all, the bundled ones)."""
+    """List installed plugins (and, with --all, the bundled ones) and how each fared.
+
+    STATUS is ok, partly loaded (a hook raised or a method was refused), broken (failed to import,
+    failed validation, or its name was taken), blocked (SLIMKIT_BLOCK_PLUGINS), not selected
+    (SLIMKIT_LOAD_PLUGINS does not name it) or not installed (a name in one of those variables
+    that matches no installed plugin). Each problem is printed below the table (in the JSON: errors).
+    """
     host = get_host_from(ctx)
-    infos = [info for info in host.plugin_infos() if show_all or info.source != "bundled"]
+    infos = [info for info in host.plugin_infos(unloaded=True) if show_all or info.source != "bundled"]
     if as_json:
         print_json(
             [{"name": i.name, "version": i.version, "hooks": list(i.hooks), "source": i.source,
-              "distribution": i.distribution} for i in infos]
+              "distribution": i.distribution, "status": i.status, "errors": list(i.errors)} for i in infos]
         )
     else:
-        table(None, ["plugin", "version", "source", "hooks"],
-              [(i.name, i.version, i.source, ", ".join(i.hooks)) for i in infos])
+        table(None, ["plugin", "version", "distribution", "source", "status", "hooks"],
+              [(i.name, i.version, i.distribution, i.source, i.status, ", ".join(i.hooks)) for i in infos])
         if not infos and not show_all:
             click.echo("No third-party plugins installed (slimkit plugins --all lists the bundled ones).")
+        for error in dict.fromkeys(error for i in infos for error in i.errors):  # one line per problem
+            click.echo(f"Problem: {error}")
+    # Problems of plugins not listed (bundled ones without --all) still deserve a line.
+    listed = {error for i in infos for error in i.errors}
     for problem in host.problems:
-        click.echo(f"Warning: {problem}", err=True)
+        if str(problem) not in listed:
+            click.echo(f"Warning: {problem}", err=True)
+
+
+def load_warnings(host: Host) -> list[str]:
+    """One-line warnings for commands other than ``slimkit plugins``: names in SLIMKIT_LOAD_PLUGINS or
+    SLIMKIT_BLOCK_PLUGINS that match nothing installed, and plugins that did not load cleanly."""
+    infos = host.plugin_infos(unloaded=True)
+    lines = list(dict.fromkeys(f"Warning: {i.errors[0]}" for i in infos if i.status == "not installed"))
+    troubled = [f"{i.name} ({i.status})" for i in infos if i.status in ("broken", "partly loaded")]
+    if troubled:
+        lines.append(f"Warning: plugins that did not load cleanly: {', '.join(troubled)}; "
+                     "`slimkit plugins` says why")
+    return lines
 
 
 @click.command()

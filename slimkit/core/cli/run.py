@@ -107,16 +107,36 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
                        f"the name {name!r} was not applied")
 
 
-def _parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[str, Any]]:
-    params: dict[str, dict[str, Any]] = {metric: {} for metric in metrics}
+def _parse_params(items: tuple[str, ...], methods: list[str], *, single: bool = False,
+                  kind: str = "evaluator") -> dict[str, dict[str, Any]]:
+    """``--param`` items as ``{method: {field: value}}`` (values parsed as YAML).
+
+    ``METHOD:FIELD=VALUE`` names the method outright; in ``METHOD.FIELD=VALUE`` the method is the
+    longest of ``methods`` the key starts with (then a dot), so dotted names work: ``qa.top1.text=x``
+    is field ``text`` of ``qa.top1``. With ``single`` (one method), a bare ``FIELD=VALUE`` is for it.
+    Config fields have no dots and method names no colons, so neither form can be ambiguous.
+    """
+    params: dict[str, dict[str, Any]] = {method: {} for method in methods}
+    usage = "FIELD=VALUE" if single else "METRIC.FIELD=VALUE or METRIC:FIELD=VALUE"
+    running = f"the {kind}s being run ({', '.join(methods)})"
     for item in items:
         key, sep, raw = item.partition("=")
-        metric, dot, field = key.partition(".")
-        if not sep or not dot or not field:
-            raise ConfigError(f"--param takes METRIC.FIELD=VALUE, got {item!r}")
-        if metric not in params:
-            raise ConfigError(f"--param {item!r} is for {metric!r}, which is not among --metric {', '.join(metrics)}")
-        params[metric][field] = yaml.safe_load(raw)
+        if not sep:
+            raise ConfigError(f"--param takes {usage}, got {item!r}")
+        method, colon, field = key.partition(":")
+        if colon and method not in params:
+            raise ConfigError(f"--param {item!r} is for {method!r}, which is not among {running}")
+        if not colon:
+            method = max((m for m in methods if key.startswith(f"{m}.")), key=len, default="")
+            if method:
+                field = key[len(method) + 1:]
+            elif single and "." not in key:
+                method, field = methods[0], key
+            else:
+                raise ConfigError(f"--param {item!r} names none of {running}; write {usage}")
+        if not field or "." in field:
+            raise ConfigError(f"--param {item!r} has no valid FIELD for {kind} {method!r}; write {usage}")
+        params[method][field] = yaml.safe_load(raw)
     return params
 
 
@@ -124,7 +144,10 @@ def _parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--metric", "metrics", multiple=True,
               help="Evaluator to run (repeatable; default: size, plus perplexity for causal LMs).")
-@click.option("--param", "-p", "param_items", multiple=True, help="METRIC.FIELD=VALUE, e.g. perplexity.max_windows=20.")
+@click.option("--param", "-p", "param_items", multiple=True, metavar="METRIC.FIELD=VALUE",
+              help="A parameter of one evaluator (repeatable), e.g. perplexity.max_windows=20. For a dotted "
+                   "evaluator name the longest --metric prefix wins (qa.top1.text=x); METRIC:FIELD=VALUE "
+                   "names it outright (qa.top1:text=x).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--no-record", is_flag=True, help="Do not record the results in the catalogue.")
 @click.pass_context
@@ -137,13 +160,14 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
     host = get_host_from(ctx)
     for metric in metrics:
         host.evaluators.get(metric)  # unknown names fail before the model loads
-    model = load_model_ref(ctx, model_spec)
     chosen = list(metrics)
+    params = _parse_params(param_items, chosen) if chosen else {}  # so do bad --param items
+    model = load_model_ref(ctx, model_spec)
     if not chosen:
         chosen = ["size"]
         if model.tokenizer is not None and is_causal_lm(model.model):
             chosen.append("perplexity")
-    params = _parse_params(param_items, chosen)
+        params = _parse_params(param_items, chosen)
     catalogue: Any = False if no_record else get_catalogue_from(ctx)
     with ProgressBars(enabled=not as_json) as bars:
         results = evaluate_model(model, params, host=host, catalogue=catalogue, progress=bars)
@@ -157,7 +181,9 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
 @click.command()
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--scorer", "-s", required=True, help="Installed scorer, e.g. magnitude.")
-@click.option("--param", "-p", "param_items", multiple=True, help="FIELD=VALUE for the scorer's config.")
+@click.option("--param", "-p", "param_items", multiple=True, metavar="FIELD=VALUE",
+              help="A field of the scorer's config (repeatable), e.g. roles=[down]; SCORER.FIELD=VALUE and "
+                   "SCORER:FIELD=VALUE work too.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Write the scores here (safetensors).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--calibration", "calibration_text", type=click.Path(dir_okay=False),
@@ -178,7 +204,7 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
 
     host = get_host_from(ctx)
     info = host.scorers.get(scorer)
-    params = _parse_params(tuple(f"{scorer}.{item}" for item in param_items), [scorer])[scorer]
+    params = _parse_params(param_items, [scorer], single=True, kind="scorer")[scorer]
     host.config(info, params)  # a bad parameter fails before the model loads
     target = Path(out)
     if target.exists() and not overwrite:
