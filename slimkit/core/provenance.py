@@ -10,12 +10,13 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from slimkit.core.catalogue.entities import StepEntry
 
 PROVENANCE_FORMAT = 1
 
@@ -68,34 +69,8 @@ def step_key(
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
-@dataclass
-class StepRecord:
-    """One step of a chain: which method, with which config, from which plugin, at what cost."""
-
-    method: str
-    family: str
-    config: dict[str, Any]
-    plugin: str
-    plugin_version: str | None
-    versions: dict[str, str]
-    parent_id: str
-    step_id: str = ""
-    child_id: str = ""
-    parents: list[dict[str, str]] = field(default_factory=list)
-    #: Every method the step ran inside (its scorers), as ``MethodIdentity.to_json()`` dicts.
-    uses: list[dict[str, Any]] = field(default_factory=list)
-    calibration: dict[str, Any] | None = None
-    calibration_fingerprint: str | None = None
-    seed: int = 0
-    wall_time_s: float = 0.0
-    peak_rss_bytes: int | None = None
-    summary: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-    started: str = field(default_factory=now_iso)
-    status: str = "done"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: The runner's name for the one step type (:class:`~slimkit.core.catalogue.entities.StepEntry`).
+StepRecord = StepEntry
 
 
 def build_provenance(
@@ -103,7 +78,7 @@ def build_provenance(
     model: nn.Module,
     child_id: str,
     base: Mapping[str, Any],
-    steps: list[StepRecord],
+    steps: list[StepEntry],
     parent: Mapping[str, Any] | None,
     evaluations: list[dict[str, Any]] | None = None,
     recipe: Mapping[str, Any] | None = None,
@@ -120,7 +95,7 @@ def build_provenance(
         "architecture": type(model).__name__,
         "created": now_iso(),
         "base": dict(parent.get("base", base)) if parent else dict(base),
-        "steps": earlier + [step.to_dict() for step in steps],
+        "steps": earlier + [step.to_json() for step in steps],
         "evaluations": list(evaluations or []),
         "recipe": dict(recipe) if recipe else None,
         "versions": runtime_versions(),

@@ -23,7 +23,8 @@ from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
 from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model, save_model
 from slimkit.core.preflight import check_disk_space, check_name, check_output_folder
-from slimkit.core.provenance import StepRecord, build_provenance, content_id, runtime_versions
+from slimkit.core.catalogue.entities import StepEntry
+from slimkit.core.provenance import build_provenance, content_id, runtime_versions
 from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
@@ -41,7 +42,7 @@ class RunResult:
 
     model: LoadedModel
     output: Path | None
-    steps: list[StepRecord]
+    steps: list[StepEntry]
     summaries: list[CompressionSummary]
     before: dict[str, dict[str, float]] = field(default_factory=dict)
     after: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -181,7 +182,7 @@ def _execute(
     planned = plan_steps(validated)
 
     start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
-    records: list[StepRecord] = []
+    records: list[StepEntry] = []
     summaries: list[CompressionSummary] = []
     reused: list[bool] = []
     for index, step in enumerate(planned):
@@ -196,7 +197,7 @@ def _execute(
         if index < start:  # recorded before and its result is on disk: take it from there
             prior = cat.step(key) if cat is not None else None
             assert prior is not None and prior.child_id is not None
-            records.append(_record_from_entry(prior, parent_id))
+            records.append(prior)
             summaries.append(CompressionSummary(f"reused: {prior.summary}", prior.details))
             reused.append(True)
             parent_id = prior.child_id
@@ -210,11 +211,11 @@ def _execute(
             shutil.rmtree(work, ignore_errors=True)  # the step is done: its checkpoints are not needed
         loaded.path = None  # the in-memory model no longer matches any file
         child_id = content_id(loaded.model)
-        records.append(StepRecord(
+        records.append(StepEntry(
+            id=key, child_id=child_id, parents=tuple((p["model_id"], p["role"]) for p in parents),
             method=step.info.name, family=step.info.family, config=step.serial, plugin=step.info.plugin,
-            plugin_version=step.info.plugin_version, versions=runtime_versions(), parent_id=parent_id,
-            step_id=key, child_id=child_id, parents=parents, uses=[use.to_json() for use in step.uses],
-            calibration=calibration_spec,
+            plugin_version=step.info.plugin_version, versions=runtime_versions(),
+            uses=tuple(use.to_json() for use in step.uses), calibration=calibration_spec,
             # Recorded whenever the step was given calibration data: a compressor may not need it
             # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
             calibration_fingerprint=fingerprint, seed=step.seed, wall_time_s=round(outcome.seconds, 4),
@@ -330,17 +331,6 @@ def _reusable_prefix(
             if content_id(candidate.model) == current:
                 best = (index + 1, candidate)
     return best
-
-
-def _record_from_entry(entry: Any, parent_id: str) -> StepRecord:
-    return StepRecord(
-        method=entry.method, family=entry.family, config=entry.config, plugin=entry.plugin,
-        plugin_version=entry.plugin_version, versions=entry.versions, parent_id=parent_id, step_id=entry.id,
-        child_id=entry.child_id, parents=[{"model_id": m, "role": r} for m, r in entry.parents],
-        uses=[dict(use) for use in entry.uses], calibration=entry.calibration, calibration_fingerprint=entry.calibration_fingerprint, seed=entry.seed,
-        wall_time_s=entry.wall_time_s or 0.0, peak_rss_bytes=entry.peak_rss_bytes, summary=entry.summary or "",
-        details=dict(entry.details), started=entry.created.isoformat(timespec="seconds"), status=entry.status,
-    )
 
 
 def _rewrite_json(path: Path, document: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -44,23 +44,38 @@ class ModelEntry:
         return self.to_dict()
 
 
+#: ``slimkit.json`` keys of a step, in the order the file has always written them (sorted on disk).
+_JSON_FIELDS = ("method", "family", "config", "plugin", "plugin_version", "versions", "parent_id", "step_id",
+                "child_id", "parents", "uses", "calibration", "calibration_fingerprint", "seed", "wall_time_s",
+                "peak_rss_bytes", "summary", "details", "started", "status")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 @dataclass(frozen=True)
 class StepEntry:
-    """A lineage edge: ``parents`` (model id, role) -> ``child_id`` through one method."""
+    """A lineage step: ``parents`` (model id, role) -> ``child_id`` through one method.
+
+    The one shape of a step everywhere: the runner makes it, a model's ``slimkit.json`` stores it
+    (:meth:`to_json` / :meth:`from_json`; the file format is unchanged), the catalogue returns it
+    and every screen draws it. ``uses`` lists the methods it ran inside it (its scorers) as
+    ``{family, plugin, plugin_version, config}``: with the compressor's own, the step's identity.
+    """
 
     id: str
     child_id: str | None
     parents: tuple[tuple[str, str], ...]
     method: str
-    method_version: int
     family: str
     config: dict[str, Any]
     plugin: str
     plugin_version: str | None
     versions: dict[str, str]
-    seed: int
-    status: str
-    created: datetime
+    seed: int = 0
+    status: str = "done"
+    created: datetime = field(default_factory=_now)
     calibration: dict[str, Any] | None = None
     calibration_fingerprint: str | None = None
     wall_time_s: float | None = None
@@ -68,17 +83,67 @@ class StepEntry:
     summary: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
-    #: Methods the step ran inside it (scorers): ``{family, plugin, plugin_version, config}``.
     uses: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def method_version(self) -> int:
+        """The compressor's class version (stored in its config as ``{type, version, data}``)."""
+        return int(self.config.get("version", 1))
 
     @property
     def input_id(self) -> str | None:
         """The model this step changed (its first ``input`` parent)."""
         return next((model for model, role in self.parents if role == "input"), None)
 
+    @property
+    def step_id(self) -> str:  # the name slimkit.json uses
+        return self.id
+
+    @property
+    def parent_id(self) -> str:  # the name slimkit.json uses
+        return self.input_id or ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The step as ``slimkit.json`` stores it."""
+        data: dict[str, Any] = {
+            "method": self.method, "family": self.family, "config": self.config, "plugin": self.plugin,
+            "plugin_version": self.plugin_version, "versions": dict(self.versions), "parent_id": self.parent_id,
+            "step_id": self.id, "child_id": self.child_id or "",
+            "parents": [{"model_id": m, "role": r} for m, r in self.parents], "uses": [dict(u) for u in self.uses],
+            "calibration": self.calibration, "calibration_fingerprint": self.calibration_fingerprint,
+            "seed": self.seed, "wall_time_s": self.wall_time_s or 0.0, "peak_rss_bytes": self.peak_rss_bytes,
+            "summary": self.summary or "", "details": dict(self.details),
+            "started": self.created.isoformat(timespec="seconds"), "status": self.status,
+        }
+        return {key: data[key] for key in _JSON_FIELDS}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], run_id: str | None = None) -> "StepEntry":
+        """A step read from ``slimkit.json`` (files written before ``parents`` or ``uses`` existed too)."""
+        parents = data.get("parents") or [{"model_id": data["parent_id"], "role": "input"}]
+        try:
+            created = datetime.fromisoformat(data["started"]) if data.get("started") else _now()
+        except ValueError:
+            created = _now()
+        return cls(
+            id=data["step_id"], child_id=data.get("child_id") or None,
+            parents=tuple((p["model_id"], p["role"]) for p in parents), method=data["method"],
+            family=data.get("family", "compressor"), config=dict(data["config"]), plugin=data.get("plugin", ""),
+            plugin_version=data.get("plugin_version"), versions=dict(data.get("versions") or {}),
+            seed=int(data.get("seed", 0)), status=data.get("status", "done"),
+            created=created if created.tzinfo else created.replace(tzinfo=timezone.utc),
+            calibration=data.get("calibration"), calibration_fingerprint=data.get("calibration_fingerprint"),
+            wall_time_s=data.get("wall_time_s"), peak_rss_bytes=data.get("peak_rss_bytes"),
+            summary=data.get("summary"), details=dict(data.get("details") or {}), run_id=run_id,
+            uses=tuple(dict(u) for u in data.get("uses") or ()),
+        )
+
     def to_dict(self) -> dict[str, Any]:
+        """The catalogue's view (``--json`` of the catalogue commands): every field, plus the version."""
         data = {key: _jsonable(value) for key, value in asdict(self).items()}
         data["parents"] = [{"model_id": m, "role": r} for m, r in self.parents]
+        data["uses"] = [dict(u) for u in self.uses]
+        data["method_version"] = self.method_version
         return data
 
     def _repr_html_(self) -> str:  # notebooks: method, parents, key params, full config
@@ -88,6 +153,10 @@ class StepEntry:
 
     def _repr_json_(self) -> dict[str, Any]:
         return self.to_dict()
+
+
+#: The same type under the name the runner and ``slimkit.json`` readers know it by.
+Step = StepEntry
 
 
 @dataclass(frozen=True)

@@ -169,37 +169,35 @@ class Catalogue:
         for other in session.scalars(select(ModelRow).where(ModelRow.location == location, ModelRow.id != holder)):
             other.location = None
 
-    def record_step(self, step: Mapping[str, Any], run_id: str | None, session: Session) -> None:
-        """Insert a step (a :class:`~slimkit.core.provenance.StepRecord` dict) unless known."""
-        if session.get(StepRow, step["step_id"]) is not None:
+    def record_step(self, step: StepEntry, run_id: str | None, session: Session) -> None:
+        """Insert a step unless known."""
+        if session.get(StepRow, step.id) is not None:
             return
         try:
             with session.begin_nested():  # another writer may record the same step first
                 self._insert_step(step, run_id, session)
         except IntegrityError:
-            if session.get(StepRow, step["step_id"]) is None:
+            if session.get(StepRow, step.id) is None:
                 raise
 
-    def _insert_step(self, step: Mapping[str, Any], run_id: str | None, session: Session) -> None:
+    def _insert_step(self, step: StepEntry, run_id: str | None, session: Session) -> None:
         session.add(StepRow(
-            id=step["step_id"], child_id=step["child_id"], run_id=run_id, method=step["method"],
-            method_version=int(step["config"]["version"]), family=step["family"],
-            config_json=json.dumps(step["config"], sort_keys=True), plugin=step["plugin"],
-            plugin_version=step.get("plugin_version"), versions_json=json.dumps(step.get("versions", {})),
-            calibration_json=json.dumps(step["calibration"]) if step.get("calibration") else None,
-            calibration_fingerprint=step.get("calibration_fingerprint"), seed=int(step.get("seed", 0)),
-            wall_time_s=step.get("wall_time_s"), peak_rss_bytes=step.get("peak_rss_bytes"),
-            status=step.get("status", "done"), summary=step.get("summary"),
-            details_json=json.dumps(step.get("details", {}), default=str), created=utcnow(),
+            id=step.id, child_id=step.child_id, run_id=run_id, method=step.method,
+            method_version=step.method_version, family=step.family,
+            config_json=json.dumps(step.config, sort_keys=True), plugin=step.plugin,
+            plugin_version=step.plugin_version, versions_json=json.dumps(step.versions),
+            calibration_json=json.dumps(step.calibration) if step.calibration else None,
+            calibration_fingerprint=step.calibration_fingerprint, seed=step.seed,
+            wall_time_s=step.wall_time_s, peak_rss_bytes=step.peak_rss_bytes,
+            status=step.status, summary=step.summary,
+            details_json=json.dumps(step.details, default=str), created=utcnow(),
         ))
         session.flush()  # the step row first: step_parents refers to it (no ORM relationship orders them)
-        parents = step.get("parents") or [{"model_id": step["parent_id"], "role": "input"}]
-        for position, parent in enumerate(parents):
-            session.add(StepParentRow(step_id=step["step_id"], position=position,
-                                      model_id=parent["model_id"], role=parent["role"]))
-        for position, use in enumerate(step.get("uses") or ()):
+        for position, (model_id, role) in enumerate(step.parents):
+            session.add(StepParentRow(step_id=step.id, position=position, model_id=model_id, role=role))
+        for position, use in enumerate(step.uses):
             config = use["config"]
-            session.add(StepUseRow(step_id=step["step_id"], position=position, family=use["family"],
+            session.add(StepUseRow(step_id=step.id, position=position, family=use["family"],
                                    method=config["type"], method_version=int(config["version"]),
                                    plugin=use["plugin"], plugin_version=use.get("plugin_version"),
                                    config_json=json.dumps(config, sort_keys=True)))
@@ -254,8 +252,9 @@ class Catalogue:
         with self.session() as session, session.begin():
             self.record_model(base["content_id"], base.get("architecture", architecture),
                               source=base.get("source"), session=session)
-            for step in document.get("steps", []):
-                self.record_model(step["child_id"], architecture, session=session)
+            for data in document.get("steps", []):
+                step = StepEntry.from_json(data)
+                self.record_model(data["child_id"], architecture, session=session)
                 self.record_step(step, run_id, session)
             self.record_model(document["content_id"], architecture, params=params, size_bytes=size_bytes,
                               location=location, name=name, session=session)
@@ -416,7 +415,7 @@ def _step(session: Session, row: StepRow) -> StepEntry:
     uses = session.scalars(select(StepUseRow).where(StepUseRow.step_id == row.id).order_by(StepUseRow.position))
     return StepEntry(
         id=row.id, child_id=row.child_id, parents=tuple((m, r) for m, r in parents), method=row.method,
-        method_version=row.method_version, family=row.family, config=json.loads(row.config_json),
+        family=row.family, config=json.loads(row.config_json),
         plugin=row.plugin, plugin_version=row.plugin_version, versions=json.loads(row.versions_json),
         seed=row.seed, status=row.status, created=_aware(row.created) or utcnow(),
         calibration=json.loads(row.calibration_json) if row.calibration_json else None,

@@ -85,7 +85,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
     if as_json:
         print_json({
             "output": str(result.output), "content_id": result.provenance["content_id"],
-            "steps": [step.to_dict() for step in result.steps],
+            "steps": [step.to_json() for step in result.steps],
             "before": result.before, "after": result.after, "total_seconds": total,
             "reused": result.reused, "run_id": result.run_id,
         })
