@@ -31,7 +31,7 @@ from slimkit.core.provenance import (
     runtime_versions,
     step_key,
 )
-from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
+from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 from slimkit.core.teachers import Teachers, teacher_spec
@@ -68,7 +68,7 @@ class RunResult:
         return rows
 
     def _repr_html_(self) -> str:  # notebooks: steps and metrics before/after
-        from slimkit.core.catalogue.html import run_result_html
+        from slimkit.core.present.html import run_result_html
 
         return run_result_html(self)
 
