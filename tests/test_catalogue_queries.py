@@ -15,6 +15,7 @@ import pytest
 import slimkit
 from slimkit.core.catalogue import Catalogue, CatalogueError, ModelEntry
 from slimkit.core.catalogue import queries as q
+from slimkit.core.present.lineage import lineage_dot, lineage_mermaid
 
 CHAIN = [
     {"method": "prune.unstructured", "params": {"sparsity": 0.2}},
@@ -112,7 +113,7 @@ def test_lineage_and_descendants_survive_cycles(tmp_path):
     assert [s.id for s in q.lineage(cat, mid(1))] == [mid("a3")]  # 2 -> 1, then 1 <- 2 is already visited
     tree = q.descendants(cat, mid(1))
     assert [n.model.id for n in tree.walk()] == [mid(1), mid(2), mid(3)]
-    assert q.lineage_dot(cat, mid(3)).count("->") == 2
+    assert lineage_dot(cat, mid(3)).count("->") == 2
 
 
 def test_unknown_model_is_an_error(chain):
@@ -316,14 +317,14 @@ def check_mermaid(text: str) -> tuple[dict[str, str], list[tuple[str, str, str, 
 
 def test_mermaid_and_dot_of_a_real_chain(chain):
     models, steps = q.lineage_models(chain.cat, "chain3")
-    nodes, edges = check_mermaid(q.lineage_mermaid(chain.cat, "chain3"))
+    nodes, edges = check_mermaid(lineage_mermaid(chain.cat, "chain3"))
     assert list(nodes.values()) == [m.label for m in models] and nodes["m3"] == "chain3"
     assert [(s, arrow, t) for s, arrow, _, t in edges] == [("m0", "-->", "m1"), ("m1", "-->", "m2"), ("m2", "-->", "m3")]
     assert "prune.unstructured" in edges[0][2] and "sparsity=0.2" in edges[0][2] and "sparsity=0.4" in edges[1][2]
-    dot_nodes, dot_edges = check_dot(q.lineage_dot(chain.cat, "chain3"))
+    dot_nodes, dot_edges = check_dot(lineage_dot(chain.cat, "chain3"))
     assert dot_nodes == set(nodes) and [(s, t) for s, t, _ in dot_edges] == [(s, t) for s, _, _, t in edges]
     assert "scope=row" in dot_edges[2][2]
-    base_nodes, base_edges = check_mermaid(q.lineage_mermaid(chain.cat, chain.base))
+    base_nodes, base_edges = check_mermaid(lineage_mermaid(chain.cat, chain.base))
     assert len(base_nodes) == 1 and base_edges == []
 
 
@@ -333,9 +334,9 @@ def test_renderers_escape_names_and_draw_teachers(tmp_path):
     cat.record_model(mid(2), "Toy", name="teacher")
     cat.record_model(mid(3), "Toy", name="student|1")
     add_step(cat, mid("c3"), [(mid(1), "input"), (mid(2), "teacher")], mid(3), method="distill.toy")
-    nodes, edges = check_dot(q.lineage_dot(cat, mid(3)))
-    assert len(nodes) == 3 and len(edges) == 2 and '\\"base\\" \\\\ model' in q.lineage_dot(cat, mid(3))
-    m_nodes, m_edges = check_mermaid(q.lineage_mermaid(cat, mid(3)))
+    nodes, edges = check_dot(lineage_dot(cat, mid(3)))
+    assert len(nodes) == 3 and len(edges) == 2 and '\\"base\\" \\\\ model' in lineage_dot(cat, mid(3))
+    m_nodes, m_edges = check_mermaid(lineage_mermaid(cat, mid(3)))
     assert m_nodes["m0"] == "the #quot;base#quot; \\ model" and m_nodes["m1"] == "student#124;1"
     assert m_nodes["m2"] == "teacher"  # extra parents come after the chain
     assert m_edges == [("m0", "-->", "distill.toy (sparsity=0.5)", "m1"), ("m2", "-.->", "teacher", "m1")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
+from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import ProgressCallback
 from slimkit.core.host import Host, get_host

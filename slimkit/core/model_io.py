@@ -54,7 +54,7 @@ class LoadedModel:
         return getattr(self.model, "config", None)
 
     def _repr_html_(self) -> str:  # notebooks: architecture, params, source, provenance steps
-        from slimkit.core.catalogue.html import loaded_model_html
+        from slimkit.core.present.html import loaded_model_html
 
         return loaded_model_html(self)
 

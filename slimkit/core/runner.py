@@ -25,7 +25,7 @@ from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load
 from slimkit.core.preflight import check_disk_space, check_name, check_output_folder
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, content_id, runtime_versions
-from slimkit.core.catalogue.recording import describe_input, open_catalogue, record_input, recorded_run
+from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 from slimkit.core.steps import PlannedStep, run_step
@@ -63,7 +63,7 @@ class RunResult:
         return rows
 
     def _repr_html_(self) -> str:  # notebooks: steps and metrics before/after
-        from slimkit.core.catalogue.html import run_result_html
+        from slimkit.core.present.html import run_result_html
 
         return run_result_html(self)
 

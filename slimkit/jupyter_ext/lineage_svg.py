@@ -1,16 +1,16 @@
 """The lineage drawing for the panel: a catalogue and a model reference in, an SVG string out.
 
-Why a thin wrapper: the drawing itself is pure Python in :mod:`slimkit.core.catalogue.svg` (core
+Why a thin wrapper: the drawing itself is pure Python in :mod:`slimkit.core.present.svg` (core
 stays free of notebook dependencies, and ``Lineage`` objects display the same picture); the panel
 only needs one call that reads the catalogue and accepts names or id prefixes for ``selected``.
 """
 
 from __future__ import annotations
 
-from slimkit.core.catalogue.lineage_view import Lineage
 from slimkit.core.catalogue.migrate import CatalogueError
 from slimkit.core.catalogue.store import Catalogue
-from slimkit.core.catalogue.svg import SELECT_PREFIX, decode_id, element_id, encode_id
+from slimkit.core.present.lineage import Lineage
+from slimkit.core.present.svg import SELECT_PREFIX, decode_id, element_id, encode_id
 
 __all__ = ["lineage_svg", "SELECT_PREFIX", "decode_id", "element_id", "encode_id"]
 

@@ -28,6 +28,7 @@ import ipywidgets as w
 
 from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import SlimkitError
+from slimkit.core.present.format import duration, number, short_id
 from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
 from slimkit.jupyter_ext.serial import serialised
@@ -184,7 +185,7 @@ class Panel:
         ready = "ready" if not self.run_button.disabled else "not ready"
         last = ""
         if self.last_result is not None:
-            last = f" | last: {self.last_result.provenance['content_id'].split(':', 1)[-1][:12]}"
+            last = f" | last: {short_id(self.last_result.provenance['content_id'])}"
         return (f"model: {self.model_spec or '-'} | run: {plan} | {ready} | state: {state} | "
                 f"catalogue: {len(self.model_list.options) - 1} models{last}")
 
@@ -221,7 +222,7 @@ class Panel:
         """Re-read the catalogue's models (after a run, or another process's)."""
         models = self.catalogue.models()
         options = [("(type a path below)", "")] + [
-            (f"{m.label} - {m.architecture}, {m.params or 0:,} params", m.id) for m in models]
+            (f"{m.label} - {m.architecture}, {number(m.params or 0)} params", m.id) for m in models]
         current = self.model_list.value
         set_choices(self.model_list, options, current if current in [v for _, v in options] else "")
         pairs = [(label, value) for label, value in options[1:]]
@@ -323,7 +324,8 @@ class Panel:
         self.progress_text.value = steps
 
         def work(progress):
-            from slimkit.core.catalogue.artifacts import load_model_ref, new_artifact_path
+            from slimkit.core.catalogue.artifacts import new_artifact_path
+            from slimkit.core.model_refs import load_model_ref
             from slimkit.core.runner import run_recipe
 
             model = load_model_ref(spec, self.catalogue)
@@ -393,7 +395,7 @@ class Panel:
             result = self.last_result = run.result
             self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
             self.progress.description = "done"
-            self.progress_text.value = f"finished in {run.seconds:.1f} s"
+            self.progress_text.value = f"finished in {duration(run.seconds)}"
             self.results.value = results_table(result, seconds=run.seconds)
             self.views.focused = result.provenance["content_id"]  # refresh() draws the views once, for it
             self.refresh()
@@ -402,7 +404,8 @@ class Panel:
         else:
             self.progress.bar_style = "danger" if run.state == "failed" else "warning"
             self.progress.description = run.state
-            self.progress_text.value = f"{run.state} after {run.seconds:.1f} s; the catalogue's models are unchanged"
+            self.progress_text.value = (f"{run.state} after {duration(run.seconds)}; "
+                                        "the catalogue's models are unchanged")
             error = run.error or RuntimeError(run.state)  # a user's problem needs no traceback
             self.error.value = _error_html(error, "" if isinstance(error, SlimkitError) else run.details)
             self.refresh()

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from slimkit.core.catalogue import queries
 from slimkit.core.catalogue.migrate import CatalogueError
 from slimkit.core.catalogue.store import Catalogue
-from slimkit.core.catalogue.svg import element_id, encode_id
+from slimkit.core.present.svg import element_id, encode_id
 
 FRONT, OTHER, SELECTED = "#1c7ed6", "#adb5bd", "#e8590c"
 FRONT_PREFIX = "slimkit-front-"  # the ring round a point on the front (not clickable)

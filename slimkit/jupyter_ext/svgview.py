@@ -4,7 +4,7 @@ Why a widget of its own: the lineage drawing and the Pareto plot are plain SVG s
 Python (one by hand, one by matplotlib), and the panel wants to know which model a person clicked.
 Rather than a different widget per picture, both mark their clickable elements the same way: an
 element whose ``id`` is ``slimkit-select-`` + the percent-encoded model id (see
-:func:`slimkit.core.catalogue.svg.element_id`). Clicking such an element, or anything inside it,
+:func:`slimkit.core.present.svg.element_id`). Clicking such an element, or anything inside it,
 sets :attr:`SvgView.selected` to the decoded model id, and the widget frames that element.
 
 Plain JavaScript (anywidget ESM, no build step); the SVG is inserted as markup, so its ``<script>``
@@ -20,7 +20,7 @@ from typing import Any
 import anywidget
 import traitlets
 
-from slimkit.core.catalogue.svg import SELECT_PREFIX, decode_id
+from slimkit.core.present.svg import SELECT_PREFIX, decode_id
 
 _ID = re.compile(r"""\bid\s*=\s*(["'])""" + re.escape(SELECT_PREFIX) + r"""(.*?)\1""")
 

@@ -2,50 +2,46 @@
 
 Plain functions of plain data (a :class:`~slimkit.core.runner.RunResult`, the dictionary of
 :func:`slimkit.core.catalogue.queries.diff`), so they are tested without widgets. Every value
-that comes from a user (model names, parameters) is escaped.
+is written by :mod:`slimkit.core.present.format` (as the CLI and the notebook reprs write it) and
+escaped: model names and parameters come from users.
 """
 
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
+from slimkit.core.present.format import (
+    MISSING,
+    UNCHANGED,
+    change,
+    comparison,
+    config_params,
+    duration,
+    human_bytes,
+    metric_value,
+    number,
+    short_id,
+    step_label,
+)
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value.is_integer() and abs(value) < 1e15:  # counts and bytes, stored as floats
-            return f"{int(value):,}"
-        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return html.escape(str(value))
 
-
-def change(before: float | None, after: float | None) -> str:
-    if before is None or after is None or before == after:
-        return ""
-    return f"x{after / before:.3g}" if before else "-"
+def row(*texts: str) -> str:
+    """A table row of escaped texts."""
+    return "<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in texts) + "</tr>"
 
 
 def results_table(result: Any, *, seconds: float | None = None) -> str:
     """Metrics before/after and the steps of a :class:`RunResult`."""
-    rows = "".join(
-        f"<tr><td>{html.escape(metric)}</td><td>{fmt(before)}</td><td>{fmt(after)}</td>"
-        f"<td>{change(before, after)}</td></tr>"
-        for metric, before, after in result.comparison()
-    ) or "<tr><td colspan='4'>no evaluations in this recipe</td></tr>"
+    rows = "".join(row(*texts) for texts in comparison(result.comparison())) or (
+        "<tr><td colspan='4'>no evaluations in this recipe</td></tr>")
     steps = "".join(
         f"<li><b>{html.escape(step.method)}</b>: {html.escape(step.summary or '')}"
-        f"{' (reused from the catalogue)' if reused else f' ({step.wall_time_s:.1f} s)'}</li>"
+        f"{' (reused from the catalogue)' if reused else f' ({duration(step.wall_time_s)})'}</li>"
         for step, reused in zip(result.steps, result.reused)
     )
     where = html.escape(str(result.output)) if result.output else "not saved"
-    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    took = f" in {duration(seconds)}" if seconds is not None else ""
     return (
         "<table class='slimkit-results'><thead><tr><th>metric</th><th>before</th><th>after</th><th>change</th>"
         f"</tr></thead><tbody>{rows}</tbody></table><ol class='slimkit-steps'>{steps}</ol>"
@@ -58,23 +54,24 @@ def compare_table(diff: dict[str, Any]) -> str:
     a, b = diff["a"], diff["b"]
 
     def label(model: dict[str, Any]) -> str:
-        return html.escape(model.get("name") or model["id"].split(":", 1)[-1][:12])
+        return html.escape(model.get("name") or short_id(model["id"]))
 
     head = (f"<tr><th></th><th>{label(a)}</th><th>{label(b)}</th><th>change</th></tr>")
-    facts = "".join(
-        f"<tr><td>{name}</td><td>{fmt(a.get(key))}</td><td>{fmt(b.get(key))}</td>"
-        f"<td>{change(a.get(key), b.get(key))}</td></tr>"
-        for name, key in (("architecture", "architecture"), ("parameters", "params"), ("size (bytes)", "size_bytes"))
-    )
+    arch_a, arch_b = a["architecture"], b["architecture"]
+    facts = (row("architecture", arch_a, arch_b, UNCHANGED if arch_a == arch_b else MISSING)
+             + row("parameters", number(a.get("params")), number(b.get("params")),
+                   change(a.get("params"), b.get("params")))
+             + row("size", human_bytes(a.get("size_bytes")), human_bytes(b.get("size_bytes")),
+                   change(a.get("size_bytes"), b.get("size_bytes"))))
     metrics = "".join(
-        f"<tr><td>{html.escape(row['metric'])}{' *' if row['same_settings'] is False else ''}</td><td>{fmt(row['a'])}</td>"
-        f"<td>{fmt(row['b'])}</td><td>{change(row['a'], row['b'])}</td></tr>"
-        for row in diff["metrics"]
+        row(m["metric"] + (" *" if m["same_settings"] is False else ""), metric_value(m["metric"], m["a"]),
+            metric_value(m["metric"], m["b"]), change(m["a"], m["b"]))
+        for m in diff["metrics"]
     )
-    note = "" if all(row["same_settings"] is not False for row in diff["metrics"]) else (
+    note = "" if all(m["same_settings"] is not False for m in diff["metrics"]) else (
         "<div>* measured with different settings on the two models: not comparable as is</div>")
     base = "same base model" if diff["same_base"] else "different base models"
-    steps = "".join(f"<li>{html.escape(_step_line(row))}</li>" for row in diff["steps"])
+    steps = "".join(f"<li>{html.escape(_step_line(step))}</li>" for step in diff["steps"])
     return (f"<table class='slimkit-compare'>{head}{facts}{metrics}</table>{note}"
             f"<div>{base}</div><ul class='slimkit-compare-steps'>{steps}</ul>")
 
@@ -84,10 +81,8 @@ def _step_line(row: dict[str, Any]) -> str:
     for side in ("a", "b"):
         step = row.get(side)
         if step is None:
-            sides.append("-")
+            sides.append(MISSING)
             continue
-        config = step.get("config") or {}
-        params = ", ".join(f"{k}={v}" for k, v in config.items()) if isinstance(config, dict) else str(config)
-        sides.append(f"{step['method']}({params})")
+        sides.append(step_label(step["method"], config_params(step.get("config") or {}, limit=None)))
     same = " (the same step)" if row.get("same") else ""
     return f"step {row['index']}: {sides[0]}  |  {sides[1]}{same}"

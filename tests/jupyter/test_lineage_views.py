@@ -23,8 +23,9 @@ import matplotlib  # noqa: E402
 import slimkit  # noqa: E402
 from slimkit.core.catalogue import Catalogue  # noqa: E402
 from slimkit.core.catalogue import queries as q  # noqa: E402
-from slimkit.core.catalogue.lineage_view import Lineage  # noqa: E402
-from slimkit.core.catalogue.svg import SELECT_PREFIX, decode_id, encode_id  # noqa: E402
+from slimkit.core.present.format import key_params  # noqa: E402
+from slimkit.core.present.lineage import Lineage  # noqa: E402
+from slimkit.core.present.svg import SELECT_PREFIX, decode_id, encode_id  # noqa: E402
 from slimkit.jupyter_ext.lineage_svg import lineage_svg  # noqa: E402
 from slimkit.jupyter_ext.pareto_plot import FRONT_PREFIX, HIGHLIGHT_PREFIX, pareto_png, pareto_svg  # noqa: E402
 from slimkit.jupyter_ext.svgview import SvgView  # noqa: E402
@@ -204,7 +205,7 @@ def test_entry_reprs_show_the_key_facts_escaped(world):
     (distill,) = cat.steps_into(world.student_id)
     page = distill._repr_html_()
     assert "distill" in page and "teacher" in page and world.base.split(":")[1][:12] in page
-    assert q.key_params(distill) in page and distill.id in page
+    assert key_params(distill) in page and distill.id in page
     evaluation = next(e for e in cat.evaluations(world.student_id) if e.key == "perplexity.perplexity")
     page = evaluation._repr_html_()
     assert "perplexity.perplexity" in page and f"{evaluation.value:.4g}" in page
@@ -260,8 +261,8 @@ def test_run_result_and_loaded_model_reprs(world):
 
 
 def test_core_renderers_import_no_notebook_libraries():
-    code = ("import sys; import slimkit.core.catalogue.lineage_view, slimkit.core.catalogue.html, "
-            "slimkit.core.catalogue.svg; bad = [m for m in ('matplotlib', 'ipywidgets', 'anywidget') "
+    code = ("import sys; import slimkit.core.present.lineage, slimkit.core.present.html, "
+            "slimkit.core.present.svg; bad = [m for m in ('matplotlib', 'ipywidgets', 'anywidget') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

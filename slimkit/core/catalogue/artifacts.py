@@ -13,13 +13,12 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from slimkit.core.catalogue.migrate import sqlite_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue.store import Catalogue
-    from slimkit.core.model_io import LoadedModel
 
 ENV_ARTIFACTS = "SLIMKIT_ARTIFACTS"
 
@@ -40,29 +39,6 @@ def new_artifact_path(cat: "Catalogue", label: str | None = None) -> Path:
     """A fresh folder name in the artifact folder (not created: saving creates it atomically)."""
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in (label or "model"))[:60]
     return artifact_dir(cat) / f"{stem}-{uuid.uuid4().hex[:8]}"
-
-
-def load_model_ref(spec: str, cat: "Catalogue | Callable[[], Catalogue] | None") -> "LoadedModel":
-    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id.
-
-    Local paths and examples win; then the catalogue (where the model was saved); then the hub.
-    ``cat`` may be a function that opens the catalogue, called only when a name needs it.
-    """
-    from slimkit.core.catalogue.store import CatalogueError
-    from slimkit.core.model_io import EXAMPLE_PREFIX, load_model
-
-    if cat is None or spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists() \
-            or spec.startswith((".", "/", "~")):
-        return load_model(spec)
-    if callable(cat):
-        cat = cat()
-    try:
-        entry = cat.resolve(spec)
-    except CatalogueError:
-        return load_model(spec)  # not in the catalogue: a hub id, or a clear "no such model" error
-    if not entry.location or not Path(entry.location).exists():
-        raise CatalogueError(f"model {entry.label} is in the catalogue but its folder is gone ({entry.location})")
-    return load_model(entry.location)
 
 
 def _is_staging(path: Path) -> bool:

@@ -1,10 +1,17 @@
-"""What the catalogue returns: frozen plain objects, never ORM rows."""
+"""What the catalogue returns: frozen plain objects, never ORM rows.
+
+They display themselves in notebooks through the leaf renderers of :mod:`slimkit.core.present`,
+which import nothing of the catalogue back (see that package for why this arrow points down).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from slimkit.core.present import html
+from slimkit.core.present.format import short_id as _short_id
 
 
 def _jsonable(value: Any) -> Any:
@@ -26,7 +33,7 @@ class ModelEntry:
 
     @property
     def short_id(self) -> str:
-        return self.id.split(":", 1)[-1][:12]
+        return _short_id(self.id)
 
     @property
     def label(self) -> str:
@@ -36,9 +43,7 @@ class ModelEntry:
         return {key: _jsonable(value) for key, value in asdict(self).items()}
 
     def _repr_html_(self) -> str:  # notebooks: a table of the model's facts
-        from slimkit.core.catalogue.html import model_html
-
-        return model_html(self)
+        return html.model_html(self)
 
     def _repr_json_(self) -> dict[str, Any]:
         return self.to_dict()
@@ -147,9 +152,7 @@ class StepEntry:
         return data
 
     def _repr_html_(self) -> str:  # notebooks: method, parents, key params, full config
-        from slimkit.core.catalogue.html import step_html
-
-        return step_html(self)
+        return html.step_html(self)
 
     def _repr_json_(self) -> dict[str, Any]:
         return self.to_dict()
@@ -181,9 +184,7 @@ class EvaluationEntry:
         return {key: _jsonable(value) for key, value in asdict(self).items()}
 
     def _repr_html_(self) -> str:  # notebooks: the metric, its value and settings
-        from slimkit.core.catalogue.html import evaluation_html
-
-        return evaluation_html(self)
+        return html.evaluation_html(self)
 
     def _repr_json_(self) -> dict[str, Any]:
         return self.to_dict()

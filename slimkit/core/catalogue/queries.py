@@ -1,6 +1,7 @@
 """Questions asked of a catalogue: lineage, descendants, metric filters, diffs, Pareto fronts.
 
-Pure functions over a :class:`~slimkit.core.catalogue.Catalogue`; nothing here writes. Models
+Pure functions over a :class:`~slimkit.core.catalogue.Catalogue`; nothing here writes (and nothing
+here draws: pictures and text renderings of the answers are in :mod:`slimkit.core.present`). Models
 may be given as a full id, a unique id prefix or a name. Lineage is a graph that can hold
 self-loops (a step that changed nothing, such as pruning at sparsity 0, has child == parent) and
 models reached along several paths; every walk here visits a model at most once.
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator
 from slimkit.core.catalogue.entities import ModelEntry, StepEntry
 from slimkit.core.catalogue.migrate import CatalogueError
 from slimkit.core.catalogue.store import Catalogue
+from slimkit.core.present.html import node_html
 
 COLUMNS = {"params": "params", "size": "size_bytes"}  # model columns usable as metric keys
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -62,22 +64,6 @@ def lineage_models(cat: Catalogue, model_id: str) -> tuple[list[ModelEntry], lis
     return [cat.model(i) for i in ids if i is not None], steps
 
 
-def key_params(step: StepEntry, limit: int = 3) -> str:
-    """A step's scalar config fields, ``name=value``, the first ``limit`` of them: numbers first
-    (sparsity, bits, rank say most about a step), then words, then switches."""
-    return config_params(step.config, limit)
-
-
-def config_params(config: Any, limit: int = 3) -> str:
-    """:func:`key_params` of a stored config (``{name, version, data}`` or bare fields), e.g. a step
-    record from ``slimkit.json`` rather than a catalogue :class:`StepEntry`."""
-    data = config.get("data", config) if isinstance(config, dict) else {}
-    scalars = [(k, v) for k, v in data.items() if isinstance(v, (int, float, str, bool))]
-    rank = {int: 0, float: 0, str: 1, bool: 2}
-    scalars.sort(key=lambda item: rank[type(item[1])])  # stable: keeps name order within a kind
-    return ", ".join(f"{k}={v}" for k, v in scalars[:limit])
-
-
 def lineage_json(cat: Catalogue, model_id: str) -> dict[str, Any]:
     """The lineage as JSON-able data: the model, its base, the chain's models and every step."""
     models, steps = lineage_models(cat, model_id)
@@ -85,55 +71,6 @@ def lineage_json(cat: Catalogue, model_id: str) -> dict[str, Any]:
         "model": models[-1].to_dict(), "base": models[0].to_dict(),
         "models": [m.to_dict() for m in models], "steps": [s.to_dict() for s in steps],
     }
-
-
-def _graph(cat: Catalogue, model_id: str) -> tuple[list[ModelEntry], list[tuple[str, str, str, bool]]]:
-    """Nodes (models, the chain plus any extra parents such as teachers) and edges
-    ``(from id, to id, label, is_step)`` of a lineage."""
-    models, steps = lineage_models(cat, model_id)
-    nodes = {m.id: m for m in models}
-    edges: list[tuple[str, str, str, bool]] = []
-    for step in steps:
-        if step.input_id is None or step.child_id is None:
-            continue
-        label = step.method + (f" ({key_params(step)})" if key_params(step) else "")
-        edges.append((step.input_id, step.child_id, label, True))
-        for parent, role in step.parents:
-            if role != "input":
-                nodes.setdefault(parent, cat.model(parent))
-                edges.append((parent, step.child_id, role, False))
-    return list(nodes.values()), edges
-
-
-def lineage_mermaid(cat: Catalogue, model_id: str) -> str:
-    """A Mermaid ``graph TD``: one node per model, one solid edge per step (dotted for teachers)."""
-    nodes, edges = _graph(cat, model_id)
-    names = {m.id: f"m{i}" for i, m in enumerate(nodes)}
-
-    def quote(text: str) -> str:
-        return '"' + text.replace('"', "#quot;").replace("|", "#124;").replace("\n", " ") + '"'
-
-    lines = ["graph TD"] + [f"    {names[m.id]}[{quote(m.label)}]" for m in nodes]
-    for source, target, label, is_step in edges:
-        arrow = "-->" if is_step else "-.->"
-        lines.append(f"    {names[source]} {arrow}|{quote(label)}| {names[target]}")
-    return "\n".join(lines) + "\n"
-
-
-def lineage_dot(cat: Catalogue, model_id: str) -> str:
-    """A Graphviz ``digraph``: one box per model, one edge per step (dashed for teachers)."""
-    nodes, edges = _graph(cat, model_id)
-    names = {m.id: f"m{i}" for i, m in enumerate(nodes)}
-
-    def quote(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-    lines = ["digraph lineage {", "    rankdir=TB;", "    node [shape=box];"]
-    lines += [f"    {names[m.id]} [label={quote(m.label)}, tooltip={quote(m.id)}];" for m in nodes]
-    for source, target, label, is_step in edges:
-        style = "" if is_step else ", style=dashed"
-        lines.append(f"    {names[source]} -> {names[target]} [label={quote(label)}{style}];")
-    return "\n".join(lines + ["}"]) + "\n"
 
 
 # -- descendants -----------------------------------------------------------------------------
@@ -162,9 +99,7 @@ class Node:
             "children": [child.to_dict() for child in self.children],
         }
 
-    def _repr_html_(self) -> str:  # notebooks: the tree as nested lists
-        from slimkit.core.catalogue.html import node_html
-
+    def _repr_html_(self) -> str:  # notebooks: the tree as nested lists (a leaf renderer: see present)
         return node_html(self)
 
     def _repr_json_(self) -> dict[str, Any]:

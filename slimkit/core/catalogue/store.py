@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, RunEntry, StepEntry
 from slimkit.core.catalogue.migrate import CatalogueError, default_url, ensure_current, make_engine, to_url
 from slimkit.core.catalogue.schema import EvaluationRow, ModelRow, RunRow, StepParentRow, StepRow, StepUseRow
+from slimkit.core.present.format import short_id
 
 
 def utcnow() -> datetime:
@@ -134,7 +135,7 @@ class Catalogue:
         if name is not None:
             holder = session.scalar(select(ModelRow).where(ModelRow.name == name))
             if holder is not None and holder.id != model_id:
-                raise CatalogueError(f"the name {name!r} is already used by model {holder.id[7:19]}")
+                raise CatalogueError(f"the name {name!r} is already used by model {short_id(holder.id)}")
         if row is None:
             try:
                 with session.begin_nested():  # another writer may insert the same model first
@@ -289,7 +290,7 @@ class Catalogue:
         if not rows:
             raise CatalogueError(f"no model with id or name {reference!r} in the catalogue")
         if len(rows) > 1:
-            listed = ", ".join(f"{row.id[7:19]}" + (f" ({row.name})" if row.name else "") for row in rows[:10])
+            listed = ", ".join(short_id(row.id) + (f" ({row.name})" if row.name else "") for row in rows[:10])
             raise CatalogueError(f"{reference!r} is ambiguous: it matches {listed}{' ...' if len(rows) > 10 else ''}")
         return _model(rows[0])
 

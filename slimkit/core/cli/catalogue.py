@@ -14,16 +14,18 @@ import click
 from slimkit.core.catalogue import queries
 from slimkit.core.catalogue.entities import ModelEntry, StepEntry
 from slimkit.core.catalogue.migrate import CatalogueError
-from slimkit.core.cli import get_catalogue_from
-from slimkit.core.cli.render import console, format_value, human_bytes, print_json, table
-
-
-def _value(key: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if key == "size" or key.endswith("_bytes"):
-        return human_bytes(value)
-    return format_value(value)
+from slimkit.core.cli.render import console, print_json, table
+from slimkit.core.cli.state import get_catalogue_from
+from slimkit.core.present.format import (
+    change,
+    config_params,
+    duration,
+    human_bytes,
+    key_params,
+    metric_value,
+    short_id,
+    step_label,
+)
 
 
 def _made_by(cat: Any, model: ModelEntry) -> str:
@@ -32,8 +34,7 @@ def _made_by(cat: Any, model: ModelEntry) -> str:
 
 
 def _step_cell(step: StepEntry) -> str:
-    params = queries.key_params(step)
-    return f"{step.method}({params})" if params else step.method
+    return step_label(step.method, key_params(step))
 
 
 @click.command()
@@ -59,7 +60,7 @@ def models(ctx: click.Context, method: str | None, architecture: str | None, con
     for m in found:
         metrics = cat.metrics(m.id)
         rows.append([m.short_id, m.name, _made_by(cat, m), m.architecture, m.params, human_bytes(m.size_bytes),
-                     m.created.strftime("%Y-%m-%d %H:%M"), *[_value(k, metrics.get(k)) for k in keys]])
+                     m.created.strftime("%Y-%m-%d %H:%M"), *[metric_value(k, metrics.get(k)) for k in keys]])
     table(f"{len(found)} model(s)", ["id", "name", "made by", "architecture", "params", "size", "created", *keys], rows)
 
 
@@ -87,15 +88,16 @@ def show(ctx: click.Context, reference: str, as_json: bool) -> None:
         ("created", model.created.isoformat(timespec="seconds")), ("derived models", len(set(derived))),
     ])
     if steps:
-        table("produced by", ["step", "method", "config", "seed", "parents", "wall time (s)", "status"], [
-            (s.id[7:19], s.method, queries.key_params(s, limit=6), s.seed,
-             ", ".join(f"{m[7:19]} ({r})" for m, r in s.parents), s.wall_time_s, s.status) for s in steps
+        table("produced by", ["step", "method", "config", "seed", "parents", "wall time", "status"], [
+            (short_id(s.id), s.method, key_params(s, limit=6), s.seed,
+             ", ".join(f"{short_id(m)} ({r})" for m, r in s.parents), duration(s.wall_time_s), s.status)
+            for s in steps
         ])
     else:
         click.echo("produced by: nothing recorded (a base model)")
     if evaluations:
         table("evaluations", ["metric", "value", "evaluator version", "time"],
-              [(e.key, _value(e.key, e.value), e.evaluator_version, e.created.isoformat(timespec="seconds"))
+              [(e.key, metric_value(e.key, e.value), e.evaluator_version, e.created.isoformat(timespec="seconds"))
                for e in evaluations])
 
 
@@ -112,16 +114,17 @@ def lineage(ctx: click.Context, reference: str, fmt: str) -> None:
         print_json(queries.lineage_json(cat, model.id))
         return
     if fmt in ("mermaid", "dot"):
-        render = queries.lineage_mermaid if fmt == "mermaid" else queries.lineage_dot
-        click.echo(render(cat, model.id), nl=False)
+        from slimkit.core.present.lineage import lineage_dot, lineage_mermaid
+
+        click.echo((lineage_mermaid if fmt == "mermaid" else lineage_dot)(cat, model.id), nl=False)
         return
     chain, steps = queries.lineage_models(cat, model.id)
     labels = {m.id: m.label for m in chain}
     base = chain[0].label + (f", {chain[0].source}" if chain[0].source else "")
     table(f"lineage of {model.label} (base {base})",
-          ["#", "method", "config", "seed", "parent", "child", "wall time (s)"],
-          [(i, s.method, queries.key_params(s, limit=6), s.seed, labels.get(s.input_id or "", "?"),
-            labels.get(s.child_id or "", "?"), s.wall_time_s) for i, s in enumerate(steps, start=1)])
+          ["#", "method", "config", "seed", "parent", "child", "wall time"],
+          [(i, s.method, key_params(s, limit=6), s.seed, labels.get(s.input_id or "", "?"),
+            labels.get(s.child_id or "", "?"), duration(s.wall_time_s)) for i, s in enumerate(steps, start=1)])
 
 
 def _tree_lines(node: queries.Node, depth: int = 0) -> list[str]:
@@ -168,21 +171,20 @@ def diff(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    label_a = result["a"]["name"] or result["a"]["id"][7:19]
-    label_b = result["b"]["name"] or result["b"]["id"][7:19]
+    label_a = result["a"]["name"] or short_id(result["a"]["id"])
+    label_b = result["b"]["name"] or short_id(result["b"]["id"])
 
     def cell(step: dict[str, Any] | None) -> str:
         if step is None:
             return "-"
-        params = ", ".join(f"{k}={v}" for k, v in step["config"].items() if isinstance(v, (int, float, str)))
-        return f"{step['method']}({params}) seed={step['seed']}"
+        return f"{step_label(step['method'], config_params(step['config'], limit=None))} seed={step['seed']}"
 
     base = "the same base" if result["same_base"] else "different bases"
     table(f"steps ({base})", ["#", label_a, label_b, "same step"],
           [(row["index"], cell(row["a"]), cell(row["b"]), "yes" if row["same"] else "") for row in result["steps"]])
     table("metrics", ["metric", label_a, label_b, "change"],
-          [(r["metric"], _value(r["metric"], r["a"]), _value(r["metric"], r["b"]),
-            ("-" if r["change"] is None else f"{r['change']:+.4g}") + ("" if r["same_settings"] is not False else " *"))
+          [(r["metric"], metric_value(r["metric"], r["a"]), metric_value(r["metric"], r["b"]),
+            change(r["a"], r["b"]) + ("" if r["same_settings"] is not False else " *"))
            for r in result["metrics"]])
     if any(r["same_settings"] is False for r in result["metrics"]):
         click.echo("* measured with different settings or data for A and B: not directly comparable")
@@ -209,7 +211,8 @@ def pareto(ctx: click.Context, x: str, y: str, maximize_x: bool, maximize_y: boo
         return
     table(f"{len(front)} of {len(points)} model(s) on the front ({kx} {'max' if maximize_x else 'min'}, "
           f"{ky} {'max' if maximize_y else 'min'})", ["front", "id", "name", kx, ky],
-          [("*" if p.model.id in on_front else "", p.model.short_id, p.model.name, _value(kx, p.x), _value(ky, p.y))
+          [("*" if p.model.id in on_front else "", p.model.short_id, p.model.name, metric_value(kx, p.x),
+            metric_value(ky, p.y))
            for p in points])
 
 

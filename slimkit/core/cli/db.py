@@ -23,7 +23,7 @@ from slimkit.core.catalogue.migrate import (
     sqlite_path,
     to_url,
 )
-from slimkit.core.cli import CliState, get_catalogue_from
+from slimkit.core.cli.state import CliState, get_catalogue_from
 
 
 @dataclass(frozen=True)

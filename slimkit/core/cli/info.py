@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from slimkit.core.cli import get_host_from
 from slimkit.core.cli.render import print_json, table
+from slimkit.core.cli.state import get_host_from
 from slimkit.core.config import config_schema
 from slimkit.core.host import FAMILY_HOOKS, Host
 

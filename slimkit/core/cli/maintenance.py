@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from slimkit.core.cli import get_catalogue_from, get_host_from
 from slimkit.core.cli.render import ProgressBars, print_json, table
+from slimkit.core.cli.state import get_catalogue_from, get_host_from
+from slimkit.core.present.format import duration, short_id
 
 
 @click.command()
@@ -24,9 +25,9 @@ def reproduce(ctx: click.Context, reference: str, as_json: bool) -> None:
                     "steps": [{"method": s.method, "expected": s.expected, "got": s.got, "identical": s.identical,
                                "seconds": s.seconds} for s in report.steps]})
     else:
-        table(f"reproducing {report.model_id[:19]} from {report.base_id[:19]}",
-              ["step", "method", "expected", "got", "same", "seconds"],
-              [(i, s.method, s.expected[7:19], s.got[7:19], "yes" if s.identical else "NO", round(s.seconds, 2))
+        table(f"reproducing {short_id(report.model_id)} from {short_id(report.base_id)}",
+              ["step", "method", "expected", "got", "same", "time"],
+              [(i, s.method, short_id(s.expected), short_id(s.got), "yes" if s.identical else "NO", duration(s.seconds))
                for i, s in enumerate(report.steps, start=1)])
     if not report.identical:
         bad = next((i for i, s in enumerate(report.steps, start=1) if not s.identical), len(report.steps))
@@ -51,7 +52,7 @@ def gc(ctx: click.Context, dry_run: bool) -> None:
     if report.skipped_staging:
         click.echo("left half-written folders alone: a run is in progress", err=True)
     for model_id, location in report.missing:
-        click.echo(f"model {model_id[7:19]} is recorded at {location}, which no longer exists", err=True)
+        click.echo(f"model {short_id(model_id)} is recorded at {location}, which no longer exists", err=True)
 
 
 COMMANDS = (reproduce, gc)

@@ -1,4 +1,8 @@
-"""Terminal output for the CLI: tables, numbers and progress bars (rich, on stderr for progress)."""
+"""Terminal output for the CLI: tables and progress bars (rich, on stderr for progress).
+
+Numbers, sizes, ratios and ids are written by :mod:`slimkit.core.present.format`, as in notebooks
+and the panel; this module only lays them out for a terminal.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slimkit.core.contracts import ProgressEvent
+from slimkit.core.present.format import number
 
 
 def console() -> Console:
@@ -25,7 +30,9 @@ def print_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    cells = [[format_value(cell) for cell in row] for row in rows]
+    """A table on stdout: numbers as :func:`~slimkit.core.present.format.number` writes them, text as
+    given (pre-formatted values are text); a column of numbers only is right-aligned."""
+    cells = [[number(cell) for cell in row] for row in rows]
     grid = Table(title=title, title_justify="left", header_style="bold")
     for index, column in enumerate(columns):
         numeric = index > 0 and all(_NUMBER.match(row[index]) for row in cells if row[index])
@@ -35,29 +42,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     console().print(grid)
 
 
-_NUMBER = re.compile(r"^[x-]?[\d.,]+(e[+-]?\d+)?( ?(%|B|KiB|MiB|GiB))?$|^-$")
-
-
-def format_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value == int(value) and abs(value) >= 1000:
-            return f"{int(value):,}"
-        if abs(value) >= 100:
-            return f"{value:,.1f}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def human_bytes(count: float | None) -> str:
-    if count is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
-        count /= 1024
-    return f"{count:.2f} GiB"
+_NUMBER = re.compile(r"^[x-]?[\d.,]+(e[+-]?\d+)?( ?(%|s|B|KiB|MiB|GiB))?$|^-$|^nan$")  # right-aligned cells
 
 
 class ProgressBars:

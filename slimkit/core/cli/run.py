@@ -9,35 +9,29 @@ from typing import Any
 import click
 import yaml
 
-from slimkit.core.cli import get_catalogue_from, get_host_from
-from slimkit.core.cli.render import ProgressBars, format_value, human_bytes, print_json, table
+from slimkit.core.cli.render import ProgressBars, print_json, table
+from slimkit.core.cli.state import get_catalogue_from, get_host_from
 from slimkit.core.errors import ConfigError
+from slimkit.core.present.format import comparison, duration, metric_value, short_id
 
 
 def load_model_ref(ctx: click.Context, spec: str) -> Any:
     """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id
-    (see :func:`slimkit.core.catalogue.artifacts.load_model_ref`)."""
-    from slimkit.core.catalogue.artifacts import load_model_ref as load
+    (see :func:`slimkit.core.model_refs.load_model_ref`)."""
+    from slimkit.core.model_refs import load_model_ref as load
 
     return load(spec, lambda: get_catalogue_from(ctx))
 
 
-def _display(metric: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if metric.endswith("_bytes"):
-        return human_bytes(value)
-    if metric.endswith("sparsity"):
-        return f"{value:.1%}"
-    return format_value(value)
-
-
-def _change(before: float | None, after: float | None) -> str:
-    if before is None or after is None or before == after:
-        return "" if before == after else "-"
-    if before == 0:
-        return "-"
-    return f"x{after / before:.3g}"
+def show_result(result: Any, title: str) -> None:
+    """A run's steps, then its metrics before and after (the rows the notebook repr and the panel
+    show too) and the time its steps took."""
+    for index, (step, reused) in enumerate(zip(result.steps, result.reused), start=1):
+        how = "reused from the catalogue; --force recomputes" if reused else duration(step.wall_time_s)
+        click.echo(f"step {index} {step.method}: {step.summary} ({how})")
+    rows = comparison(result.comparison())
+    rows.append(("compression time", "", duration(result.compression_seconds), ""))
+    table(title, ["metric", "before", "after", "change"], rows)
 
 
 @click.command()
@@ -90,16 +84,8 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
             "reused": result.reused, "run_id": result.run_id,
         })
         return
-    for index, (step, reused) in enumerate(zip(result.steps, result.reused), start=1):
-        how = "reused from the catalogue; --force recomputes" if reused else f"{step.wall_time_s:.2f} s"
-        click.echo(f"step {index} {step.method}: {step.summary} ({how})")
-    rows: list[tuple[Any, ...]] = [
-        (metric, _display(metric, before), _display(metric, after), _change(before, after))
-        for metric, before, after in result.comparison()
-    ]
-    rows.append(("compression time (s)", "", f"{result.compression_seconds:.2f}", ""))
-    table(f"{parsed.name or recipe} on {model_spec}", ["metric", "before", "after", "change"], rows)
-    click.echo(f"saved {result.output} ({result.provenance['content_id'][:19]}) in {total:.1f} s")
+    show_result(result, f"{parsed.name or recipe} on {model_spec}")
+    click.echo(f"saved {result.output} ({short_id(result.provenance['content_id'])}) in {duration(total)}")
     if catalogue:
         known = catalogue.model(result.provenance["content_id"])
         if name and known.name != name:
@@ -175,7 +161,7 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
         print_json({"model": model_spec, "metrics": results})
         return
     table(str(model_spec), ["metric", "value"],
-          [(f"{m}.{k}", _display(k, v)) for m, values in results.items() for k, v in values.items()])
+          [(f"{m}.{k}", metric_value(k, v)) for m, values in results.items() for k, v in values.items()])
 
 
 @click.command()

@@ -1,7 +1,7 @@
 """A lineage graph drawn as a self-contained SVG string, in pure Python.
 
-Why here and why pure: notebooks, exported reports and the Jupyter panel all want a picture of
-where a model came from, and ``slimkit.core`` must work without graphviz, matplotlib or a browser.
+Why pure: notebooks, exported reports and the Jupyter panel all want a picture of where a model
+came from, and ``slimkit.core`` must work without graphviz, matplotlib or a browser.
 The layout is a small layered drawing: every model sits one column right of the models it was
 made from (longest path), the lineage chain on the first row, other models (teachers from
 elsewhere, children of the focus) below it. Output is deterministic (same catalogue, same bytes),
@@ -10,6 +10,8 @@ used because an inline SVG's stylesheet would leak into the whole notebook page.
 
 Each model box is a ``<g>`` whose id is ``slimkit-select-`` + :func:`encode_id` (model id), the
 contract :class:`slimkit.jupyter_ext.svgview.SvgView` uses to make it clickable.
+
+A leaf module (models and steps are duck-typed; see :mod:`slimkit.core.present`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 from urllib.parse import quote, unquote
 
-from slimkit.core.catalogue.entities import ModelEntry, StepEntry
-from slimkit.core.catalogue.queries import key_params
+from slimkit.core.present.format import compact, key_params, number, percent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.catalogue.entities import ModelEntry, StepEntry
 
 SELECT_PREFIX = "slimkit-select-"
 BOX_W, BOX_H, ROW_GAP, MARGIN = 180, 60, 34, 16
@@ -57,14 +61,6 @@ def clip(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[: max(chars - 1, 1)] + "\u2026"
 
 
-def count(n: float) -> str:
-    """260032 -> ``260K``: parameter counts at a glance."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.0f}"
-
-
 def headline(metrics: Mapping[str, float]) -> tuple[str, float] | None:
     """The one metric worth a box's last line: perplexity if recorded, else the first non-size one."""
     for key in HEADLINE:
@@ -74,17 +70,17 @@ def headline(metrics: Mapping[str, float]) -> tuple[str, float] | None:
     return (others[0], metrics[others[0]]) if others else None
 
 
-def box_lines(model: ModelEntry, metrics: Mapping[str, float]) -> list[str]:
+def box_lines(model: "ModelEntry", metrics: Mapping[str, float]) -> list[str]:
     """Up to three lines: label, size (params, sparsity), headline metric."""
     params = model.params if model.params is not None else metrics.get("size.params")
-    size = [f"{count(params)} params"] if params is not None else [model.architecture]
+    size = [f"{compact(params)} params"] if params is not None else [model.architecture]
     sparsity = metrics.get("size.sparsity")
     if sparsity:
-        size.append(f"{sparsity:.0%} sparse")
+        size.append(f"{percent(sparsity, 0)} sparse")
     lines = [model.label, " \u00b7 ".join(size)]
     head = headline(metrics)
     if head is not None:
-        lines.append(f"{head[0].split('.', 1)[-1]} {head[1]:.4g}")
+        lines.append(f"{head[0].split('.', 1)[-1]} {number(head[1])}")
     return lines
 
 
@@ -99,7 +95,7 @@ class Edge:
     role: str
 
 
-def edges_of(steps: Iterable[StepEntry], ids: set[str]) -> list[Edge]:
+def edges_of(steps: Iterable["StepEntry"], ids: set[str]) -> list[Edge]:
     """The arrows among ``ids``: one per step (input -> child), one dashed per extra parent;
     self-loops (a step that changed nothing) are left out."""
     edges: list[Edge] = []
@@ -185,7 +181,7 @@ def _edge(e: Edge, source: tuple[float, float], target: tuple[float, float], adj
             f'<path d="{path}" {style} marker-end="url(#{marker})"/>' + "".join(labels) + "</g>")
 
 
-def _box(m: ModelEntry, x: float, y: float, metrics: Mapping[str, float], focus: bool, selected: bool) -> str:
+def _box(m: "ModelEntry", x: float, y: float, metrics: Mapping[str, float], focus: bool, selected: bool) -> str:
     kind = "selected" if selected else "focus" if focus else ""
     fill = COLOURS[f"{kind}_fill"] if kind else COLOURS["box"]
     stroke = COLOURS[kind] if kind else COLOURS["edge"]
@@ -201,7 +197,7 @@ def _box(m: ModelEntry, x: float, y: float, metrics: Mapping[str, float], focus:
     return "".join(out) + "</g>"
 
 
-def lineage_svg(models: Sequence[ModelEntry], steps: Iterable[StepEntry], *, focus: str | None = None,
+def lineage_svg(models: Sequence["ModelEntry"], steps: Iterable["StepEntry"], *, focus: str | None = None,
                 metrics: Mapping[str, Mapping[str, float]] | None = None, selected: str | None = None) -> str:
     """The SVG of ``models`` (lineage chain first: it fills the first row) joined by ``steps``.
 

@@ -4,7 +4,12 @@ Why: a model, step or run printed in a notebook should show its facts (ids, meth
 parameters, metrics) in a table rather than a dataclass repr. Everything that reaches the page
 goes through :func:`esc`: model names, configs and summaries are user input, and an unescaped
 ``<script>`` in a model name must not run in someone's notebook. Plain HTML only (no scripts, no
-stylesheets) so the snippets also render in static exports (nbconvert, GitHub).
+stylesheets) so the snippets also render in static exports (nbconvert, GitHub). Values are
+written by :mod:`slimkit.core.present.format`, as in the CLI and the panel.
+
+A leaf module: the objects shown are duck-typed (their classes are imported for type checking
+only), which lets the catalogue's entries call it from ``_repr_html_`` (see
+:mod:`slimkit.core.present`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,23 @@ import json
 from html import escape
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, StepEntry
-from slimkit.core.catalogue.queries import config_params, key_params
+from slimkit.core.present.format import (
+    MISSING,
+    comparison,
+    config_params,
+    duration,
+    human_bytes,
+    key_params,
+    metric_value,
+    number,
+    short_id,
+)
 
-if TYPE_CHECKING:
-    from slimkit.core.catalogue.lineage_view import Lineage
+if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, StepEntry
     from slimkit.core.catalogue.queries import Node
     from slimkit.core.model_io import LoadedModel
+    from slimkit.core.present.lineage import Lineage
     from slimkit.core.runner import RunResult
 
 TABLE = 'style="border-collapse:collapse;text-align:left"'
@@ -27,19 +42,13 @@ CELL = 'style="padding:2px 8px;border-bottom:1px solid #ddd;text-align:left;vert
 
 
 def esc(value: object) -> str:
-    """``value`` as escaped HTML text (``None`` as an em dash)."""
-    return "\u2014" if value is None else escape(str(value), quote=True)
+    """``value`` as escaped HTML text (``None`` as missing)."""
+    return MISSING if value is None else escape(str(value), quote=True)
 
 
 def num(value: Any) -> str:
-    """Numbers at a readable precision: 4 significant digits for floats, grouped integers."""
-    if isinstance(value, bool) or value is None:
-        return esc(value)
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return esc(value)
+    """A number as :func:`~slimkit.core.present.format.number` writes it, escaped."""
+    return esc(number(value))
 
 
 def code(value: object) -> str:
@@ -47,10 +56,10 @@ def code(value: object) -> str:
 
 
 def short(model_id: str | None) -> str:
-    """A model id as its 12-digit prefix, the full id in a tooltip."""
+    """A model id as its short id, the full id in a tooltip."""
     if model_id is None:
         return esc(None)
-    return f'<code title="{esc(model_id)}">{esc(model_id.split(":", 1)[-1][:12])}</code>'
+    return f'<code title="{esc(model_id)}">{esc(short_id(model_id))}</code>'
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], caption: str | None = None) -> str:
@@ -74,14 +83,14 @@ def config_details(config: Any, summary: str = "config") -> str:
     return f"<details><summary>{esc(summary)}</summary><pre>{esc(text)}</pre></details>"
 
 
-def model_html(model: ModelEntry, metrics: Mapping[str, float] | None = None) -> str:
+def model_html(model: "ModelEntry", metrics: Mapping[str, float] | None = None) -> str:
     pairs = [("name", esc(model.name) if model.name else ""), ("id", code(model.id)),
              ("architecture", esc(model.architecture)),
              ("params", num(model.params) if model.params is not None else ""),
-             ("size", f"{num(model.size_bytes)} bytes" if model.size_bytes is not None else ""),
+             ("size", esc(human_bytes(model.size_bytes)) if model.size_bytes is not None else ""),
              ("location", code(model.location) if model.location else ""),
              ("source", esc(model.source) if model.source else ""), ("created", esc(model.created.isoformat()))]
-    pairs += [(key, num(value)) for key, value in sorted((metrics or {}).items())]
+    pairs += [(key, esc(metric_value(key, value))) for key, value in sorted((metrics or {}).items())]
     return fields(pairs, f"model {model.label}")
 
 
@@ -89,23 +98,24 @@ def parents_html(parents: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{short(m)} ({esc(role)})" for m, role in parents)
 
 
-def step_html(step: StepEntry) -> str:
+def step_html(step: "StepEntry") -> str:
     pairs = [("method", f"{code(step.method)} v{esc(step.method_version)}"), ("family", esc(step.family)),
              ("parents", parents_html(step.parents)), ("child", short(step.child_id)),
              ("key params", esc(key_params(step))), ("seed", esc(step.seed)), ("status", esc(step.status)),
              ("plugin", esc(f"{step.plugin} {step.plugin_version or ''}".strip())),
              ("calibration", code(step.calibration_fingerprint) if step.calibration_fingerprint else ""),
-             ("wall time", f"{step.wall_time_s:.2f} s" if step.wall_time_s is not None else ""),
+             ("wall time", esc(duration(step.wall_time_s)) if step.wall_time_s is not None else ""),
              ("summary", esc(step.summary) if step.summary else ""), ("step id", code(step.id))]
     return fields(pairs, f"step {step.method}") + config_details(step.config)
 
 
-def evaluation_html(entry: EvaluationEntry) -> str:
-    pairs = [("metric", code(entry.key)), ("value", num(entry.value)), ("model", short(entry.model_id)),
+def evaluation_html(entry: "EvaluationEntry") -> str:
+    value = esc(metric_value(entry.key, entry.value))
+    pairs = [("metric", code(entry.key)), ("value", value), ("model", short(entry.model_id)),
              ("evaluator version", esc(entry.evaluator_version)),
              ("dataset", code(entry.dataset_fingerprint) if entry.dataset_fingerprint else ""),
              ("created", esc(entry.created.isoformat()))]
-    return fields(pairs, f"{entry.key} = {num(entry.value)}") + config_details(entry.config)
+    return fields(pairs, f"{entry.key} = {metric_value(entry.key, entry.value)}") + config_details(entry.config)
 
 
 def node_html(node: "Node") -> str:
@@ -123,9 +133,9 @@ def node_html(node: "Node") -> str:
     return f'<ul style="list-style:none;padding-left:0">{item(node)}</ul>'
 
 
-def steps_table(steps: Sequence[StepEntry], caption: str | None = None) -> str:
+def steps_table(steps: Sequence["StepEntry"], caption: str | None = None) -> str:
     rows = [[esc(i + 1), code(s.method), esc(key_params(s)), parents_html(s.parents), short(s.child_id),
-             esc(s.seed), esc(f"{s.wall_time_s:.2f} s" if s.wall_time_s is not None else None),
+             esc(s.seed), esc(duration(s.wall_time_s)),
              esc(s.summary or "")] for i, s in enumerate(steps)]
     return table(["#", "method", "key params", "parents", "child", "seed", "time", "summary"], rows, caption)
 
@@ -142,17 +152,14 @@ def lineage_html(lineage: "Lineage", svg: str | None = None) -> str:
 
 def metrics_table(rows: Sequence[tuple[str, float | None, float | None]]) -> str:
     """``(metric, before, after)`` rows with the change after / before."""
-    def ratio(a: float | None, b: float | None) -> str:
-        return f"\u00d7{b / a:.3g}" if a and b is not None else esc(None)
-
     return table(["metric", "before", "after", "change"],
-                 [[code(k), num(a), num(b), ratio(a, b)] for k, a, b in rows], "metrics")
+                 [[code(k), esc(a), esc(b), esc(c)] for k, a, b, c in comparison(rows)], "metrics")
 
 
 def run_result_html(result: "RunResult") -> str:
     content = result.provenance.get("content_id")
     steps = [[esc(i + 1), code(s.method), esc(config_params(s.config)), short(s.child_id),
-              esc(f"{s.wall_time_s:.2f} s" + (" (reused)" if i < len(result.reused) and result.reused[i] else "")),
+              esc(duration(s.wall_time_s) + (" (reused)" if i < len(result.reused) and result.reused[i] else "")),
               esc(s.summary)] for i, s in enumerate(result.steps)]
     parts = [fields([("model", short(content) if content else ""),
                      ("output", code(result.output) if result.output else esc("not saved")),

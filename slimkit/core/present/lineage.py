@@ -1,10 +1,11 @@
-"""A model's lineage as one object that notebooks display as a drawing plus a table of steps.
+"""A model's lineage as one object that notebooks display as a drawing plus a table of steps,
+and as the Mermaid and Graphviz texts ``slimkit lineage --format mermaid|dot`` prints.
 
 Why a separate object: :func:`queries.lineage` answers with bare steps (good for code and the
 CLI), while a person in a notebook wants the picture. :class:`Lineage` holds the same chain plus
 what the picture needs besides it (teachers from outside the chain, the models made directly
 from the focus, each model's latest metrics), read once from the catalogue, so displaying it
-again needs no database.
+again needs no database. The one module of :mod:`slimkit.core.present` above the catalogue.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from slimkit.core.catalogue import html, svg
 from slimkit.core.catalogue.entities import ModelEntry, StepEntry
 from slimkit.core.catalogue.queries import lineage_models
 from slimkit.core.catalogue.store import Catalogue
+from slimkit.core.present import html, svg
+from slimkit.core.present.format import key_params
 
 
 @dataclass
@@ -84,3 +86,53 @@ class Lineage:
         drawing = self.svg()
         return {"text/html": html.lineage_html(self, drawing), "image/svg+xml": drawing,
                 "application/json": self.to_dict()}
+
+
+# -- text drawings ------------------------------------------------------------------------------
+def _graph(view: Lineage) -> tuple[list[ModelEntry], list[tuple[str, str, str, bool]]]:
+    """Nodes (the chain, then extra parents such as teachers) and edges ``(from id, to id, label,
+    is_step)`` of a lineage (read with ``derived=False``: its children are not drawn)."""
+    known = {m.id: m for m in [*view.models, *view.related]}
+    nodes = {m.id: m for m in view.models}
+    edges: list[tuple[str, str, str, bool]] = []
+    for step in view.steps:
+        if step.input_id is None or step.child_id is None:
+            continue
+        params = key_params(step)
+        edges.append((step.input_id, step.child_id, step.method + (f" ({params})" if params else ""), True))
+        for parent, role in step.parents:
+            if role != "input":
+                nodes.setdefault(parent, known[parent])
+                edges.append((parent, step.child_id, role, False))
+    return list(nodes.values()), edges
+
+
+def lineage_mermaid(cat: Catalogue, model_id: str) -> str:
+    """A Mermaid ``graph TD``: one node per model, one solid edge per step (dotted for teachers)."""
+    nodes, edges = _graph(Lineage.of(cat, model_id, derived=False))
+    names = {m.id: f"m{i}" for i, m in enumerate(nodes)}
+
+    def quote(text: str) -> str:
+        return '"' + text.replace('"', "#quot;").replace("|", "#124;").replace("\n", " ") + '"'
+
+    lines = ["graph TD"] + [f"    {names[m.id]}[{quote(m.label)}]" for m in nodes]
+    for source, target, label, is_step in edges:
+        arrow = "-->" if is_step else "-.->"
+        lines.append(f"    {names[source]} {arrow}|{quote(label)}| {names[target]}")
+    return "\n".join(lines) + "\n"
+
+
+def lineage_dot(cat: Catalogue, model_id: str) -> str:
+    """A Graphviz ``digraph``: one box per model, one edge per step (dashed for teachers)."""
+    nodes, edges = _graph(Lineage.of(cat, model_id, derived=False))
+    names = {m.id: f"m{i}" for i, m in enumerate(nodes)}
+
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    lines = ["digraph lineage {", "    rankdir=TB;", "    node [shape=box];"]
+    lines += [f"    {names[m.id]} [label={quote(m.label)}, tooltip={quote(m.id)}];" for m in nodes]
+    for source, target, label, is_step in edges:
+        style = "" if is_step else ", style=dashed"
+        lines.append(f"    {names[source]} -> {names[target]} [label={quote(label)}{style}];")
+    return "\n".join(lines + ["}"]) + "\n"

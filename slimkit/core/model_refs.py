@@ -1,0 +1,35 @@
+"""Loading a model named the way a person names it: a path, ``example:NAME``, a catalogue name or
+id prefix, or a hub id.
+
+Why here and not in the catalogue: it loads models (``model_io``), and the catalogue depends on
+nothing above it; this module sits above both and asks the catalogue only where the model was saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from slimkit.core.catalogue.migrate import CatalogueError
+from slimkit.core.catalogue.store import Catalogue
+from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, load_model
+
+
+def load_model_ref(spec: str, cat: Catalogue | Callable[[], Catalogue] | None) -> LoadedModel:
+    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id.
+
+    Local paths and examples win; then the catalogue (where the model was saved); then the hub.
+    ``cat`` may be a function that opens the catalogue, called only when a name needs it.
+    """
+    if cat is None or spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists() \
+            or spec.startswith((".", "/", "~")):
+        return load_model(spec)
+    if callable(cat):
+        cat = cat()
+    try:
+        entry = cat.resolve(spec)
+    except CatalogueError:
+        return load_model(spec)  # not in the catalogue: a hub id, or a clear "no such model" error
+    if not entry.location or not Path(entry.location).exists():
+        raise CatalogueError(f"model {entry.label} is in the catalogue but its folder is gone ({entry.location})")
+    return load_model(entry.location)
