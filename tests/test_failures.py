@@ -284,6 +284,19 @@ def test_catalogue_api_error_hides_the_password() -> None:
     assert "secret" not in str(raised.value) and "user:***@" in str(raised.value)
 
 
+def test_database_error_in_a_command_names_the_command_and_catalogue(host: Any, catalogue: Path) -> None:
+    from slimkit.core.catalogue.migrate import to_url
+
+    with contextlib.closing(sqlite3.connect(catalogue)) as connection, connection:
+        connection.execute("DROP TABLE evaluations")  # opens fine (right revision), fails when used
+    result = invoke(make_cli(host), "--catalogue", str(catalogue), "eval", "example:stories260K", "--metric", "size")
+    assert result.exit_code == 1
+    assert error_line(result.stderr) == (
+        f"Error: eval: catalogue {to_url(catalogue)}: database error: OperationalError: no such table: evaluations "
+        "(--debug shows the traceback)"
+    )
+
+
 # -- pickle checkpoints ----------------------------------------------------------------------------
 class _Trap:
     """Unpickling this creates a folder: proof that something was unpickled."""
