@@ -58,7 +58,9 @@ def user_line(error: BaseException, operation: str | None = None, host: object =
 
 def _operation(group: click.Group, ctx: click.Context) -> str | None:
     """The command being run, e.g. ``eval`` or ``db upgrade`` (read before click consumes it)."""
-    args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+    # click >= 8.2 keeps the command's name in _protected_args (protected_args is deprecated there)
+    protected = ctx.__dict__.get("_protected_args")
+    args = [*(protected if protected is not None else getattr(ctx, "protected_args", [])), *ctx.args]
     names: list[str] = []
     command: click.Command = group
     for arg in args:
