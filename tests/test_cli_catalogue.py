@@ -203,7 +203,7 @@ def catalogue_error(built, url, *fragments):
 def test_catalogue_that_cannot_be_opened(built, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    catalogue_error(built, str(blocker / "c.db"), "cannot create the catalogue folder")
+    catalogue_error(built, str(blocker / "c.db"), f"cannot open catalogue {blocker / 'c.db'}: {blocker} is not a folder")
     assert blocker.read_text() == "not a folder"
     catalogue_error(built, "postgresql://nohost/x", "cannot open catalogue", "postgresql://nohost/x")
     catalogue_error(built, str(tmp_path), "is a folder")

@@ -223,7 +223,7 @@ def _parent_is_a_file(tmp_path: Path) -> Path:
         (_not_sqlite, "not an SQLite database"),
         (_foreign_sqlite, "not a slimkit catalogue"),
         (_folder, "is a folder"),
-        (_parent_is_a_file, "cannot create the catalogue folder"),
+        (_parent_is_a_file, "plain-file is not a folder"),
     ],
     ids=["not-sqlite", "foreign-tables", "folder", "parent-is-a-file"],
 )
@@ -347,9 +347,14 @@ def test_db_current_history_upgrade(cli: Any, old_catalogue: Path) -> None:
 
 def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_path: Path) -> None:
     path = tmp_path / "new" / "catalogue.db"
+    for command in ("current", "upgrade"):  # a missing folder is a typo, never a new catalogue
+        missing = CliRunner().invoke(cli, ["db", command], env={"SLIMKIT_CATALOGUE": str(path)})
+        assert missing.exit_code == 1 and f"{path.parent} does not exist" in missing.stderr
+        assert not path.parent.exists()
+    path.parent.mkdir()
     current = invoke(cli, "db", "current", env={"SLIMKIT_CATALOGUE": str(path)})
     assert current.exit_code == 0 and "no catalogue yet" in current.output
-    assert not path.parent.exists()
+    assert list(path.parent.iterdir()) == []
     created = invoke(cli, "db", "upgrade", env={"SLIMKIT_CATALOGUE": str(path)})
     assert "new catalogue created at revision 0003" in created.output and revision_of(path) == "0003"
 

@@ -3,7 +3,12 @@
 Derived models are saved as ordinary Hugging Face folders (safetensors only) plus ``slimkit.json``
 with their provenance, so they reload with plain ``transformers`` and carry their lineage with
 them. Saving writes to a hidden temporary folder beside the target and renames it into place on
-success: a failed or interrupted run never leaves a half-written model.
+success: a failed or interrupted run never leaves a half-written model, and a full disk or a
+read-only folder is one :class:`~slimkit.core.failures.FileSystemError` naming the folder.
+
+Nothing is ever unpickled: weights are read from safetensors (folders, hub ids) or GGUF files,
+and a folder or file holding only a pickle checkpoint (``pytorch_model.bin``, ``*.pt``, ...) is
+refused with a :class:`~slimkit.core.errors.ModelLoadError` that says how to convert it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ModelLoadError, OutputExistsError, SlimkitError
+from slimkit.core.failures import FileSystemError, describe_os_error, is_os_failure, os_cause
 
 PROVENANCE_FILE = "slimkit.json"
 EXAMPLE_PREFIX = "example:"
+# torch.save / pickle checkpoints: loading one runs whatever code it holds, so slimkit never does
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 @dataclass
@@ -130,17 +138,46 @@ def _read_provenance(folder: Path) -> dict[str, Any] | None:
         raise ModelLoadError(f"{file} is not valid JSON: {error}") from None
 
 
+def _pickles(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+
+
+def pickle_refusal(path: Path, pickles: list[str]) -> ModelLoadError:
+    """slimkit's answer to a pickle checkpoint: never loaded, and how to convert it (one line)."""
+    folder = path if path.is_dir() else path.parent
+    what = f"{folder} holds only pickle weights ({', '.join(pickles)})" if path.is_dir() else \
+        f"{path} is a pickle checkpoint"
+    refusal = f"{what}; slimkit never unpickles (loading a pickle can run any code in it)"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    if path.is_file() and isinstance(config, dict) and any(folder.glob("*.safetensors")):
+        return ModelLoadError(f"{refusal}: load its folder {folder} instead, which has safetensors weights")
+    if not isinstance(config, dict):
+        return ModelLoadError(f"{refusal}: give it a Hugging Face folder with config.json and *.safetensors "
+                              f"weights, a .gguf file or a hub id")
+    named = config.get("architectures")
+    cls = named[0] if isinstance(named, list) and named and str(named[0]).isidentifier() else "AutoModelForCausalLM"
+    command = f"import transformers as t; t.{cls}.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r})"
+    return ModelLoadError(f'{refusal}: if you trust the file, convert it to safetensors in place once: '
+                          f'python -c "{command}"')
+
+
 def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
     from transformers import AutoConfig
 
+    has_safetensors = any(folder.glob("*.safetensors"))
+    pickles = [] if has_safetensors else _pickles(folder)
+    if pickles:
+        raise pickle_refusal(folder, pickles)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a model folder: it has no config.json")
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as error:
         raise ModelLoadError(f"{folder}/config.json is not a usable model config: {_first_line(error)}") from None
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors and not any(folder.glob("*.bin")):
+    if not has_safetensors:
         raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors)")
     cls = _model_class(config)
     provenance = _read_provenance(folder)
@@ -151,8 +188,8 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
         model = load_replaced(folder, section, cls, config, dtype)
         return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
     try:
-        # safetensors whenever present; transformers loads any .bin with weights_only=True.
-        model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=has_safetensors or None)
+        # safetensors only: a pickle beside them is never read (see pickle_refusal)
+        model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     except Exception as error:
         raise ModelLoadError(f"could not load the model in {folder}: {_first_line(error)}") from None
     model.eval()
@@ -219,6 +256,8 @@ def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float
             return _load_gguf(path, text, dtype)
         if path.name == "config.json":
             return _load_folder(path.parent, text, dtype)
+        if path.suffix in PICKLE_SUFFIXES:
+            raise pickle_refusal(path, [path.name])
         raise ModelLoadError(f"{path} is a file but not a model (expected a folder or a .gguf file)")
     if text.startswith((".", "/", "~")) or text.endswith(".gguf") or text.count("/") != 1:
         raise ModelLoadError(f"no such model folder or file: {text}")
@@ -256,9 +295,18 @@ def save_model(
 
     The folder is written under a temporary name beside ``out`` and renamed into place; an
     existing ``out`` is only replaced (when ``overwrite``) after the new one is complete.
+
+    :raises FileSystemError: the folder cannot be written (disk full, read-only, permission);
+        the temporary folder is gone and an existing ``out`` is as it was.
     """
     target = check_output(out, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocker = next((p for p in target.parents if p.exists()), None)
+        cause = f"{blocker} is a file, not a folder" if blocker is not None and not blocker.is_dir() \
+            else describe_os_error(error)  # mkdir says "File exists" when a file blocks the way
+        raise FileSystemError(f"cannot save the model to {target}: {cause}") from error
     token = uuid.uuid4().hex[:8]
     staging = target.parent / f".{target.name}.partial-{token}"
     try:
@@ -285,7 +333,9 @@ def save_model(
             shutil.rmtree(retired, ignore_errors=True)
         else:
             staging.rename(target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_os_failure(error):  # the staging file's name would only confuse: name the folder
+            raise FileSystemError(f"cannot save the model to {target}: {os_cause(error)}") from error
         raise
     return target

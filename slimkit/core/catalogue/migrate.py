@@ -4,6 +4,10 @@ Alembic is configured in code (the scripts live in the ``slimkit.migrations`` pa
 touches logging. Upgrading a SQLite file first copies it to ``<file>.backup-<rev>-<time>`` with
 SQLite's online backup API, under an exclusive file lock so two processes never migrate at once.
 A catalogue whose revision this slimkit does not know (made by a newer slimkit) is refused.
+
+A SQLite catalogue's folder must exist (a typo in a path is an error, not a new empty catalogue);
+only the default folder in the user data folder is created. Every URL shown in a message has its
+password masked, and every failure to open one is a :class:`CatalogueError` of one line.
 """
 
 from __future__ import annotations
@@ -23,16 +27,28 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from slimkit.core.errors import SlimkitError
+from slimkit.core.failures import describe_os_error, first_line, mask_secrets, os_cause
 
 ENV_CATALOGUE = "SLIMKIT_CATALOGUE"
 SQLITE_HEADER = b"SQLite format 3\x00"
+# pip names of the database drivers SQLAlchemy imports under another name
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "MySQLdb": "mysqlclient",
+                   "pymysql": "PyMySQL", "cx_Oracle": "cx-Oracle", "pyodbc": "pyodbc", "pg8000": "pg8000"}
+POSTGRES_CONNECT_TIMEOUT_S = 10
 
 
 class CatalogueError(SlimkitError):
     """The catalogue cannot be opened, is not a catalogue, or a reference does not resolve."""
+
+
+def default_folder() -> Path:
+    """The per-user data folder the default catalogue lives in (the only one slimkit creates)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("slimkit")).expanduser().resolve()
 
 
 def default_url() -> str:
@@ -40,9 +56,26 @@ def default_url() -> str:
     configured = os.environ.get(ENV_CATALOGUE)
     if configured:
         return to_url(configured)
-    from platformdirs import user_data_dir
+    return to_url(str(default_folder() / "catalogue.db"))
 
-    return to_url(str(Path(user_data_dir("slimkit")) / "catalogue.db"))
+
+def shown(url: str) -> str:
+    """``url`` as it may be printed: with its password, if any, replaced by ``***``."""
+    return mask_secrets(url)
+
+
+def open_error(url: str, error: BaseException) -> CatalogueError:
+    """The one-line error for a catalogue that cannot be opened: the URL (password masked) and
+    the database's, the driver's or the system's first line."""
+    if isinstance(error, ImportError):
+        module = error.name or first_line(error)
+        package = DRIVER_PACKAGES.get(module.split(".")[0], module.split(".")[0])
+        cause = f"its database driver {module} is not installed (pip install '{package}')"
+    elif isinstance(error, OSError):
+        cause = describe_os_error(error)
+    else:
+        cause = first_line(getattr(error, "orig", None) or error)
+    return CatalogueError(mask_secrets(f"cannot open catalogue {url}: {cause}"))
 
 
 def to_url(spec: "str | os.PathLike[str]") -> str:
@@ -80,25 +113,61 @@ def _config(connection: object | None = None) -> Config:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for concurrent use: WAL, a busy timeout, foreign keys."""
+    """An engine with SQLite set up for concurrent use: WAL, a busy timeout, foreign keys.
+
+    Nothing is created here: a SQLite file whose folder is missing is refused (except in the
+    default folder, which is made), and a server database is not contacted until first use.
+    """
     path = sqlite_path(url)
     if path is not None:
         if path.exists() and path.is_dir():
             raise CatalogueError(f"{path} is a folder, not a catalogue file")
-        if path.exists() and path.stat().st_size:
-            _precheck_sqlite(path)
+        _check_folder(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and path.stat().st_size:
+                _precheck_sqlite(path)
         except OSError as error:
-            raise CatalogueError(f"cannot create the catalogue folder {path.parent}: {error.strerror}") from None
+            raise CatalogueError(f"cannot read catalogue {path}: {os_cause(error)}") from None
     try:
-        engine = create_engine(url, connect_args={"timeout": 60} if path is not None else {})
-    except (ArgumentError, ImportError) as error:
-        raise CatalogueError(f"cannot open catalogue {url!r}: {error}") from None
+        engine = create_engine(url, connect_args=engine_connect_args(url, path))
+    except ArgumentError as error:
+        raise CatalogueError(mask_secrets(f"cannot open catalogue {url!r}: {error}")) from None
+    except ImportError as error:
+        raise open_error(url, error) from None
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
     return engine
+
+
+def _check_folder(path: Path) -> None:
+    """A SQLite file's folder must exist: only the default catalogue's folder is created."""
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise CatalogueError(f"cannot open catalogue {path}: {folder} is not a folder")
+    if folder.resolve() != default_folder():
+        raise CatalogueError(
+            f"cannot open catalogue {path}: the folder {folder} does not exist (create it first; "
+            f"slimkit creates only its default folder)"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CatalogueError(f"cannot create the catalogue folder {folder}: {os_cause(error)}") from None
+
+
+def engine_connect_args(url: str, path: Path | None) -> dict[str, Any]:
+    """What the DBAPI driver is given beyond the URL: a busy timeout, a connect timeout."""
+    if path is not None:
+        return {"timeout": 60}
+    parsed = make_url(url)
+    # libpq waits for an unreachable host as long as the network lets it (minutes); say so sooner
+    if (parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in {"psycopg2", "psycopg"}
+            and "connect_timeout" not in parsed.query):
+        return {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    return {}
 
 
 @contextlib.contextmanager
@@ -128,6 +197,8 @@ def _precheck_sqlite(path: Path) -> None:
             if "alembic_version" in tables:
                 row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
                 revision = row[0] if row else None
+    except sqlite3.OperationalError as error:  # could not open it: not a verdict on the contents
+        raise CatalogueError(f"cannot open catalogue {path}: {error}{_unwritable(path.parent)}") from None
     except sqlite3.DatabaseError as error:
         raise CatalogueError(f"{path} is not a slimkit catalogue ({error})") from None
     if revision is None and tables - {"alembic_version"}:
@@ -138,6 +209,16 @@ def _precheck_sqlite(path: Path) -> None:
             f"catalogue {path} is at revision {revision}, newer than this slimkit knows "
             f"(head {head_revision()}); upgrade slimkit to use it"
         )
+
+
+def _unwritable(folder: Path) -> str:
+    """Why SQLite cannot create its -wal/-shm files in ``folder`` (for a message), if it cannot."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f" ({folder} is on a read-only file system)"
+    except OSError:
+        return ""
+    return "" if os.access(folder, os.W_OK) else f" ({folder} is not writable)"
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
@@ -209,14 +290,14 @@ def ensure_current(engine: Engine, url: str) -> tuple[str | None, str, Path | No
                 tables = set(inspect(engine).get_table_names())
                 if tables:
                     listed = ", ".join(sorted(tables)[:5])
-                    raise CatalogueError(f"{url} is not a slimkit catalogue (it has other tables: {listed})")
+                    raise CatalogueError(f"{shown(url)} is not a slimkit catalogue (it has other tables: {listed})")
             elif revision == head:
                 return revision, head, None
             else:
                 known = {rev.revision for rev in script_directory().walk_revisions()}
                 if revision not in known:
                     raise CatalogueError(
-                        f"catalogue {url} is at revision {revision}, newer than this slimkit knows "
+                        f"catalogue {shown(url)} is at revision {revision}, newer than this slimkit knows "
                         f"(head {head}); upgrade slimkit to use it"
                     )
             path = sqlite_path(url)
@@ -224,6 +305,5 @@ def ensure_current(engine: Engine, url: str) -> tuple[str | None, str, Path | No
             with engine.begin() as connection:
                 alembic_upgrade(_config(connection), "head")
             return revision, head, backup
-    except (OperationalError, DatabaseError) as error:
-        message = str(error.orig) if getattr(error, "orig", None) else str(error)
-        raise CatalogueError(f"cannot open catalogue {url}: {message.splitlines()[0]}") from None
+    except (SQLAlchemyError, sqlite3.Error, OSError) as error:  # OSError: the lock file, the backup
+        raise open_error(url, error) from None

@@ -17,11 +17,18 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, RunEntry, StepEntry
-from slimkit.core.catalogue.migrate import CatalogueError, default_url, ensure_current, make_engine, to_url
+from slimkit.core.catalogue.migrate import (
+    CatalogueError,
+    default_url,
+    ensure_current,
+    make_engine,
+    open_error,
+    to_url,
+)
 from slimkit.core.catalogue.schema import EvaluationRow, ModelRow, RunRow, StepParentRow, StepRow, StepUseRow
 from slimkit.core.present.format import short_id
 
@@ -47,18 +54,24 @@ def _pid_alive(pid: int) -> bool:
 
 class Catalogue:
     """A lineage catalogue at a SQLAlchemy URL (default: ``SLIMKIT_CATALOGUE`` or the user's
-    data folder). Opening it migrates it (after a backup) or refuses it."""
+    data folder). Opening it migrates it (after a backup) or refuses it.
+
+    ``url`` may hold a password: show it only through
+    :func:`~slimkit.core.catalogue.migrate.shown`, which masks it."""
 
     def __init__(self, url: "str | os.PathLike[str] | None" = None) -> None:
         self.url = to_url(url) if url else default_url()
         self.engine = make_engine(self.url)
         try:
             self.previous_revision, self.revision, self.backup = ensure_current(self.engine, self.url)
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+            self.failed_runs = self._fail_dead_runs()
+        except SQLAlchemyError as error:  # e.g. a read-only file: migrated fine, but not writable
+            self.engine.dispose()
+            raise open_error(self.url, error) from None
         except BaseException:
             self.engine.dispose()
             raise
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.failed_runs = self._fail_dead_runs()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,13 +1,17 @@
 """The ``slimkit`` command line: a thin layer over the Python API.
 
 The root group is built by :func:`make_cli`, which also lets plugins add commands through the
-``register_commands`` hook. Every :class:`~slimkit.core.errors.SlimkitError` becomes a one-line
-``Error: ...`` on stderr and exit status 1; nothing is half-written.
+``register_commands`` hook. Every failure reaches the user as one line on stderr and exit status
+1: a :class:`~slimkit.core.errors.SlimkitError` as ``Error: <its message>``, anything else (a full
+disk, a database error, a plugin's bug) as ``Error: <command>: <cause>`` from
+:func:`slimkit.core.failures.describe`, with no password in it. ``--debug`` or ``SLIMKIT_DEBUG=1``
+prints the traceback too. Nothing is half-written: the work below writes atomically.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
@@ -16,18 +20,91 @@ from slimkit.core.errors import SlimkitError
 
 __all__ = ["CliState", "get_catalogue_from", "get_host_from", "main", "make_cli"]
 
+DEBUG_HINT = "--debug shows the traceback"
+
 
 class _Group(click.Group):
-    """Turns slimkit errors into one-line messages instead of tracebacks."""
+    """Turns every exception into one line instead of a traceback (unless --debug)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        operation = _operation(self, ctx)
         try:
             return super().invoke(ctx)
-        except SlimkitError as error:
-            raise click.ClickException(str(error)) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors, --help, --version, ^C at a prompt
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was written.", err=True)
             sys.exit(130)
+        except Exception as error:
+            _print_traceback(ctx, error)
+            raise click.ClickException(user_line(error, operation, _host_of(ctx), _catalogue_url(ctx))) from None
+
+
+def user_line(error: BaseException, operation: str | None = None, host: object = None,
+              catalogue: str | None = None) -> str:
+    """What ``Error:`` is followed by: a slimkit error's own message; for anything else the
+    command, the plugin that raised or the catalogue that failed (when known) and the cause."""
+    from slimkit.core.failures import culprit, describe, is_os_failure, mask_secrets
+
+    if isinstance(error, SlimkitError):
+        return describe(error)
+    where = f"{operation}: " if operation else ""
+    if catalogue is not None and type(error).__module__.startswith("sqlalchemy"):
+        where += f"catalogue {mask_secrets(catalogue)}: "
+    if is_os_failure(error):  # the cause is the system's, plainly said; a traceback adds little
+        return f"{where}{describe(error)}"
+    plugin = culprit(error, host)
+    if plugin is not None:
+        return f"{where}plugin {plugin!r} raised {describe(error)} ({DEBUG_HINT})"
+    return f"{where}{describe(error)} ({DEBUG_HINT})"
+
+
+def _operation(group: click.Group, ctx: click.Context) -> str | None:
+    """The command being run, e.g. ``eval`` or ``db upgrade`` (read before click consumes it)."""
+    # click >= 8.2 keeps the command's name in _protected_args (protected_args is deprecated there)
+    protected = ctx.__dict__.get("_protected_args")
+    args = [*(protected if protected is not None else getattr(ctx, "protected_args", [])), *ctx.args]
+    names: list[str] = []
+    command: click.Command = group
+    for arg in args:
+        if not isinstance(command, click.Group) or arg.startswith("-"):
+            break
+        sub = command.get_command(ctx, arg)
+        if sub is None:
+            break
+        names.append(sub.name or arg)
+        command = sub
+    return " ".join(names) or None
+
+
+def _catalogue_url(ctx: click.Context) -> str | None:
+    """The URL of the catalogue this command opened, if it opened one."""
+    state = ctx.find_object(CliState)
+    opened = state._catalogue if state is not None else None
+    return opened.url if opened is not None else None
+
+
+def _host_of(ctx: click.Context) -> object:
+    state = ctx.find_object(CliState)
+    if state is not None and state.host is not None:
+        return state.host
+    from slimkit.core.host import get_host
+
+    try:
+        return get_host()
+    except Exception:  # naming the plugin is a courtesy; the error itself is what matters
+        return None
+
+
+def _print_traceback(ctx: click.Context | None, error: BaseException, asked: bool = False) -> None:
+    from slimkit.core.failures import debug_requested
+
+    if asked or (ctx is not None and ctx.meta.get("slimkit.debug")) or debug_requested():
+        click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    ctx.meta["slimkit.debug"] = value
 
 
 def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
@@ -45,6 +122,10 @@ def make_cli(host=None) -> click.Group:
     @click.option(
         "--threads", type=click.IntRange(min=1), callback=_set_threads, expose_value=False,
         help="Torch CPU threads (default: torch's choice).", is_eager=True,
+    )
+    @click.option(
+        "--debug", is_flag=True, callback=_set_debug, expose_value=False, is_eager=True,
+        help="On failure, print the traceback too (also: SLIMKIT_DEBUG=1).",
     )
     @click.option(
         "--catalogue", "catalogue_url", envvar="SLIMKIT_CATALOGUE", metavar="URL",
@@ -91,7 +172,11 @@ def main() -> None:
 
     try:
         cli = make_cli()
-    except SlimkitError as error:
-        click.echo(f"Error: {error}", err=True)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: nothing was written.", err=True)
+        sys.exit(130)
+    except Exception as error:  # a plugin's register_commands, or a broken installation
+        _print_traceback(None, error, "--debug" in sys.argv[1:])
+        click.echo(f"Error: {user_line(error, 'starting slimkit')}", err=True)
         sys.exit(1)
     cli(prog_name="slimkit")

@@ -19,7 +19,9 @@ from slimkit.core.catalogue.migrate import (
     CatalogueError,
     default_url,
     head_revision,
+    open_error,
     script_directory,
+    shown,
     sqlite_path,
     to_url,
 )
@@ -33,6 +35,10 @@ class _Found:
     url: str
     exists: bool
     revision: str | None
+
+    @property
+    def shown(self) -> str:
+        return shown(self.url)
 
 
 def _chosen_url(ctx: click.Context) -> str:
@@ -54,30 +60,33 @@ def read_revision(url: str) -> _Found:
     from sqlalchemy import create_engine, inspect
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from slimkit.core.catalogue.migrate import current_revision
+    from slimkit.core.catalogue.migrate import current_revision, default_folder, engine_connect_args
 
     path = sqlite_path(url)
     try:
         if path is None:
-            engine = create_engine(url)
+            engine = create_engine(url, connect_args=engine_connect_args(url, None))
         elif path.is_dir():
             raise CatalogueError(f"{path} is a folder, not a catalogue file")
         elif not path.exists():
+            if not path.parent.is_dir() and path.parent.resolve() != default_folder():
+                raise CatalogueError(f"no catalogue at {path}: its folder {path.parent} does not exist")
             return _Found(url, False, None)
         elif path.stat().st_size and _header(path) != SQLITE_HEADER:
             raise CatalogueError(f"{path} is not a slimkit catalogue (not an SQLite database)")
         else:  # read-only: no journal-mode switch, nothing created
             uri = f"file:{quote(str(path))}?mode=ro"
             engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
-    except (ArgumentError, ImportError) as error:
-        raise CatalogueError(f"cannot open catalogue {url!r}: {error}") from None
+    except ArgumentError as error:
+        raise CatalogueError(shown(f"cannot open catalogue {url!r}: {error}")) from None
+    except (ImportError, OSError) as error:
+        raise open_error(url, error) from None
     try:
         revision = current_revision(engine)
         if revision is None and inspect(engine).get_table_names():
-            raise CatalogueError(f"{url} is not a slimkit catalogue (it has tables but no slimkit revision)")
+            raise CatalogueError(f"{shown(url)} is not a slimkit catalogue (it has tables but no slimkit revision)")
     except SQLAlchemyError as error:
-        message = str(getattr(error, "orig", None) or error).splitlines()[0]
-        raise CatalogueError(f"cannot open catalogue {url}: {message}") from None
+        raise open_error(url, error) from None
     finally:
         engine.dispose()
     return _Found(url, True, revision)
@@ -93,13 +102,13 @@ def db() -> None:
 def upgrade(ctx: click.Context) -> None:
     """Upgrade the catalogue to this slimkit's revision (a SQLite file is backed up first)."""
     catalogue = get_catalogue_from(ctx)
-    old, new = catalogue.previous_revision, catalogue.revision
+    old, new, url = catalogue.previous_revision, catalogue.revision, shown(catalogue.url)
     if old == new:
-        click.echo(f"{catalogue.url}: already at revision {new} (head)")
+        click.echo(f"{url}: already at revision {new} (head)")
     elif old is None:
-        click.echo(f"{catalogue.url}: new catalogue created at revision {new}")
+        click.echo(f"{url}: new catalogue created at revision {new}")
     else:
-        click.echo(f"{catalogue.url}: upgraded {old} -> {new}")
+        click.echo(f"{url}: upgraded {old} -> {new}")
     if catalogue.backup is not None:
         click.echo(f"backup of the revision {old} file: {catalogue.backup}")
     if catalogue.failed_runs:
@@ -114,15 +123,15 @@ def current(ctx: click.Context) -> None:
     found = read_revision(_chosen_url(ctx))
     head = head_revision()
     if not found.exists:
-        click.echo(f"{found.url}: no catalogue yet (it is created on first use)")
+        click.echo(f"{found.shown}: no catalogue yet (it is created on first use)")
     elif found.revision == head:
-        click.echo(f"{found.url}: revision {found.revision} (head)")
+        click.echo(f"{found.shown}: revision {found.revision} (head)")
     elif found.revision is None:
-        click.echo(f"{found.url}: empty database, no revision yet (slimkit db upgrade creates the tables)")
+        click.echo(f"{found.shown}: empty database, no revision yet (slimkit db upgrade creates the tables)")
     elif found.revision in {script.revision for script in script_directory().walk_revisions()}:
-        click.echo(f"{found.url}: revision {found.revision}, behind head {head} (slimkit db upgrade)")
+        click.echo(f"{found.shown}: revision {found.revision}, behind head {head} (slimkit db upgrade)")
     else:
-        click.echo(f"{found.url}: revision {found.revision}, newer than this slimkit knows (upgrade slimkit)")
+        click.echo(f"{found.shown}: revision {found.revision}, newer than this slimkit knows (upgrade slimkit)")
     click.echo(f"this slimkit ships head revision {head}")
 
 
