@@ -35,7 +35,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slimkit"
 CATALOGUE = "slimkit.core.catalogue"
-CATALOGUE_MAY_USE = frozenset({"slimkit.core.errors", "slimkit.core.present.format", "slimkit.core.present.html"})
+CATALOGUE_MAY_USE = frozenset({"slimkit.core.errors", "slimkit.core.failures", "slimkit.core.present.format",
+                               "slimkit.core.present.html"})
 FACES_AND_PLUGINS = ("slimkit.plugins", "slimkit.jupyter_ext", "slimkit.core.cli")
 
 

@@ -52,7 +52,7 @@ class RunResult:
 
     @property
     def compression_seconds(self) -> float:
-        return sum(step.wall_time_s for step, reused in zip(self.steps, self.reused) if not reused)
+        return sum(step.wall_time_s or 0.0 for step, reused in zip(self.steps, self.reused) if not reused)
 
     def comparison(self) -> list[tuple[str, float | None, float | None]]:
         """``(evaluator.metric, before, after)`` rows in evaluation order."""
