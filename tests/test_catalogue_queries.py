@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 import slimkit
-from slimkit.core.catalogue import Catalogue, CatalogueError, ModelEntry
+from slimkit.core.catalogue import Catalogue, CatalogueError, ModelEntry, StepEntry
 from slimkit.core.catalogue import queries as q
 from slimkit.core.present.lineage import lineage_dot, lineage_mermaid
 
@@ -34,11 +34,11 @@ def add_step(cat: Catalogue, step_id: str, parents: list[tuple[str, str]], child
              seed: int = 0, method: str = "prune.unstructured") -> None:
     """Record one hand-made step between models that are already recorded."""
     with cat.session() as session, session.begin():
-        cat.record_step({
-            "step_id": step_id, "child_id": child, "method": method, "family": "compressor",
-            "config": {"type": method, "version": 1, "data": {"sparsity": sparsity}}, "plugin": "test",
-            "seed": seed, "parents": [{"model_id": m, "role": r} for m, r in parents],
-        }, None, session)
+        cat.record_step(StepEntry(
+            id=step_id, child_id=child, parents=tuple(parents), method=method, family="compressor",
+            config={"type": method, "version": 1, "data": {"sparsity": sparsity}}, plugin="test",
+            plugin_version=None, versions={}, seed=seed,
+        ), None, session)
 
 
 @pytest.fixture(scope="module")

@@ -195,3 +195,21 @@ def test_plugin_mistakes_are_one_line_naming_the_plugin(slimkit_host, tmp_path, 
     assert not (tmp_path / "out").exists()
     with Catalogue(str(db)) as cat:
         assert cat.models() == [] and [run.status for run in cat.runs()] == ["failed"]
+
+
+def test_every_screen_names_the_nested_methods(slimkit_host, tmp_path):
+    from slimkit.core.present.html import step_html
+    from slimkit.core.present.lineage import lineage_dot, lineage_mermaid
+
+    db = tmp_path / "cat.db"
+    install(slimkit_host, InversePowerScorer, "2.1")
+    result = run(slimkit_host, tmp_path / "m", db)
+    expected = "scorer acme.power v2 from acme 2.1"
+    cli = make_cli(slimkit_host)
+    for command in (["lineage", result.provenance["content_id"]], ["show", result.provenance["content_id"]]):
+        shown = CliRunner().invoke(cli, ["--catalogue", str(db), *command], terminal_width=300)
+        assert shown.exit_code == 0 and expected in shown.output, shown.output
+    with Catalogue(str(db)) as cat:
+        assert expected in lineage_mermaid(cat, result.provenance["content_id"])
+        assert expected in lineage_dot(cat, result.provenance["content_id"])
+        assert expected in step_html(cat.step(result.steps[0].step_id))

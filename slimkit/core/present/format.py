@@ -133,9 +133,32 @@ def config_params(config: Any, limit: int | None = 3) -> str:
     return ", ".join(f"{k}={v}" for k, v in scalars[:limit])
 
 
+BUNDLED_PLUGIN_PREFIX = "slimkit.plugins."
+
+
+def method_use(use: Any) -> str:
+    """One method a step ran inside it: ``scorer wanda v1``, with its plugin and release when it
+    is not bundled (``scorer acme.power v2 from acme 2.1``). ``use`` is a stored identity:
+    ``{family, plugin, plugin_version, config: {type, version, data}}``."""
+    config = use.get("config", {})
+    text = f"{use.get('family', 'method')} {config.get('type', '?')} v{config.get('version', '?')}"
+    plugin = str(use.get("plugin") or "")
+    if plugin and not plugin.startswith(BUNDLED_PLUGIN_PREFIX):
+        text += f" from {plugin}" + (f" {use['plugin_version']}" if use.get("plugin_version") else "")
+    return text
+
+
+def uses_text(step: "StepEntry") -> str:
+    """Every method a step ran inside it, ``; ``-separated (empty for none)."""
+    return "; ".join(method_use(use) for use in getattr(step, "uses", ()) or ())
+
+
 def key_params(step: "StepEntry", limit: int | None = 3) -> str:
-    """:func:`config_params` of a catalogue step."""
-    return config_params(step.config, limit)
+    """:func:`config_params` of a catalogue step, then the methods it ran inside it
+    (``sparsity=0.5, scorer=wanda; scorer wanda v1``): every screen names what shaped a step."""
+    params = config_params(step.config, limit)
+    nested = uses_text(step)
+    return "; ".join(part for part in (params, nested) if part)
 
 
 def step_label(method: str, params: str) -> str:
