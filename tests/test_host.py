@@ -281,6 +281,19 @@ class VersionZeroCompressor(slimkit.BaseCompressor):
     def compress_(self, model, adapter, config, ctx): ...
 
 
+class SharedListConfig(slimkit.MethodConfig):
+    roles: list[str] = ["q_proj"]
+
+
+class SharedDefaultCompressor(slimkit.BaseCompressor):
+    """One list object behind every config's default."""
+
+    name = "test.shared-default"
+    Config = SharedListConfig
+
+    def compress_(self, model, adapter, config, ctx): ...
+
+
 class ShoutingEvaluator(BaseEvaluator):
     """Names are lower case."""
 
@@ -298,6 +311,9 @@ class ShoutingEvaluator(BaseEvaluator):
         pytest.param("register_evaluators", OpenConfigEvaluator, "forbid extra fields", id="config-allows-extra"),
         pytest.param("register_scorers", PixelScorer, "granularity must be one of", id="bad-granularity"),
         pytest.param("register_compressors", VersionZeroCompressor, "version must be an integer >= 1", id="version-0"),
+        pytest.param("register_compressors", SharedDefaultCompressor,
+                     "Config.roles has a mutable default ['q_proj']; use a tuple or Field(default_factory=...)",
+                     id="mutable-default"),
     ],
 )
 def test_invalid_class_is_refused_naming_it(register_plugin, hook: str, cls: type, fragment: str) -> None:

@@ -79,6 +79,13 @@ def validate_method_class(family: Family, cls: Any) -> list[str]:
                 f"{cls.__qualname__}.Config must be frozen and forbid extra fields "
                 "(subclass slimkit.MethodConfig)"
             )
+        for field_name, info in config.model_fields.items():
+            # One shared list or dict behind every run's config is a bug waiting for a mutation.
+            if isinstance(info.default, (list, dict, set, bytearray)):
+                problems.append(
+                    f"{cls.__qualname__}.Config.{field_name} has a mutable default {info.default!r}; "
+                    "use a tuple or Field(default_factory=...)"
+                )
     if family == "scorer" and getattr(cls, "granularity", None) not in GRANULARITIES:
         problems.append(
             f"{cls.__qualname__}.granularity must be one of {', '.join(GRANULARITIES)}"
