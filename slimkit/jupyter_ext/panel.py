@@ -298,26 +298,17 @@ class Panel:
         if self.run_state is not None and self.run_state.running:
             return self.run_state
         self.error.value = ""
+        spec, name = self.model_spec, self.name.value.strip() or None
         try:
+            from slimkit.core.preflight import check_name
             from slimkit.core.recipe import Recipe
 
             recipe = Recipe.from_data(self.recipe_data())
             validated = recipe.resolve(self.host)  # every problem the model does not decide; resolved once
+            check_name(self.catalogue, name)  # the same check as the CLI's, before any work
         except SlimkitError as error:
             self.error.value = _error_html(error)
             return None
-        spec, name = self.model_spec, self.name.value.strip() or None
-        if name is not None:  # checked now: the catalogue would refuse it only after all the work
-            from slimkit.core.catalogue import CatalogueError
-
-            try:
-                holder = self.catalogue.resolve(name)
-            except CatalogueError:
-                holder = None
-            if holder is not None and holder.name == name:
-                self.error.value = _error_html(SlimkitError(
-                    f"the name {name!r} is already used by model {holder.short_id}; choose another"))
-                return None
         steps = " -> ".join(describe_step(s) for s in recipe.model_dump(mode="json")["steps"])
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
         self.progress.description = "starting"
