@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.scores import Scores
 
 Granularity = Literal["weight", "neuron", "head", "block"]
+#: What a scorer can score: single weights, MLP neurons, attention heads or whole blocks.
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "block")
 Family = Literal["scorer", "compressor", "architecture", "evaluator"]
 
