@@ -23,6 +23,7 @@ _TOPICS: dict[str, dict[str, str]] = {
         "get_host": "slimkit.core.host",
         "Host": "slimkit.core.host",
         "DEFAULT_PLUGINS": "slimkit.core.host",
+        "MethodInfo": "slimkit.core.registry",
     },
     "Method contracts": {
         "MethodConfig": "slimkit.core.config",
