@@ -117,7 +117,7 @@ def test_installed_plugin_is_discovered_and_usable(plugin_path: Path) -> None:
         "source": "entrypoint",
         "distribution": "slimkit-example-plugin",
         "version": "0.3.1",
-        "hooks": ["register_evaluators", "register_scorers"],
+        "hooks": ["register_compressors", "register_evaluators", "register_scorers"],
     }
     # The catalogue and lineage learn which plugin, at which version, supplied each method.
     assert out["scorer"] == {"plugin": "example", "plugin_version": "0.3.1", "version": 1,
@@ -140,6 +140,88 @@ def test_installed_plugin_is_discovered_and_usable(plugin_path: Path) -> None:
     norm = out["norm"]
     assert norm["before"] == pytest.approx(norm["expected"], rel=1e-6)
     assert norm["after"] < norm["before"]
+
+
+# The tutorial's data-aware scorer and its scorer-driven compressor, installed, on the bundled model.
+DATA_AWARE = """
+    import json
+    import torch
+    import slimkit
+
+    host = slimkit.make_host()
+    model = slimkit.load_model("example:stories260K")
+    adapter = host.adapter_for(model)
+    text = slimkit.TextSource(slimkit.example_text())
+    calibration = slimkit.calibration_samples(model.tokenizer, text, n_samples=4, seq_len=32)
+    ctx = host.context(calibration=calibration)
+
+    # The scorer against the same quantity measured independently: mean |x| at every layer's input
+    # over one plain forward pass of the dense model, times |W|.
+    scores = host.score("example.activation", model, context=ctx)
+    layers = [ref for _block, ref in adapter.layout(model.model).linears()]
+    sums = {}
+    def add(name, x):
+        sums[name] = sums.get(name, 0) + x.detach().abs().reshape(-1, x.shape[-1]).double().sum(0)
+    hooks = [ref.module.register_forward_pre_hook(lambda _m, args, name=ref.name: add(name, args[0]))
+             for ref in layers]
+    with torch.no_grad():
+        model.model(input_ids=calibration.input_ids)
+    for hook in hooks:
+        hook.remove()
+    tokens = calibration.input_ids.numel()
+    matches = all(torch.allclose(scores[ref.name], ref.weight_out_in().detach().abs() * (sums[ref.name] / tokens).float(),
+                                 rtol=1e-5, atol=1e-7) for ref in layers)
+    only_mlp = host.score("example.activation", model, params={"roles": ["up", "down"]}, context=ctx)
+
+    # Without calibration data the compressor's check refuses the data-aware scorer, in one line.
+    pruner = host.compressors.get("example.threshold")
+    config = host.config(pruner, {"scorer": "example.activation", "fraction": 0.5})
+    try:
+        pruner.create().check(model, adapter, config, host.context())
+        refused = None
+    except slimkit.ConfigError as error:
+        refused = str(error)
+
+    # A recipe: the runner validates, checks, draws the calibration windows and runs the step.
+    recipe = slimkit.Recipe.from_data({
+        "calibration": {"n_samples": 4, "seq_len": 32},
+        "steps": [{"method": "example.threshold", "params": {"scorer": "example.activation", "fraction": 0.5}}],
+        "evaluate": [{"metric": "example.weight-norm"}],
+    })
+    events = []
+    result = slimkit.run_recipe(recipe, model, host=host, catalogue=False, progress=events.append)
+    derived = result.model.model
+    zeros = sum(int((ref.weight_out_in() == 0).sum()) for _block, ref in adapter.layout(derived).linears())
+    print(json.dumps({
+        "granularity": scores.granularity, "layers": len(scores.values), "expected_layers": len(layers),
+        "matches_forward_pass": matches, "min": min(float(v.min()) for v in scores.values.values()),
+        "only_mlp_roles": sorted({name.split(".")[-1] for name in only_mlp.values}),
+        "refused": refused,
+        "step": {"method": result.steps[0].method, "plugin": result.steps[0].plugin,
+                 "details": result.summaries[0].details, "description": result.summaries[0].description},
+        "zeros": zeros,
+        "layer_events": sorted({event.stage for event in events}),
+        "norm": {"before": result.before["example.weight-norm"]["weight_norm"],
+                 "after": result.after["example.weight-norm"]["weight_norm"]},
+    }))
+"""
+
+
+def test_installed_data_aware_scorer_and_compressor_work(plugin_path: Path) -> None:
+    out = run_python(DATA_AWARE, plugin_path)
+    assert out["granularity"] == "weight"
+    assert out["layers"] == out["expected_layers"] > 0
+    assert out["matches_forward_pass"]
+    assert out["min"] >= 0.0
+    assert out["only_mlp_roles"] == ["down_proj", "up_proj"]
+    assert out["refused"] == "scorer 'example.activation' needs calibration data; add a calibration section"
+    step = out["step"]
+    assert step["method"] == "example.threshold" and step["plugin"] == "example"
+    assert 0.05 < step["details"]["sparsity"] < 0.95
+    assert step["details"]["zeroed"] == out["zeros"] > 0
+    assert "example.activation" in step["description"]
+    assert "layers" in out["layer_events"]
+    assert out["norm"]["after"] < out["norm"]["before"]
 
 
 ENV_CASES: dict[str, dict[str, str]] = {

@@ -17,10 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ArchitectureError
-
-Role = Literal["q", "k", "v", "qkv", "o", "up", "gate", "down"]
-ATTENTION_ROLES: tuple[Role, ...] = ("q", "k", "v", "qkv", "o")
-MLP_ROLES: tuple[Role, ...] = ("up", "gate", "down")
+from slimkit.core.roles import Role
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from slimkit.core.data import CalibrationData
 from slimkit.core.errors import ArchitectureError, DataError
 from slimkit.core.memory import release_free_memory
 
+#: What the engine can accumulate at a linear layer's input (see :class:`LinearStatistics`).
 STATISTICS = ("input_sum", "input_sq_sum", "input_abs_sum", "hessian")
 
 

@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Pro
 from slimkit.core.config import EmptyConfig, MethodConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slimkit.core.architecture import ArchitectureAdapter
+    import torch
+
+    from slimkit.core.architecture import ArchitectureAdapter, BlockLayout
+    from slimkit.core.calibration import LinearStatistics
     from slimkit.core.data import CalibrationData
     from slimkit.core.host import Host
     from slimkit.core.model_io import LoadedModel
     from slimkit.core.scores import Scores
 
 Granularity = Literal["weight", "neuron", "head", "block"]
+#: What a scorer can score: single weights, MLP neurons, attention heads or whole blocks.
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "block")
 Family = Literal["scorer", "compressor", "architecture", "evaluator"]
 
@@ -86,6 +90,7 @@ class MethodContext:
             self.data_fingerprints.append(fingerprint)
 
     def report(self, stage: str, done: int, total: int, message: str = "") -> None:
+        """Say that ``done`` of ``total`` units of ``stage`` are finished (drives progress bars)."""
         if self.progress is not None:
             self.progress(ProgressEvent(stage, done, total, message))
 
@@ -139,8 +144,9 @@ class MethodContext:
         adapter: "ArchitectureAdapter",
         params: Mapping[str, Any] | None = None,
     ) -> "Scores":
-        """Run the installed scorer called ``scorer`` on ``model`` with ``params`` (validated
-        into its config) and return its :class:`~slimkit.Scores`."""
+        """Run the installed scorer called ``scorer`` on ``model`` with this context (the same
+        calibration data, seed and progress) and ``params`` (validated against its ``Config``).
+        Inside a recorded step the scorer must be one the step declared (:meth:`scorer`)."""
         self.scorer(scorer)  # declared by the step?
         return self.host.score(scorer, model, adapter=adapter, params=params, context=self)
 
@@ -230,11 +236,16 @@ class BaseScorer(_MethodBase):
         """Which projections to score (``None``: all); by default the config's ``roles``."""
         return getattr(config, "roles", None)
 
-    def score_block(self, block, stats, config, ctx) -> dict:  # pragma: no cover - abstract
-        """Scores of one block's projections from the statistics collected at their inputs."""
+    def score_block(
+        self, block: "BlockLayout", stats: "Mapping[str, LinearStatistics]", config: Any, ctx: MethodContext
+    ) -> "dict[str, torch.Tensor]":  # pragma: no cover - abstract
+        """Scores of one block's projections (by layer name) from the statistics collected at
+        their inputs (``stats``: layer name -> :class:`~slimkit.LinearStatistics`)."""
         raise NotImplementedError
 
     def score(self, model, adapter, config, ctx):
+        """Scores of the whole model; by default :meth:`score_block` on every block, on the
+        calibration engine (for a scorer that sets ``statistics``)."""
         if not self.statistics:  # pragma: no cover - a data-free scorer overrides score()
             raise NotImplementedError
         from slimkit.core.calibration import SequentialCalibration
@@ -273,11 +284,11 @@ class BaseCompressor(_MethodBase):
         return (MethodUse("scorer", name, dict(getattr(config, "scorer_params", None) or {})),)
 
     def check(self, model, adapter, config, ctx) -> None:
-        """Raise :class:`~slimkit.core.errors.ArchitectureError` (or another
-        :class:`~slimkit.core.errors.SlimkitError`) if the method cannot apply to this model.
-        Called for every step before any step runs."""
+        """Raise :class:`~slimkit.ArchitectureError` (or another :class:`~slimkit.SlimkitError`)
+        if the method cannot apply to this model. Called for every step before any step runs."""
 
     def compress_(self, model, adapter, config, ctx):  # pragma: no cover - abstract
+        """Change ``model`` in place and say what changed (a :class:`CompressionSummary`)."""
         raise NotImplementedError
 
 
@@ -285,7 +296,8 @@ class BaseEvaluator(_MethodBase):
     """Base class for evaluators: set ``name`` and ``Config``; implement ``evaluate``."""
 
     def check(self, model, config, ctx) -> None:
-        """Raise a :class:`~slimkit.core.errors.SlimkitError` if the metric does not apply."""
+        """Raise a :class:`~slimkit.SlimkitError` if the metric does not apply."""
 
     def evaluate(self, model, config, ctx):  # pragma: no cover - abstract
+        """The metrics of ``model``: metric name -> float."""
         raise NotImplementedError

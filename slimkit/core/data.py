@@ -22,6 +22,7 @@ from slimkit.core.errors import DataError
 
 
 def sha256_bytes(data: bytes) -> str:
+    """``"sha256:"`` and the hex digest of ``data``: the form of every fingerprint slimkit records."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -32,12 +32,12 @@ from slimkit.core.architecture import (
     LinearRef,
     MLPLayout,
     ModelLayout,
-    Role,
     base_prefix,
     linear_ref,
     optional_module,
     resolve,
 )
+from slimkit.core.roles import Role
 
 
 class ModuleMapAdapter(ArchitectureAdapter):

@@ -49,6 +49,7 @@ class Scores:
         return out
 
     def save(self, path: str | Path) -> Path:
+        """Write the scores to a safetensors file, scorer, granularity and config in its metadata."""
         path = Path(path)
         metadata = {
             "slimkit.scorer": self.scorer,
@@ -61,6 +62,7 @@ class Scores:
 
     @classmethod
     def load(cls, path: str | Path) -> "Scores":
+        """Read scores :meth:`save` wrote; :class:`~slimkit.DataError` if ``path`` is not such a file."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"no scores file at {path}")

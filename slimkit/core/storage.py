@@ -45,6 +45,7 @@ def replaced_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every quantized layer (``QuantizedLinear``, ``QuantizedEmbedding``), by name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))}
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+#: The bit widths a :class:`QuantGrid` (and the packed storage) supports.
 BITS = (2, 3, 4, 8)
 _CODES_PER_WORD = {8: (1, 1), 4: (2, 1), 3: (8, 3), 2: (4, 1)}  # bits -> (codes, bytes) per word
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from slimkit import hookimpl
-from slimkit.core.module_map import ModuleMapAdapter
+from slimkit import ModuleMapAdapter, hookimpl
 
 
 class BertAdapter(ModuleMapAdapter):

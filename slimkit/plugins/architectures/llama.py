@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slimkit import hookimpl
-from slimkit.core.module_map import ModuleMapAdapter
+from slimkit import ModuleMapAdapter, hookimpl
 
 
 class LlamaAdapter(ModuleMapAdapter):

@@ -6,7 +6,7 @@ in float32 on CPU with AdamW, dropout off, on batches that depend only on the st
 seed (:mod:`.training`), against the teacher's logits (:func:`.losses.logit_loss`), optionally
 mixed with the language-modelling loss and per-block hidden-state matching. Exact zeros of a
 pruned student stay zero (gradients and weights are masked). A quantized student learns through fake
-quantization (:mod:`slimkit.core.quant.fake`): its integer layers become float latent weights
+quantization (:func:`slimkit.fake_quantize_linears`): its integer layers become float latent weights
 whose forward is rounded to the stored grid, and go back onto that grid (same scales, new codes)
 when the step ends. A checkpoint is written every
 ``checkpoint_every`` steps into the step's work folder; running the same recipe again after an
@@ -26,12 +26,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError
-from slimkit.core.model_io import is_causal_lm
-from slimkit.core.quant.fake import fake_quantize_linears, requantize_linears
+from slimkit import (
+    ArchitectureError, BaseCompressor, CompressionSummary, ConfigError, MethodConfig, fake_quantize_linears, hookimpl,
+    is_causal_lm, requantize_linears,
+)
 from slimkit.plugins.distill.losses import HiddenStateLoss, lm_loss, logit_loss
 from slimkit.plugins.distill.training import (
     WindowBatches,
@@ -87,7 +85,7 @@ class Distiller(BaseCompressor):
             raise ConfigError("distill needs training text: set text, or add a calibration section (its text is used)")
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.core.data import TextSource, tokenize
+        from slimkit import TextSource, tokenize
 
         self.check(model, adapter, config, ctx)
         teacher = ctx.teacher

@@ -25,11 +25,7 @@ import time
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseEvaluator
-from slimkit.core.errors import ConfigError
-from slimkit.core.model_io import is_causal_lm
+from slimkit import BaseEvaluator, ConfigError, MethodConfig, hookimpl, is_causal_lm
 
 
 class LatencyConfig(MethodConfig):

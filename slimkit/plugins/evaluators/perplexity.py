@@ -15,12 +15,9 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseEvaluator
-from slimkit.core.data import TextSource, tokenize
-from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.model_io import example_text, is_causal_lm
+from slimkit import (
+    BaseEvaluator, ConfigError, DataError, MethodConfig, TextSource, example_text, hookimpl, is_causal_lm, tokenize,
+)
 
 
 class PerplexityConfig(MethodConfig):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseEvaluator
-from slimkit.core.model_io import disk_bytes
+from slimkit import BaseEvaluator, MethodConfig, disk_bytes, hookimpl
 
 
 class SizeConfig(MethodConfig):
@@ -30,7 +27,7 @@ class SizeEvaluator(BaseEvaluator):
     Config = SizeConfig
 
     def evaluate(self, model, config, ctx):
-        from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
+        from slimkit import QuantizedEmbedding, QuantizedLinear
 
         embedding_ids = set()
         if not config.include_embeddings:

@@ -18,12 +18,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseEvaluator
-from slimkit.core.data import sha256_bytes
-from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.model_io import is_causal_lm
+from slimkit import BaseEvaluator, ConfigError, DataError, MethodConfig, hookimpl, is_causal_lm, sha256_bytes
 
 FORMAT = "TAB-separated: genre, file, year, id, score 0-5, sentence1, sentence2"
 

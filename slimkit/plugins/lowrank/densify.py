@@ -4,10 +4,7 @@ loads in plain ``transformers``. The values are exactly those the replaced layer
 
 from __future__ import annotations
 
-from slimkit import hookimpl
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError
-from slimkit.core.storage import replaced_modules, to_dense
+from slimkit import ArchitectureError, BaseCompressor, CompressionSummary, hookimpl, replaced_modules, to_dense
 
 
 class Densifier(BaseCompressor):

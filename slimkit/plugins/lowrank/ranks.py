@@ -25,10 +25,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from slimkit.core.config import MethodConfig
-from slimkit.core.errors import ConfigError
-from slimkit.core.lowrank import saves
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit import ALL_ROLES, ConfigError, MethodConfig, Role, low_rank_saves
 
 Allocation = Literal["uniform", "sensitivity"]
 RULES = ("rank", "rank_ratio", "energy", "param_ratio")
@@ -36,7 +33,7 @@ DEFAULT_PARAM_RATIO = 0.2
 
 
 class RankConfig(MethodConfig):
-    roles: tuple[RoleName, ...] = Field(ALL_ROLES, description="Which block projections to factorise.")
+    roles: tuple[Role, ...] = Field(ALL_ROLES, description="Which block projections to factorise.")
     rank: int | None = Field(None, ge=1, description="The same rank for every layer.")
     rank_ratio: float | None = Field(None, gt=0.0, le=1.0, description="Rank as a fraction of min(in, out).")
     energy: float | None = Field(None, gt=0.0, le=1.0, description="Keep this fraction of each layer's sum of σ².")
@@ -87,7 +84,7 @@ class LayerShape:
 
     def params(self, rank: int) -> int:
         """Parameters held at ``rank`` (dense once factors would not save any)."""
-        return rank * self.per_rank if saves(rank, self.in_features, self.out_features) else self.dense
+        return rank * self.per_rank if low_rank_saves(rank, self.in_features, self.out_features) else self.dense
 
 
 def check_rank(config: RankConfig, layers: list[LayerShape], method: str) -> None:

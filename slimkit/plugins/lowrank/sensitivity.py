@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from slimkit.core.architecture import LinearRef, set_module
-from slimkit.core.lowrank import Factorisation, LowRankLinear
-from slimkit.core.model_io import is_causal_lm
+from slimkit import Factorisation, LinearRef, LowRankLinear, is_causal_lm, set_module
 from slimkit.plugins.lowrank.ranks import LayerShape, keep_rank
 
 

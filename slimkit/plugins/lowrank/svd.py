@@ -2,9 +2,10 @@
 ``lowrank.asvd`` (columns scaled by ``mean|x|^α`` of the calibration inputs, ASVD) and
 ``lowrank.svd_llm`` (whitened by the Cholesky factor of the inputs' ``XᵀX``, SVD-LLM).
 
-The math is in :mod:`slimkit.core.lowrank`, rank rules in :mod:`.ranks`. The two data-driven
-methods run on the sequential calibration engine: each block's statistics are taken on the
-outputs of the blocks already factorised before it (as GPTQ and SparseGPT do). With
+The math is :func:`slimkit.factorise` and :class:`slimkit.LowRankLinear`, rank rules in
+:mod:`.ranks`. The two data-driven methods run on the sequential calibration engine: each block's
+statistics are taken on the outputs of the blocks already factorised before it (as GPTQ and
+SparseGPT do). With
 ``allocation: sensitivity`` a first pass over the unchanged model measures every layer's spectrum
 to allocate the budget, and a second pass factorises.
 """
@@ -15,11 +16,10 @@ from typing import Any
 
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.architecture import LinearRef, set_module
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError
-from slimkit.core.lowrank import Factorisation, LowRankLinear, factorise, saves
+from slimkit import (
+    ArchitectureError, BaseCompressor, CompressionSummary, Factorisation, LinearRef, LowRankLinear, factorise,
+    hookimpl, low_rank_saves, set_module,
+)
 from slimkit.plugins.lowrank.ranks import LayerShape, RankConfig, allocate, check_rank, direct_rank
 
 
@@ -45,7 +45,7 @@ def shape(ref: LinearRef) -> LayerShape:
 def replace(model: Any, ref: LinearRef, factorisation: Factorisation, rank: int) -> bool:
     """Put the rank-``rank`` factors in place of ``ref`` if that saves parameters; returns
     whether it did."""
-    if not saves(rank, ref.in_features, ref.out_features):
+    if not low_rank_saves(rank, ref.in_features, ref.out_features):
         return False
     up, down = factorisation.factors(rank)
     bias = getattr(ref.module, "bias", None)
@@ -125,7 +125,7 @@ class _Factoriser(BaseCompressor):
                 yield ref, self.factorise(ref, None, config)
                 ctx.report(stage, index, len(refs), ref.name)
             return
-        from slimkit.core.calibration import SequentialCalibration
+        from slimkit import SequentialCalibration
 
         chosen = {ref.name for ref in refs}
         engine = SequentialCalibration(model, adapter, ctx.calibration)

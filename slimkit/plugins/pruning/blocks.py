@@ -19,12 +19,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from slimkit import hookimpl
-from slimkit.core.architecture import resolve, set_module
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseCompressor, BaseScorer, CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError
-from slimkit.core.scores import Scores
+from slimkit import (
+    ArchitectureError, BaseCompressor, BaseScorer, CompressionSummary, ConfigError, MethodConfig, Scores, hookimpl,
+    resolve_module, set_module,
+)
 
 
 class CosineConfig(MethodConfig):
@@ -50,7 +48,7 @@ class CosineBlockScorer(BaseScorer):
     Config = CosineConfig
 
     def score(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import SequentialCalibration
+        from slimkit import SequentialCalibration
 
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         values = []
@@ -133,7 +131,7 @@ class BlockPruner(BaseCompressor):
         if config.blocks is None:
             ctx.require_scorer(config.scorer, "block", self.name)
         layout = adapter.layout(model.model)
-        if not isinstance(resolve(model.model, layout.blocks_name), nn.ModuleList):
+        if not isinstance(resolve_module(model.model, layout.blocks_name), nn.ModuleList):
             raise ArchitectureError(f"{layout.blocks_name} of {model.architecture} is not an nn.ModuleList")
         if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
             raise ArchitectureError(
@@ -155,7 +153,7 @@ class BlockPruner(BaseCompressor):
             removed, how = lowest(scores, count), f"{config.scorer} score"
         kept = [i for i in range(num_blocks) if i not in removed]
         before = _param_count(model.model)
-        old = resolve(model.model, layout.blocks_name)
+        old = resolve_module(model.model, layout.blocks_name)
         blocks = nn.ModuleList([old[i] for i in kept])
         set_module(model.model, layout.blocks_name, blocks)
         renumber_layers(blocks)

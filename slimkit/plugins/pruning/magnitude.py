@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseScorer
-from slimkit.core.scores import Scores
-
-ALL_ROLES = ("q", "k", "v", "qkv", "o", "up", "gate", "down")
-RoleName = Literal["q", "k", "v", "qkv", "o", "up", "gate", "down"]
+from slimkit import ALL_ROLES, BaseScorer, MethodConfig, Role, Scores, hookimpl
 
 
 class MagnitudeConfig(MethodConfig):
-    roles: tuple[RoleName, ...] = Field(
+    roles: tuple[Role, ...] = Field(
         ALL_ROLES, description="Which block projections to score (attention q/k/v/qkv/o, MLP up/gate/down)."
     )
 

@@ -31,10 +31,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseScorer
-from slimkit.core.errors import DataError
+from slimkit import BaseScorer, DataError, MethodConfig, hookimpl
 
 
 class MIConfig(MethodConfig):

@@ -1,6 +1,6 @@
 """Scorers for structured pruning: one score per MLP intermediate neuron or per attention head.
 
-Scores are keyed by block name (see :mod:`slimkit.core.scores`).
+Scores are keyed by block name (see :class:`slimkit.Scores`).
 
 * ``neurons.magnitude`` (no data): ``||input-side weights|| x ||output-side weights||`` of each
   neuron. The input side is the neuron's row of ``up`` (and of ``gate`` for gated MLPs, taken
@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from slimkit import hookimpl
-from slimkit.core.architecture import AttentionLayout, BlockLayout, MLPLayout
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseScorer
-from slimkit.core.scores import Scores
+from slimkit import AttentionLayout, BaseScorer, BlockLayout, MLPLayout, MethodConfig, Scores, hookimpl
 
 
 class NoParams(MethodConfig):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from slimkit import hookimpl
-from slimkit.core.errors import ArchitectureError
+from slimkit import ArchitectureError, hookimpl
 from slimkit.plugins.pruning.unstructured import ScoredPruner, ScoredPruningConfig, lowest_per_row
 
 

@@ -14,12 +14,10 @@ from typing import Sequence
 import torch
 from pydantic import Field, model_validator
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError
-from slimkit.core.linalg import inverse_cholesky_upper
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit import (
+    ALL_ROLES, ArchitectureError, BaseCompressor, CompressionSummary, MethodConfig, Role, hookimpl,
+    inverse_cholesky_upper,
+)
 from slimkit.plugins.pruning.unstructured import lowest_per_row
 
 
@@ -29,7 +27,7 @@ class SparseGPTConfig(MethodConfig):
     m: int | None = Field(None, ge=2, le=128, description="N:M pattern: consecutive inputs per group.")
     block_size: int = Field(128, ge=1, le=4096, description="Columns updated together (lazy batch updates).")
     dampening: float = Field(0.01, gt=0.0, le=1.0, description="Added to H's diagonal, as a fraction of its mean.")
-    roles: tuple[RoleName, ...] = Field(ALL_ROLES, description="Which block projections to prune.")
+    roles: tuple[Role, ...] = Field(ALL_ROLES, description="Which block projections to prune.")
 
     @model_validator(mode="after")
     def _pattern(self) -> "SparseGPTConfig":
@@ -129,7 +127,7 @@ class SparseGPTPruner(BaseCompressor):
     needs_calibration = True
 
     def check(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import require_hessian_data
+        from slimkit import require_hessian_data
 
         ctx.require_calibration(self.name)
         refs = [ref for _, ref in adapter.layout(model.model).linears(config.roles)]
@@ -143,7 +141,7 @@ class SparseGPTPruner(BaseCompressor):
                 )
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import SequentialCalibration, by_shared_input
+        from slimkit import SequentialCalibration, by_shared_input
 
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         pruned = total = 0

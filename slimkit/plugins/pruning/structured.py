@@ -19,11 +19,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from slimkit import hookimpl
-from slimkit.core.architecture import AttentionLayout, BlockLayout, LinearRef, MLPLayout
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError, DataError
+from slimkit import (
+    ArchitectureError, AttentionLayout, BaseCompressor, BlockLayout, CompressionSummary, ConfigError, DataError,
+    LinearRef, MLPLayout, MethodConfig, hookimpl,
+)
 
 
 class StructuredConfig(MethodConfig):
@@ -187,7 +186,7 @@ class _StructuredPruner(BaseCompressor):
         outputs for that block, keyed ``"<block>::<what>"``); returns whether it went sequentially."""
         info = ctx.scorer(config.scorer)
         if config.sequential and getattr(info.cls, "statistics", ()):
-            from slimkit.core.calibration import SequentialCalibration
+            from slimkit import SequentialCalibration
 
             scorer, scorer_config = info.create(), ctx.host.config(info, config.scorer_params)
             engine = SequentialCalibration(model, adapter, ctx.calibration)

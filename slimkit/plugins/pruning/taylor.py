@@ -29,13 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.architecture import LinearRef
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseScorer
-from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.scores import Scores
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit import ALL_ROLES, BaseScorer, ConfigError, DataError, LinearRef, MethodConfig, Role, Scores, hookimpl
 
 
 def _batch_size_field() -> Any:
@@ -46,7 +40,7 @@ def _batch_size_field() -> Any:
 
 
 class TaylorConfig(MethodConfig):
-    roles: tuple[RoleName, ...] = Field(
+    roles: tuple[Role, ...] = Field(
         ALL_ROLES, description="Which block projections to score (attention q/k/v/qkv/o, MLP up/gate/down)."
     )
     batch_size: int = _batch_size_field()

@@ -13,11 +13,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from slimkit import MethodUse, hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit import (
+    ALL_ROLES, ArchitectureError, BaseCompressor, CompressionSummary, ConfigError, MethodConfig, MethodUse, Role,
+    hookimpl,
+)
 
 
 class ScoredPruningConfig(MethodConfig):
@@ -27,7 +26,7 @@ class ScoredPruningConfig(MethodConfig):
     scorer_params: dict[str, Any] = Field(
         default_factory=dict, description="Parameters for the scorer (its own config fields)."
     )
-    roles: tuple[RoleName, ...] = Field(
+    roles: tuple[Role, ...] = Field(
         ALL_ROLES, description="Which block projections to prune (embeddings and LM head are never pruned)."
     )
     sequential: bool = Field(
@@ -142,7 +141,7 @@ class ScoredPruner(BaseCompressor):
 
     def _blockwise(self, info, config) -> bool:
         """A data-free scorer that scores one block at a time, and masks chosen within layers."""
-        from slimkit.core.contracts import BaseScorer
+        from slimkit import BaseScorer
 
         overrides = getattr(info.cls, "score_block", None) is not BaseScorer.score_block
         return (not getattr(info.cls, "statistics", ()) and not info.cls.needs_calibration and overrides
@@ -166,7 +165,7 @@ class ScoredPruner(BaseCompressor):
 
     def _sequential(self, model, adapter, config, ctx, info, params):
         """Score and prune one block at a time on the outputs of the already-pruned blocks."""
-        from slimkit.core.calibration import SequentialCalibration
+        from slimkit import SequentialCalibration
 
         scorer = info.create()
         scorer_config = ctx.host.config(info, params)

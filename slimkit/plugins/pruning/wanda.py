@@ -12,14 +12,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseScorer
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit import ALL_ROLES, BaseScorer, MethodConfig, Role, hookimpl
 
 
 class WandaConfig(MethodConfig):
-    roles: tuple[RoleName, ...] = Field(ALL_ROLES, description="Which block projections to score.")
+    roles: tuple[Role, ...] = Field(ALL_ROLES, description="Which block projections to score.")
 
 
 class WandaScorer(BaseScorer):

@@ -33,9 +33,7 @@ from typing import Any, Callable
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.quant.formats import QuantGrid, dequantize
+from slimkit import BaseCompressor, CompressionSummary, QuantGrid, dequantize_weight, hookimpl
 from slimkit.plugins.quantization.common import WeightQuantConfig, finish, replace_with_codes, target_layers
 from slimkit.plugins.quantization.smoothquant import SiteInputs, check_foldable, fold_, rtn_codes, smoothable_sites
 
@@ -53,7 +51,7 @@ class AWQConfig(WeightQuantConfig):
 
 def _fake(weight: torch.Tensor, grid: QuantGrid, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
     codes, scale, zero = rtn_codes(weight, grid, clip)
-    return dequantize(codes, scale, zero)
+    return dequantize_weight(codes, scale, zero)
 
 
 def output_error(x: torch.Tensor) -> Callable[[torch.Tensor], float]:
@@ -117,7 +115,7 @@ def awq_(model: Any, adapter: Any, calibration: Any, config: AWQConfig, *, seed:
     """Search and fold the scales and (with ``quantize``) clip and quantize, block by block.
     Returns the chosen ``α`` per site (one per block), what was not scaled and why, and each layer's relative
     output error on the sampled tokens, RTN's and AWQ's."""
-    from slimkit.core.calibration import SequentialCalibration
+    from slimkit import SequentialCalibration
 
     method = AWQQuantizer.name
     _, refs = target_layers(model, adapter, config, method)
@@ -168,7 +166,7 @@ def awq_(model: Any, adapter: Any, calibration: Any, config: AWQConfig, *, seed:
                     if config.clip_search and ref.role not in NO_CLIP:
                         clip = search_clip(weight, samples[number], grid, ratios)
                     codes, scale, zero = rtn_codes(weight, grid, clip)
-                    delta = weight - dequantize(codes, scale, zero)
+                    delta = weight - dequantize_weight(codes, scale, zero)
                     if ref.name in row_scale:  # measured as the layer's original output
                         delta *= row_scale[ref.name].unsqueeze(1)
                     energy, rtn = baseline[ref.name]

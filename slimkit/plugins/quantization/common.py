@@ -1,5 +1,5 @@
 """What the bundled weight quantizers share: their config fields, the checks every one makes,
-and swapping float layers for :class:`~slimkit.core.quant.modules.QuantizedLinear`."""
+and swapping float layers for :class:`slimkit.QuantizedLinear`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from slimkit.core.architecture import LinearRef, ModelLayout, set_module
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import CompressionSummary
-from slimkit.core.errors import ArchitectureError, ConfigError
-from slimkit.core.quant.formats import BITS, QuantGrid
-from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
+from slimkit import (
+    ALL_ROLES, QUANT_BITS, ArchitectureError, CompressionSummary, ConfigError, LinearRef, MethodConfig, ModelLayout,
+    QuantGrid, QuantizedEmbedding, QuantizedLinear, Role, set_module,
+)
 
 
 class WeightQuantConfig(MethodConfig):
@@ -26,7 +23,7 @@ class WeightQuantConfig(MethodConfig):
         "(4 bits and fewer want groups); empty: one scale per output channel, which fits any model.",
     )
     symmetric: bool = Field(True, description="Zero point fixed at the grid's middle (else per group).")
-    roles: tuple[RoleName, ...] = Field(ALL_ROLES, description="Which block projections to quantize.")
+    roles: tuple[Role, ...] = Field(ALL_ROLES, description="Which block projections to quantize.")
     embeddings: Literal["float", "int8"] = Field(
         "float", description="int8: also store the token embedding (and a tied output head) as int8 per row."
     )
@@ -34,8 +31,8 @@ class WeightQuantConfig(MethodConfig):
     @field_validator("bits", mode="before")
     @classmethod
     def _bits(cls, value: Any) -> Any:
-        if isinstance(value, int) and value not in BITS:
-            raise ValueError(f"unsupported bit width {value}; supported: {', '.join(map(str, BITS))}")
+        if isinstance(value, int) and value not in QUANT_BITS:
+            raise ValueError(f"unsupported bit width {value}; supported: {', '.join(map(str, QUANT_BITS))}")
         return value
 
     def grid(self) -> QuantGrid:

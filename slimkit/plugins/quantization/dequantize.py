@@ -4,10 +4,7 @@ loads (the quantized folder itself is refused by ``transformers``, by design).""
 
 from __future__ import annotations
 
-from slimkit import hookimpl
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError
-from slimkit.core.storage import quantized_modules, to_dense
+from slimkit import ArchitectureError, BaseCompressor, CompressionSummary, hookimpl, quantized_modules, to_dense
 
 
 class Dequantizer(BaseCompressor):

@@ -26,11 +26,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from slimkit import hookimpl
-from slimkit.core.contracts import BaseCompressor
-from slimkit.core.linalg import inverse_cholesky_upper
-from slimkit.core.quant.formats import QuantGrid, grid_params
-from slimkit.core.quant.modules import fp16_exact
+from slimkit import BaseCompressor, QuantGrid, fp16_exact, grid_params, hookimpl, inverse_cholesky_upper
 from slimkit.plugins.quantization.common import WeightQuantConfig, finish, replace_with_codes, target_layers
 
 
@@ -121,14 +117,14 @@ class GPTQQuantizer(BaseCompressor):
     needs_calibration = True
 
     def check(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import require_hessian_data
+        from slimkit import require_hessian_data
 
         ctx.require_calibration(self.name)  # before the layers: the clearer message when both are wrong
         _, refs = target_layers(model, adapter, config, self.name)
         require_hessian_data(ctx, refs, self.name)
 
     def compress_(self, model, adapter, config, ctx):
-        from slimkit.core.calibration import SequentialCalibration, by_shared_input
+        from slimkit import SequentialCalibration, by_shared_input
 
         layout, refs = target_layers(model, adapter, config, self.name)
         chosen = {ref.name for ref in refs}

@@ -4,10 +4,7 @@ lossless."""
 
 from __future__ import annotations
 
-from slimkit import hookimpl
-from slimkit.core.contracts import BaseCompressor
-from slimkit.core.quant.formats import grid_params, quantize
-from slimkit.core.quant.modules import fp16_exact
+from slimkit import BaseCompressor, fp16_exact, grid_params, hookimpl, quantize_weight
 from slimkit.plugins.quantization.common import (
     WeightQuantConfig,
     finish,
@@ -37,7 +34,7 @@ class RTNQuantizer(BaseCompressor):
             weight = ref.weight_out_in().detach()
             scale, zero = grid_params(weight, grid)
             scale = fp16_exact(scale)
-            replace_with_codes(model.model, ref, quantize(weight, scale, zero, grid), scale, zero, grid)
+            replace_with_codes(model.model, ref, quantize_weight(weight, scale, zero, grid), scale, zero, grid)
             ctx.report("layers", index, len(refs), ref.name)
         return finish(model, layout, refs, config, "round-to-nearest")
 

@@ -36,14 +36,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from slimkit import hookimpl
-from slimkit.core.architecture import BlockLayout, LinearRef
-from slimkit.core.config import MethodConfig
-from slimkit.core.contracts import BaseCompressor, CompressionSummary
-from slimkit.core.errors import ArchitectureError
-from slimkit.core.quant.formats import QuantGrid, grid_params, quantize
-from slimkit.plugins.pruning.magnitude import ALL_ROLES, RoleName
-from slimkit.core.quant.modules import fp16_exact
+from slimkit import (
+    ALL_ROLES, ArchitectureError, BaseCompressor, BlockLayout, CompressionSummary, LinearRef, MethodConfig, QuantGrid,
+    Role, fp16_exact, grid_params, hookimpl, quantize_weight,
+)
 from slimkit.plugins.quantization.common import WeightQuantConfig, finish, replace_with_codes, target_layers
 
 W8 = QuantGrid(bits=8, group_size=None, symmetric=True)
@@ -245,7 +241,7 @@ def rtn_codes(weight: torch.Tensor, grid: QuantGrid, clip: torch.Tensor | float 
     """``(codes, scale, zero)`` of round-to-nearest with float16-exact scales (as stored)."""
     scale, zero = grid_params(weight, grid, clip=clip)
     scale = fp16_exact(scale)
-    return quantize(weight, scale, zero, grid), scale, zero
+    return quantize_weight(weight, scale, zero, grid), scale, zero
 
 
 def smoothing_scales(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -256,7 +252,7 @@ def smoothing_scales(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: flo
 
 class SmoothQuantConfig(MethodConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Migration strength: s = max|X|^alpha / max|W|^(1-alpha).")
-    roles: tuple[RoleName, ...] = Field(ALL_ROLES, description="Which block projections become W8A8.")
+    roles: tuple[Role, ...] = Field(ALL_ROLES, description="Which block projections become W8A8.")
     smooth_down: bool = Field(True, description="Also smooth down's input through up's rows (gated MLPs).")
     embeddings: Literal["float", "int8"] = Field(
         "float", description="int8: also store the token embedding (and a tied output head) as int8 per row.")
@@ -271,7 +267,7 @@ def smoothquant_(model: Any, adapter: Any, calibration: Any, config: SmoothQuant
                  report: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Smooth (and, with ``quantize``, make W8A8) the model block by block on the calibration
     engine; returns what was smoothed and why anything was not."""
-    from slimkit.core.calibration import SequentialCalibration
+    from slimkit import SequentialCalibration
 
     _, refs = target_layers(model, adapter, config.weights(), SmoothQuantizer.name)
     targeted = {ref.name for ref in refs}
