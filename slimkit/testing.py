@@ -7,6 +7,9 @@ environment with slimkit installed can use the fixtures without importing anythi
     A fresh :class:`slimkit.core.host.Host` with only the bundled plugins (installed entry-point
     plugins are not loaded, so the test sees exactly what it registers).
 
+``write_distributions(folder, {dist: (entry point, source)}, version)`` (a function)
+    Lays out installed plugin distributions in ``folder`` for a subprocess's ``PYTHONPATH``.
+
 ``register_plugin``
     ``register_plugin(plugin, name=None) -> host`` registers a throwaway plugin (a module, an
     object or a class holding ``@hookimpl`` functions) on ``slimkit_host`` and returns the host.
@@ -50,6 +53,7 @@ at start-up, and a suite that never touches slimkit should not pay for importing
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
@@ -57,7 +61,7 @@ import pytest
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.host import Host
 
-__all__ = ["slimkit_host", "register_plugin"]
+__all__ = ["slimkit_host", "register_plugin", "write_distributions"]
 
 
 @pytest.fixture
@@ -87,3 +91,20 @@ def register_plugin(slimkit_host: "Host") -> Iterator[Callable[..., "Host"]]:
         # Unregistering a plugin the test already removed (or check_pending dropped) is a no-op.
         for name in reversed(registered):
             slimkit_host.unregister(name=name)
+
+
+def write_distributions(folder: Path, distributions: dict[str, tuple[str, str]], version: str = "1.0") -> Path:
+    """Make ``folder`` hold installed plugin distributions, as ``pip install --target`` would leave
+    them: for each ``{distribution: (entry-point name, module source)}`` a module and a
+    ``*.dist-info`` with its ``slimkit`` entry point. Put ``folder`` on ``PYTHONPATH`` of a
+    subprocess to test what a user gets (discovery, ``SLIMKIT_LOAD_PLUGINS``, broken plugins)."""
+    import textwrap
+
+    for dist, (entry_point, source) in distributions.items():
+        module = dist.replace("-", "_")
+        (folder / f"{module}.py").write_text(textwrap.dedent(source))
+        info = folder / f"{module}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[slimkit]\n{entry_point} = {module}\n")
+    return folder

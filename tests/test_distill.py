@@ -52,8 +52,7 @@ def test_pruned_student_learns_keeps_its_zeros_and_records_the_teacher(host, tmp
     assert details["steps"] == 8 and details["loss_last"] < 0.8 * details["loss_first"]
     assert details["masked_layers"] == 35
     # the teacher is the recipe's input, recorded as the step's second parent
-    assert distill_step.parents == [{"model_id": pruned_step.child_id, "role": "input"},
-                                    {"model_id": pruned_step.parent_id, "role": "teacher"}]
+    assert distill_step.parents == ((pruned_step.child_id, "input"), (pruned_step.parent_id, "teacher"))
     zeros = sum(int((p == 0).sum()) for n, p in result.model.model.named_parameters() if "layers" in n and p.dim() == 2)
     assert zeros >= 113_280  # every weight the pruning zeroed is still zero
     from slimkit.core.catalogue import Catalogue

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import slimkit
 from slimkit import BaseEvaluator, BaseScorer, MethodConfig, Scores, hookimpl
 from slimkit.core.architecture import ArchitectureAdapter
+from slimkit.testing import write_distributions
 from slimkit.core.config import serialise_config
 from slimkit.core.errors import ArchitectureError, ConfigError, PluginError, UnknownMethodError
 from slimkit.core.host import DEFAULT_PLUGINS, FAMILY_HOOKS, _check_pending, make_host, slimkit_version
@@ -408,15 +409,7 @@ FAKE_DISTRIBUTIONS: dict[str, tuple[str, str]] = {
 @pytest.fixture(scope="module")
 def fake_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of installed-looking distributions (module + dist-info with an entry point)."""
-    site = tmp_path_factory.mktemp("fake-site")
-    for dist, (entry_point, source) in FAKE_DISTRIBUTIONS.items():
-        module = dist.replace("-", "_")
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-        info = site / f"{module}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[slimkit]\n{entry_point} = {module}\n")
-    return site
+    return write_distributions(tmp_path_factory.mktemp("fake-site"), FAKE_DISTRIBUTIONS, "1.0")
 
 
 def load_in_subprocess(site: Path, code: str) -> dict:

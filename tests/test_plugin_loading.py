@@ -14,12 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from pydantic import Field
+
+from slimkit.testing import write_distributions
 
 from slimkit import BaseEvaluator, MethodConfig, Scores, hookimpl, make_host
 from slimkit.core.cli import make_cli
@@ -70,15 +71,7 @@ DISTRIBUTIONS: dict[str, tuple[str, str]] = {
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of installed distributions: one module and one dist-info each, version 2.0."""
-    folder = tmp_path_factory.mktemp("site")
-    for dist, (entry_point, source) in DISTRIBUTIONS.items():
-        module = dist.replace("-", "_")
-        (folder / f"{module}.py").write_text(textwrap.dedent(source))
-        info = folder / f"{module}-2.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 2.0\n")
-        (info / "entry_points.txt").write_text(f"[slimkit]\n{entry_point} = {module}\n")
-    return folder
+    return write_distributions(tmp_path_factory.mktemp("site"), DISTRIBUTIONS, "2.0")
 
 
 def slimkit(site: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:

@@ -101,8 +101,8 @@ def check_disk_space(target: Path, expected_bytes: int) -> None:
     free = shutil.disk_usage(where).free
     need = expected_bytes + DISK_MARGIN_BYTES
     if free < need:
-        raise OutputError(f"not enough free space for the result in {where}: about {_mib(need)} needed, "
-                          f"{_mib(free)} free")
+        raise OutputError(f"not enough free space for the result {target}: about {_mib(need)} needed, "
+                          f"{_mib(free)} free in {where}")
 
 
 def _mib(count: int) -> str:

@@ -398,7 +398,9 @@ class Panel:
             self.progress_text.value = (f"{run.state} after {duration(run.seconds)}; "
                                         "the catalogue's models are unchanged")
             error = run.error or RuntimeError(run.state)  # a user's problem needs no traceback
-            self.error.value = _error_html(error, "" if isinstance(error, SlimkitError) else run.details)
+            # A plugin's bug arrives as one PluginError line with the original chained: fold its traceback.
+            plain = isinstance(error, SlimkitError) and error.__cause__ is None
+            self.error.value = _error_html(error, "" if plain else run.details)
             self.refresh()
         self._changed()
 
