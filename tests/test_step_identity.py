@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from pydantic import Field
 
+import slimkit
 from slimkit import BaseCompressor, BaseScorer, CompressionSummary, MethodConfig, Recipe, Scores, hookimpl
 from slimkit import load_model, run_recipe
 from slimkit.core.catalogue import Catalogue
@@ -213,3 +214,59 @@ def test_every_screen_names_the_nested_methods(slimkit_host, tmp_path):
         assert expected in lineage_mermaid(cat, result.provenance["content_id"])
         assert expected in lineage_dot(cat, result.provenance["content_id"])
         assert expected in step_html(cat.step(result.steps[0].step_id))
+
+
+class Raising(BaseCompressor):
+    """A check with a bug."""
+
+    name = "test.raising-check"
+
+    def check(self, model, adapter, config, ctx):
+        return {}["missing"]
+
+    def compress_(self, model, adapter, config, ctx):
+        return CompressionSummary("never")
+
+
+class Wordy(slimkit.BaseEvaluator):
+    """Returns words, not numbers."""
+
+    name = "acme.wordy"
+
+    def evaluate(self, model, config, ctx):
+        return {"verdict": "fine"}
+
+
+class Crashing(slimkit.BaseEvaluator):
+    name = "acme.crashing"
+
+    def evaluate(self, model, config, ctx):
+        raise OSError("sensor unplugged")
+
+
+class EvaluatorPlugin:
+    @hookimpl
+    def register_evaluators(self, register):
+        register(Wordy)
+        register(Crashing)
+
+    @hookimpl
+    def register_compressors(self, register):
+        register(Raising)
+
+
+@pytest.mark.parametrize(("data", "error", "expected"), [
+    ({"steps": [{"method": "test.raising-check"}]}, RecipeError,
+     "step 1 (test.raising-check): compressor 'test.raising-check' (plugin 'evals' 1.2) failed in check: KeyError: 'missing'"),
+    ({"steps": [{"method": "prune.unstructured"}], "evaluate": [{"metric": "acme.wordy"}]}, PluginError,
+     "evaluator 'acme.wordy' (plugin 'evals' 1.2): evaluate returned dict, not a mapping of metric names to numbers"),
+    ({"steps": [{"method": "prune.unstructured"}], "evaluate": [{"metric": "acme.crashing"}]}, PluginError,
+     "evaluator 'acme.crashing' (plugin 'evals' 1.2) failed in evaluate: OSError: sensor unplugged"),
+])
+def test_checks_and_evaluators_of_plugins_fail_in_one_line(slimkit_host, tmp_path, data, error, expected):
+    slimkit_host.register(EvaluatorPlugin(), name="evals", version="1.2")
+    with pytest.raises(error) as caught:
+        run_recipe(Recipe.from_data(data), "example:stories260K", out=tmp_path / "out", host=slimkit_host,
+                   catalogue=str(tmp_path / "cat.db"))
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import ProgressCallback
+from slimkit.core.errors import PluginError
 from slimkit.core.host import Host, get_host
+from slimkit.core.identity import guarded, plugin_label
 from slimkit.core.model_io import LoadedModel
 from slimkit.core.provenance import content_id, now_iso
 from slimkit.core.registry import MethodInfo
@@ -23,7 +25,11 @@ def run_evaluation(
     """Run one evaluator; the record slimkit.json and the catalogue keep (metrics, version,
     config, the fingerprints of the data it read, time)."""
     ctx = host.context(progress=progress)
-    metrics = dict(info.create().evaluate(model, config, ctx))
+    metrics = guarded(info, "evaluate", lambda: info.create().evaluate(model, config, ctx))
+    if not isinstance(metrics, Mapping) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise PluginError(f"{plugin_label(info)}: evaluate returned {type(metrics).__name__}, "
+                          "not a mapping of metric names to numbers")
+    metrics = {str(k): float(v) for k, v in metrics.items()}
     return {"evaluator": name, "version": info.version, "config": config.model_dump(mode="json"),
             "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None, "time": now_iso()}
 
@@ -48,7 +54,7 @@ def evaluate_model(
         config = host.config(info, params)
         plan.append((name, info, config))
     for _, info, config in plan:
-        info.create().check(model, config, host.context())
+        guarded(info, "check", lambda: info.create().check(model, config, host.context()))  # noqa: B023
     cat = open_catalogue(catalogue)
     with recorded_run(cat, "eval") as run_id:
         records = [run_evaluation(host, name, info, config, model, progress) for name, info, config in plan]

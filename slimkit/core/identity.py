@@ -11,12 +11,14 @@ result that a different method produced.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from pydantic import ValidationError
 
 from slimkit.core.config import MethodConfig, describe_validation_error
 from slimkit.core.errors import PluginError, SlimkitError, UnknownMethodError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.host import Host
@@ -108,3 +110,15 @@ def plugin_failure(info: Any, operation: str, error: BaseException) -> str:
     """One line for an exception a plugin's method raised: which method, which plugin, what."""
     cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{plugin_label(info)} failed in {operation}: {type(error).__name__}{': ' + cause if cause else ''}"
+
+
+def guarded(info: Any, operation: str, call: Callable[[], T]) -> T:
+    """``call()``, with an exception from the plugin's own code (anything but a
+    :class:`SlimkitError` or an interrupt) turned into one :class:`PluginError` line naming the
+    method, its plugin and the cause; the original is chained (``--debug`` shows it)."""
+    try:
+        return call()
+    except SlimkitError:
+        raise
+    except Exception as error:
+        raise PluginError(plugin_failure(info, operation, error)) from error

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slimkit.core.config import MethodConfig, describe_validation_error
 from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
-from slimkit.core.identity import MethodIdentity, resolve_uses
+from slimkit.core.identity import MethodIdentity, guarded, resolve_uses
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.data import CalibrationData
@@ -252,14 +252,18 @@ class ValidatedRecipe:
                 adapter = host.adapter_for(model)
             except SlimkitError as error:
                 return [f"model: {error}"]
-        for index, (step, info, config) in enumerate(self.steps, start=1):
+        uses = self.uses or [() for _ in self.steps]
+        for index, ((step, info, config), nested) in enumerate(zip(self.steps, uses), start=1):
+            # Each step's check sees the scorers it declared, as its run will.
+            step_ctx = host.context(calibration=calibration, method=info.name,
+                                    declared_scorers=frozenset(u.name for u in nested if u.family == "scorer"))
             try:
-                info.create().check(model, adapter, config, ctx)
+                guarded(info, "check", lambda: info.create().check(model, adapter, config, step_ctx))  # noqa: B023
             except SlimkitError as error:
                 problems.append(f"step {index} ({step.method}): {error}")
         for index, (spec, info, config) in enumerate(self.evaluations, start=1):
             try:
-                info.create().check(model, config, ctx)
+                guarded(info, "check", lambda: info.create().check(model, config, ctx))  # noqa: B023
             except SlimkitError as error:
                 problems.append(f"evaluate {index} ({spec.metric}): {error}")
         return problems

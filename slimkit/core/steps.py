@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from slimkit.core.config import MethodConfig, serialise_config
 from slimkit.core.contracts import CompressionSummary, MethodContext, ProgressCallback
-from slimkit.core.errors import PluginError, SlimkitError
-from slimkit.core.identity import MethodIdentity, plugin_failure, plugin_label, step_identity
+from slimkit.core.errors import PluginError
+from slimkit.core.identity import MethodIdentity, guarded, plugin_label, step_identity
 from slimkit.core.memory import peak_rss_bytes, reset_peak
 from slimkit.core.provenance import Stopwatch, step_key
 
@@ -80,12 +80,7 @@ def run_step(
     compressor = step.info.create()
     reset_peak()
     with Stopwatch() as watch:
-        try:
-            summary = compressor.compress_(model, adapter, step.config, ctx)
-        except SlimkitError:
-            raise
-        except Exception as error:  # the plugin's own bug: one line naming it, the traceback chained
-            raise PluginError(plugin_failure(step.info, "compress_", error)) from error
+        summary = guarded(step.info, "compress_", lambda: compressor.compress_(model, adapter, step.config, ctx))
     peak = peak_rss_bytes()  # the step's own peak, before hashing the result adds its buffers
     if not isinstance(summary, CompressionSummary):
         raise PluginError(f"{plugin_label(step.info)}: compress_ returned {type(summary).__name__}, "
@@ -97,9 +92,4 @@ def check_step(host: "Host", step: PlannedStep, model: "LoadedModel", adapter: A
                calibration: "CalibrationData | None") -> None:
     """The compressor's own ``check`` of ``model``, with a plugin's non-slimkit exception named."""
     ctx = step.context(host, calibration=calibration)
-    try:
-        step.info.create().check(model, adapter, step.config, ctx)
-    except SlimkitError:
-        raise
-    except Exception as error:
-        raise PluginError(plugin_failure(step.info, "check", error)) from error
+    guarded(step.info, "check", lambda: step.info.create().check(model, adapter, step.config, ctx))

@@ -16,7 +16,7 @@ import traceback
 import click
 
 from slimkit.core.cli.state import CliState, get_catalogue_from, get_host_from
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import PluginError, SlimkitError
 
 __all__ = ["CliState", "get_catalogue_from", "get_host_from", "main", "make_cli"]
 
@@ -47,7 +47,9 @@ def user_line(error: BaseException, operation: str | None = None, host: object =
     from slimkit.core.failures import culprit, describe, is_os_failure, mask_secrets
 
     if isinstance(error, SlimkitError):
-        return describe(error)
+        # A plugin's bug (a PluginError chained to what its code raised): its traceback helps.
+        chained = isinstance(error, PluginError) and error.__cause__ is not None
+        return describe(error) + (f" ({DEBUG_HINT})" if chained else "")
     where = f"{operation}: " if operation else ""
     if catalogue is not None and type(error).__module__.startswith("sqlalchemy"):
         where += f"catalogue {mask_secrets(catalogue)}: "
