@@ -200,6 +200,19 @@ def test_file_size_limit_is_one_line_anywhere(tmp_path: Path, run_args: list[str
     assert tree(tmp_path) == []
 
 
+def test_scores_that_do_not_fit_leave_no_partial_file(tmp_path: Path) -> None:
+    """``slimkit score`` past a file size limit (EFBIG, like a full disk): one line, no hidden file."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "scores.safetensors"
+    result = slimkit_process("score", "example:stories260K", "-s", "magnitude", "-o", str(out), preexec_fn=limit)
+    assert result.returncode == 1, result
+    assert error_line(result.stderr) == f"Error: cannot write the scores to {out}: File too large (EFBIG)"
+    assert tree(tmp_path) == []
+
+
 # -- a read-only folder --------------------------------------------------------------------------
 def test_file_in_place_of_the_output_folder(host: Any, tmp_path: Path, catalogue: Path, run_args: list[str]) -> None:
     blocker = tmp_path / "blocker"

@@ -37,16 +37,17 @@ def record_input(cat: "Catalogue", described: dict[str, Any], run_id: str | None
     """Make sure an input model (and, if it was derived, its chain) is in the catalogue, with the
     evaluations taken of it (``described`` comes from :func:`describe_input`)."""
     d = described
-    if d["provenance"] is not None:
-        cat.record_provenance(d["provenance"], location=d["location"], params=d["params"],
-                              size_bytes=d["size_bytes"], run_id=run_id)
-    else:
-        cat.record_model(d["model_id"], d["architecture"], params=d["params"], size_bytes=d["size_bytes"],
-                         location=d["location"], source=d["source"])
-    for record in d["evaluations"]:
-        cat.record_evaluations(d["model_id"], record["evaluator"], record["version"], record["metrics"],
-                               config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],
-                               run_id=run_id)
+    with cat.session() as session, session.begin():  # the model and its metrics, or nothing
+        if d["provenance"] is not None:
+            cat.record_provenance(d["provenance"], location=d["location"], params=d["params"],
+                                  size_bytes=d["size_bytes"], run_id=run_id, session=session)
+        else:
+            cat.record_model(d["model_id"], d["architecture"], params=d["params"], size_bytes=d["size_bytes"],
+                             location=d["location"], source=d["source"], session=session)
+        for record in d["evaluations"]:
+            cat.record_evaluations(d["model_id"], record["evaluator"], record["version"], record["metrics"],
+                                   config=record["config"], dataset_fingerprint=record["dataset_fingerprint"],
+                                   run_id=run_id, session=session)
 
 
 @contextlib.contextmanager

@@ -259,27 +259,35 @@ class Catalogue:
         params: int | None = None,
         run_id: str | None = None,
         name: str | None = None,
+        session: Session | None = None,
     ) -> ModelEntry:
-        """Record a derived model and its whole chain (a ``slimkit.json`` document), atomically."""
+        """Record a derived model and its whole chain (a ``slimkit.json`` document), atomically
+        (in ``session``'s transaction when given, else in one of its own)."""
+        if session is None:
+            with self.session() as own, own.begin():
+                self.record_provenance(document, location=location, size_bytes=size_bytes, params=params,
+                                       run_id=run_id, name=name, session=own)
+            return self.model(document["content_id"])
         base = document["base"]
         architecture = document.get("architecture", base.get("architecture", "unknown"))
-        with self.session() as session, session.begin():
-            self.record_model(base["content_id"], base.get("architecture", architecture),
-                              source=base.get("source"), session=session)
-            for data in document.get("steps", []):
-                step = StepEntry.from_json(data)
-                self.record_model(data["child_id"], architecture, session=session)
-                self.record_step(step, run_id, session)
-            self.record_model(document["content_id"], architecture, params=params, size_bytes=size_bytes,
-                              location=location, name=name, session=session)
-            for evaluation in document.get("evaluations", []):
-                self.record_evaluations(
-                    document["content_id"], evaluation["evaluator"], int(evaluation.get("version", 1)),
-                    evaluation["metrics"], config=evaluation.get("config"),
-                    dataset_fingerprint=evaluation.get("dataset_fingerprint"), run_id=run_id,
-                    created=_parse_time(evaluation.get("time")), session=session,
-                )
-        return self.model(document["content_id"])
+        self.record_model(base["content_id"], base.get("architecture", architecture),
+                          source=base.get("source"), session=session)
+        for data in document.get("steps", []):
+            step = StepEntry.from_json(data)
+            self.record_model(data["child_id"], architecture, session=session)
+            self.record_step(step, run_id, session)
+        self.record_model(document["content_id"], architecture, params=params, size_bytes=size_bytes,
+                          location=location, name=name, session=session)
+        for evaluation in document.get("evaluations", []):
+            self.record_evaluations(
+                document["content_id"], evaluation["evaluator"], int(evaluation.get("version", 1)),
+                evaluation["metrics"], config=evaluation.get("config"),
+                dataset_fingerprint=evaluation.get("dataset_fingerprint"), run_id=run_id,
+                created=_parse_time(evaluation.get("time")), session=session,
+            )
+        row = session.get(ModelRow, document["content_id"])
+        assert row is not None  # recorded just above
+        return _model(row)
 
     # -- reading ---------------------------------------------------------------------------
     def model(self, model_id: str) -> ModelEntry:

@@ -208,8 +208,16 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
         context = host.context(progress=bars, calibration=calibration, seed=seed)
         scores = host.score(scorer, model, params=params, context=context)
     staging = target.with_name(f".{target.name}.partial")
-    scores.save(staging)
-    staging.replace(target)
+    try:
+        scores.save(staging)
+        staging.replace(target)
+    except BaseException as error:  # a full disk, an interrupt: no half-written file stays behind
+        staging.unlink(missing_ok=True)
+        from slimkit.core.failures import FileSystemError, is_os_failure, os_cause
+
+        if is_os_failure(error):
+            raise FileSystemError(f"cannot write the scores to {target}: {os_cause(error)}") from error
+        raise
     table(f"{scorer} scores ({scores.granularity}) -> {target}", ["key", "numel", "mean", "min", "max"],
           [(key, s["numel"], s["mean"], s["min"], s["max"]) for key, s in scores.summary().items()])
 
