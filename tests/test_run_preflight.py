@@ -136,3 +136,24 @@ def test_one_step_type_from_runner_to_file_to_catalogue(host, tmp_path):
         stored = [cat.step(data["step_id"]) for data in on_disk]
     assert [s.to_json() | {"started": ""} for s in stored] == [d | {"started": ""} for d in on_disk]
     assert stored[1].uses[0]["config"]["type"] == "wanda"
+
+
+def test_rerunning_into_a_named_folder_with_overwrite_replaces_the_model_name_and_all(host, tmp_path):
+    """`make demo` twice: `--out X --overwrite --name N` again (same or other weights) must work."""
+    db = tmp_path / "cat.db"
+    out = tmp_path / "named"
+    first = run_recipe(recipe(), "example:stories260K", out=out, host=host, catalogue=str(db), name="demo")
+    again = run_recipe(recipe(), "example:stories260K", out=out, overwrite=True, host=host, catalogue=str(db),
+                       name="demo")
+    assert again.provenance["content_id"] == first.provenance["content_id"]
+    other = Recipe.from_data([{"method": "prune.unstructured", "params": {"sparsity": 0.3}}])
+    replaced = run_recipe(other, "example:stories260K", out=out, overwrite=True, host=host, catalogue=str(db),
+                          name="demo")
+    with Catalogue(str(db)) as cat:
+        assert cat.resolve("demo").id == replaced.provenance["content_id"]
+        old = cat.model(first.provenance["content_id"])
+        assert (old.name, old.location) == (None, None)  # its folder and name went to the new model
+    # elsewhere, the name is still taken
+    with pytest.raises(OutputError, match="the name 'demo' is already used"):
+        run_recipe(other, "example:stories260K", out=tmp_path / "elsewhere", host=host, catalogue=str(db),
+                   name="demo")

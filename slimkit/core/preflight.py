@@ -80,8 +80,10 @@ def check_output_folder(
     return path
 
 
-def check_name(cat: "Catalogue | None", name: str | None) -> None:
-    """Refuse a ``--name`` that another catalogued model already has (before the run, not after)."""
+def check_name(cat: "Catalogue | None", name: str | None, replacing: Path | None = None) -> None:
+    """Refuse a ``--name`` that another catalogued model already has (before the run, not after),
+    unless that model's folder is ``replacing`` (the output folder a run may overwrite): a rerun
+    of ``slimkit run --out X --overwrite --name N`` replaces the model named N, name and all."""
     if cat is None or name is None:
         return
     from slimkit.core.catalogue import CatalogueError
@@ -90,9 +92,12 @@ def check_name(cat: "Catalogue | None", name: str | None) -> None:
         holder = cat.resolve(name)
     except CatalogueError:
         return
-    if holder.name == name:
-        raise OutputError(f"the name {name!r} is already used by model {holder.short_id} in the catalogue; "
-                          "choose another --name")
+    if holder.name != name:
+        return
+    if replacing is not None and holder.location and Path(holder.location).resolve() == replacing.resolve():
+        return
+    raise OutputError(f"the name {name!r} is already used by model {holder.short_id} in the catalogue; "
+                      "choose another --name")
 
 
 def check_disk_space(target: Path, expected_bytes: int) -> None:

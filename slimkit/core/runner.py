@@ -119,7 +119,7 @@ def run_recipe(
     if out is not None:
         catalogued = cat.locations() if cat is not None else ()
         target = check_output_folder(out, overwrite, input_path=input_path, catalogued=catalogued)
-    check_name(cat, name)
+    check_name(cat, name, replacing=target if overwrite else None)
     with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
         if isinstance(model, LoadedModel):

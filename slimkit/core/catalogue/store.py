@@ -148,7 +148,11 @@ class Catalogue:
         if name is not None:
             holder = session.scalar(select(ModelRow).where(ModelRow.name == name))
             if holder is not None and holder.id != model_id:
-                raise CatalogueError(f"the name {name!r} is already used by model {short_id(holder.id)}")
+                if location is None or holder.location != location:
+                    raise CatalogueError(f"the name {name!r} is already used by model {short_id(holder.id)}")
+                # This model replaces the holder's folder (--overwrite): the folder's name goes with it.
+                holder.name = None
+                session.flush()
         if row is None:
             try:
                 with session.begin_nested():  # another writer may insert the same model first

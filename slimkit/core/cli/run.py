@@ -66,7 +66,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         local = Path(model_spec).expanduser()
         check_output_folder(out, overwrite, input_path=local if local.is_dir() else None,
                             catalogued=catalogue.locations() if catalogue else ())
-    check_name(catalogue or None, name)
+    check_name(catalogue or None, name, replacing=Path(out) if out is not None and overwrite else None)
     if out is None:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
