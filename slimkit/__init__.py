@@ -9,7 +9,7 @@ signature. Names are imported lazily, so ``import slimkit`` stays cheap (no torc
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimkit.core.hookspecs import hookimpl as hookimpl  # "as": an explicit re-export
 
@@ -120,6 +120,111 @@ _TOPICS: dict[str, dict[str, str]] = {
         "RunResult": "slimkit.core.runner",
     },
 }
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.py keeps it equal to _TOPICS
+    from slimkit.core.architecture import (
+        ArchitectureAdapter as ArchitectureAdapter,
+        AttentionLayout as AttentionLayout,
+        BlockLayout as BlockLayout,
+        LinearRef as LinearRef,
+        MLPLayout as MLPLayout,
+        ModelLayout as ModelLayout,
+        resolve as resolve_module,  # noqa: F401 (in __all__, built from _TOPICS)
+        set_module as set_module,
+    )
+    from slimkit.core.calibration import (
+        BlockStep as BlockStep,
+        STATISTICS as CALIBRATION_STATISTICS,  # noqa: F401 (in __all__, built from _TOPICS)
+        LinearStatistics as LinearStatistics,
+        SequentialCalibration as SequentialCalibration,
+        SharedInput as SharedInput,
+        by_shared_input as by_shared_input,
+        require_hessian_data as require_hessian_data,
+    )
+    from slimkit.core.config import MethodConfig as MethodConfig
+    from slimkit.core.contracts import (
+        BaseCompressor as BaseCompressor,
+        BaseEvaluator as BaseEvaluator,
+        BaseScorer as BaseScorer,
+        CompressionSummary as CompressionSummary,
+        GRANULARITIES as GRANULARITIES,
+        MethodContext as MethodContext,
+        MethodUse as MethodUse,
+        ProgressEvent as ProgressEvent,
+    )
+    from slimkit.core.data import (
+        CalibrationData as CalibrationData,
+        TextSource as TextSource,
+        calibration_samples as calibration_samples,
+        sha256_bytes as sha256_bytes,
+        tokenize as tokenize,
+    )
+    from slimkit.core.errors import (
+        ArchitectureError as ArchitectureError,
+        ConfigError as ConfigError,
+        DataError as DataError,
+        ModelLoadError as ModelLoadError,
+        OutputExistsError as OutputExistsError,
+        PluginError as PluginError,
+        PluginWarning as PluginWarning,
+        RecipeError as RecipeError,
+        RunCancelled as RunCancelled,
+        SlimkitError as SlimkitError,
+        UnknownMethodError as UnknownMethodError,
+    )
+    from slimkit.core.host import (
+        DEFAULT_PLUGINS as DEFAULT_PLUGINS,
+        Host as Host,
+        get_host as get_host,
+        make_host as make_host,
+    )
+    from slimkit.core.linalg import inverse_cholesky_upper as inverse_cholesky_upper
+    from slimkit.core.lowrank import (
+        Factorisation as Factorisation,
+        LowRankLinear as LowRankLinear,
+        factorise as factorise,
+        saves as low_rank_saves,  # noqa: F401 (in __all__, built from _TOPICS)
+    )
+    from slimkit.core.model_io import (
+        LoadedModel as LoadedModel,
+        disk_bytes as disk_bytes,
+        example_text as example_text,
+        is_causal_lm as is_causal_lm,
+        load_model as load_model,
+        save_model as save_model,
+    )
+    from slimkit.core.module_map import ModuleMapAdapter as ModuleMapAdapter
+    from slimkit.core.quant.fake import (
+        fake_quantize_linears as fake_quantize_linears,
+        requantize_linears as requantize_linears,
+    )
+    from slimkit.core.quant.formats import (
+        BITS as QUANT_BITS,  # noqa: F401 (in __all__, built from _TOPICS)
+        QuantGrid as QuantGrid,
+        dequantize as dequantize_weight,  # noqa: F401 (in __all__, built from _TOPICS)
+        grid_params as grid_params,
+        quantize as quantize_weight,  # noqa: F401 (in __all__, built from _TOPICS)
+    )
+    from slimkit.core.quant.modules import (
+        QuantizedEmbedding as QuantizedEmbedding,
+        QuantizedLinear as QuantizedLinear,
+        fp16_exact as fp16_exact,
+    )
+    from slimkit.core.recipe import Recipe as Recipe, load_recipe as load_recipe
+    from slimkit.core.registry import MethodInfo as MethodInfo
+    from slimkit.core.roles import (
+        ALL_ROLES as ALL_ROLES,
+        ATTENTION_ROLES as ATTENTION_ROLES,
+        MLP_ROLES as MLP_ROLES,
+        Role as Role,
+    )
+    from slimkit.core.runner import RunResult as RunResult, run_recipe as run_recipe
+    from slimkit.core.scores import Scores as Scores
+    from slimkit.core.storage import (
+        quantized_modules as quantized_modules,
+        replaced_modules as replaced_modules,
+        to_dense as to_dense,
+    )
 
 _LAZY: dict[str, str] = {name: where for names in _TOPICS.values() for name, where in names.items()}
 

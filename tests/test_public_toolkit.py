@@ -5,6 +5,7 @@ cheap (no torch) however many names it offers."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import typing
@@ -191,3 +192,32 @@ def test_every_bundled_roles_field_uses_the_core_vocabulary(slimkit_host) -> Non
             assert set(field.default) <= set(slimkit.ALL_ROLES), info.name
     # pruning, quantization and low rank all choose layers by role
     assert {"prune.unstructured", "quantize.gptq", "lowrank.svd", "magnitude"} <= set(fields)
+
+
+def test_type_checkers_see_exactly_the_public_names() -> None:
+    """The ``if TYPE_CHECKING:`` imports in slimkit/__init__.py (what mypy and IDEs read) name the
+    same objects as the lazy table, so ``from slimkit import X`` is typed for plugin authors."""
+    tree = ast.parse((ROOT / "slimkit" / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            target = alias.asname or alias.name
+            seen[target] = node.module if alias.name == target else f"{node.module}:{alias.name}"
+    expected = {name: where for name, where in slimkit._LAZY.items() if name != "hookimpl"}
+    assert seen == expected
+
+
+def test_mypy_sees_the_toolkit_types(tmp_path: Path) -> None:
+    """A plugin's wrong use of a toolkit name is a type error, not Any."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("from slimkit import MethodUse, Scores\n"
+                      "use: MethodUse = MethodUse('scorer', 'wanda')\n"
+                      "name: int = use.name\n")
+    # MYPYPATH: mypy cannot follow an editable install's import hook; a wheel install needs none.
+    result = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent",
+                             "--ignore-missing-imports", str(plugin)], capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path, env={**os.environ, "MYPYPATH": str(ROOT)})
+    assert 'Incompatible types in assignment (expression has type "str", variable has type "int")' in result.stdout, \
+        result.stdout + result.stderr
