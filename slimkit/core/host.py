@@ -120,6 +120,7 @@ class Host:
         return registered
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        """Remove a plugin (by object or registered name); its methods leave the registries."""
         registered_name = name or (self.pm.get_name(plugin) if plugin is not None else None)
         self.pm.unregister(plugin=plugin, name=name)
         if registered_name is not None:
@@ -179,25 +180,31 @@ class Host:
         return registries
 
     def registry(self, family: Family) -> Registry[Any]:
+        """The installed methods of ``family`` (``"scorer"``, ``"compressor"``, ...), by name."""
         return self._collect()[family]
 
     @property
     def scorers(self) -> Registry[Any]:
+        """The installed scorers (``registry("scorer")``)."""
         return self.registry("scorer")
 
     @property
     def compressors(self) -> Registry[Any]:
+        """The installed compressors (``registry("compressor")``)."""
         return self.registry("compressor")
 
     @property
     def evaluators(self) -> Registry[Any]:
+        """The installed evaluators (``registry("evaluator")``)."""
         return self.registry("evaluator")
 
     @property
     def architectures(self) -> Registry[Any]:
+        """The installed architecture adapters (``registry("architecture")``)."""
         return self.registry("architecture")
 
     def methods(self, family: Family | None = None) -> list[MethodInfo[Any]]:
+        """Every installed method, or those of one ``family``, in registration order."""
         families = [family] if family else list(FAMILY_HOOKS)
         return [info for fam in families for info in self.registry(fam)]  # type: ignore[arg-type]
 
@@ -220,6 +227,7 @@ class Host:
 
     # -- configs -------------------------------------------------------------------------
     def config(self, info: MethodInfo[Any], params: Mapping[str, Any] | None) -> MethodConfig:
+        """``params`` validated into ``info``'s ``Config``; :class:`ConfigError` names every bad field."""
         return build_config(info.cls.Config, params, what=f"{info.family} {info.name!r}")
 
     def config_from_dict(self, family: Family, stored: Mapping[str, Any]) -> tuple[MethodInfo[Any], MethodConfig]:
@@ -238,6 +246,7 @@ class Host:
 
     # -- architectures -------------------------------------------------------------------
     def adapters(self) -> dict[str, ArchitectureAdapter]:
+        """One instance of every installed architecture adapter, by name."""
         if self._adapters is None:
             self._adapters = {info.name: info.create() for info in self.architectures}
         return self._adapters
@@ -274,6 +283,7 @@ class Host:
 
     # -- running single methods ------------------------------------------------------------
     def context(self, **kwargs: Any) -> MethodContext:
+        """A :class:`MethodContext` on this host (``calibration=``, ``seed=``, ``progress=``, ...)."""
         return MethodContext(host=self, **kwargs)
 
     def score(
