@@ -46,18 +46,6 @@ class MethodIdentity:
         return {"family": self.family, "plugin": self.plugin, "plugin_version": self.plugin_version,
                 "config": {"type": self.name, "version": self.version, "data": self.config}}
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "MethodIdentity":
-        config = data["config"]
-        return cls(data["family"], config["type"], int(config["version"]), data["plugin"],
-                   data.get("plugin_version"), dict(config.get("data") or {}))
-
-    @property
-    def label(self) -> str:
-        """``scorer wanda v1 (plugin x 0.3.1)``: how screens name it."""
-        where = self.plugin + (f" {self.plugin_version}" if self.plugin_version else "")
-        return f"{self.family} {self.name} v{self.version} ({where})"
-
 
 def resolve_uses(host: "Host", info: "MethodInfo[Any]", config: MethodConfig, label: str,
                  problems: list[str]) -> tuple[MethodIdentity, ...]:

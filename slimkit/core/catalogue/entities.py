@@ -49,12 +49,6 @@ class ModelEntry:
         return self.to_dict()
 
 
-#: ``slimkit.json`` keys of a step, in the order the file has always written them (sorted on disk).
-_JSON_FIELDS = ("method", "family", "config", "plugin", "plugin_version", "versions", "parent_id", "step_id",
-                "child_id", "parents", "uses", "calibration", "calibration_fingerprint", "seed", "wall_time_s",
-                "peak_rss_bytes", "summary", "details", "started", "status")
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -110,7 +104,7 @@ class StepEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The step as ``slimkit.json`` stores it."""
-        data: dict[str, Any] = {
+        return {
             "method": self.method, "family": self.family, "config": self.config, "plugin": self.plugin,
             "plugin_version": self.plugin_version, "versions": dict(self.versions), "parent_id": self.parent_id,
             "step_id": self.id, "child_id": self.child_id or "",
@@ -120,10 +114,9 @@ class StepEntry:
             "summary": self.summary or "", "details": dict(self.details),
             "started": self.created.isoformat(timespec="seconds"), "status": self.status,
         }
-        return {key: data[key] for key in _JSON_FIELDS}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], run_id: str | None = None) -> "StepEntry":
+    def from_json(cls, data: dict[str, Any]) -> "StepEntry":
         """A step read from ``slimkit.json`` (files written before ``parents`` or ``uses`` existed too)."""
         parents = data.get("parents") or [{"model_id": data["parent_id"], "role": "input"}]
         try:
@@ -139,7 +132,7 @@ class StepEntry:
             created=created if created.tzinfo else created.replace(tzinfo=timezone.utc),
             calibration=data.get("calibration"), calibration_fingerprint=data.get("calibration_fingerprint"),
             wall_time_s=data.get("wall_time_s"), peak_rss_bytes=data.get("peak_rss_bytes"),
-            summary=data.get("summary"), details=dict(data.get("details") or {}), run_id=run_id,
+            summary=data.get("summary"), details=dict(data.get("details") or {}),
             uses=tuple(dict(u) for u in data.get("uses") or ()),
         )
 
@@ -156,10 +149,6 @@ class StepEntry:
 
     def _repr_json_(self) -> dict[str, Any]:
         return self.to_dict()
-
-
-#: The same type under the name the runner and ``slimkit.json`` readers know it by.
-Step = StepEntry
 
 
 @dataclass(frozen=True)
