@@ -41,6 +41,13 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     return lines
 
 
+def validation_problems(error: ValidationError, config_cls: type[BaseModel], owner: str) -> list[str]:
+    """:func:`describe_validation_error`'s lines, an unknown parameter's line followed by what
+    ``owner`` (the method or its config class, as the message names it) does take."""
+    takes = f"; {owner} takes: {', '.join(config_cls.model_fields) or 'no parameters'}"
+    return [line + (takes if "unknown parameter" in line else "") for line in describe_validation_error(error)]
+
+
 def _short(value: Any) -> bool:
     return not isinstance(value, (dict, list)) or len(repr(value)) < 60
 

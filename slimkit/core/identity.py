@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from pydantic import ValidationError
 
-from slimkit.core.config import MethodConfig, describe_validation_error
+from slimkit.core.config import MethodConfig, validation_problems
 from slimkit.core.errors import PluginError, SlimkitError, UnknownMethodError
 
 T = TypeVar("T")
@@ -55,16 +55,12 @@ def resolve_uses(host: "Host", info: "MethodInfo[Any]", config: MethodConfig, la
     if uses_of is None:  # a compressor that does not subclass BaseCompressor and runs nothing else
         return ()
     try:
-        declared = tuple(uses_of(config))
-    except SlimkitError as error:
+        declared = tuple(guarded(info, "uses", lambda: uses_of(config)))
+    except SlimkitError as error:  # a plugin's bug is a PluginError line naming it, never a traceback
         problems.append(f"{label}: {error}")
-        return ()
-    except Exception as error:  # a plugin's bug: name the plugin, never a traceback
-        problems.append(f"{label}: {PluginError(plugin_failure(info, 'uses', error))}")
         return ()
     resolved = []
     for use in declared:
-        what = f"{label}: {use.family} {use.name!r}"
         try:
             nested = host.registry(use.family).get(use.name)
         except (UnknownMethodError, KeyError) as error:
@@ -73,10 +69,8 @@ def resolve_uses(host: "Host", info: "MethodInfo[Any]", config: MethodConfig, la
         try:
             nested_config = nested.cls.Config.model_validate(dict(use.params))
         except ValidationError as error:
-            for line in describe_validation_error(error):
-                fields = ", ".join(nested.cls.Config.model_fields) or "no parameters"
-                hint = f"; {nested.name} takes: {fields}" if "unknown parameter" in line else ""
-                problems.append(f"{what}: {line}{hint}")
+            problems.extend(f"{label}: {use.family} {use.name!r}: {line}"
+                            for line in validation_problems(error, nested.cls.Config, nested.name))
             continue
         resolved.append(MethodIdentity.of(nested, nested_config))
     return tuple(resolved)

@@ -25,7 +25,7 @@ from typing import Literal, TYPE_CHECKING, Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slimkit.core.config import MethodConfig, describe_validation_error
+from slimkit.core.config import MethodConfig, describe_validation_error, validation_problems
 from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
 from slimkit.core.identity import MethodIdentity, guarded, resolve_uses
 
@@ -201,16 +201,9 @@ def _resolve(
     try:
         return info, info.cls.Config.model_validate(params)
     except ValidationError as error:
-        for line in describe_validation_error(error):
-            problems.append(f"{label}: {line}{_allowed(info.cls.Config, line)}")
+        problems.extend(f"{label}: {line}" for line in validation_problems(error, info.cls.Config,
+                                                                            info.cls.Config.__name__))
         return None
-
-
-def _allowed(config_cls: type[BaseModel], line: str) -> str:
-    """For an unknown parameter, list the ones the method does take."""
-    if "unknown parameter" not in line:
-        return ""
-    return f"; {config_cls.__name__} takes: {', '.join(config_cls.model_fields) or 'no parameters'}"
 
 
 def _resolve_paths(config_cls: type[BaseModel], params: Mapping[str, Any], recipe: Recipe) -> dict[str, Any]:
