@@ -22,7 +22,6 @@ from slimkit import load_model, run_recipe
 from slimkit.core.catalogue import Catalogue
 from slimkit.core.cli import make_cli
 from slimkit.core.errors import PluginError, RecipeError
-from slimkit.core.runner import plan_steps
 
 
 class PowerConfig(MethodConfig):
@@ -115,7 +114,7 @@ def test_scorer_params_are_part_of_the_step_id(slimkit_host):
     def key(power: float) -> str:
         steps = [{"method": "prune.unstructured",
                   "params": {"scorer": "acme.power", "scorer_params": {"power": power}}}]
-        (planned,) = plan_steps(Recipe.from_data(steps).resolve(slimkit_host))
+        (planned,) = Recipe.from_data(steps).resolve(slimkit_host).planned()
         return planned.key([{"model_id": "sha256:00", "role": "input"}], None)
 
     assert key(1.0) == key(1.0) and key(1.0) != key(2.0)

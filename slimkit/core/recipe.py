@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slimkit.core.config import MethodConfig, describe_validation_error, validation_problems
 from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
 from slimkit.core.identity import MethodIdentity, guarded, resolve_uses
+from slimkit.core.steps import PlannedStep, check_step
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.data import CalibrationData
@@ -230,6 +231,12 @@ class ValidatedRecipe:
     #: For each step, the methods it runs inside (its scorer), resolved and validated.
     uses: list[tuple[MethodIdentity, ...]] = dataclass_field(default_factory=list)
 
+    def planned(self) -> list[PlannedStep]:
+        """The steps with their nested methods and seeds, ready to check, key and run."""
+        uses = self.uses or [() for _ in self.steps]
+        return [PlannedStep(info, config, nested, step.seed if step.seed is not None else self.recipe.seed)
+                for (step, info, config), nested in zip(self.steps, uses)]
+
     def check_model(
         self, host: "Host", model: "LoadedModel", calibration: "CalibrationData | None" = None
     ) -> list[str]:
@@ -245,13 +252,9 @@ class ValidatedRecipe:
                 adapter = host.adapter_for(model)
             except SlimkitError as error:
                 return [f"model: {error}"]
-        uses = self.uses or [() for _ in self.steps]
-        for index, ((step, info, config), nested) in enumerate(zip(self.steps, uses), start=1):
-            # Each step's check sees the scorers it declared, as its run will.
-            step_ctx = host.context(calibration=calibration, method=info.name,
-                                    declared_scorers=frozenset(u.name for u in nested if u.family == "scorer"))
-            try:
-                guarded(info, "check", lambda: info.create().check(model, adapter, config, step_ctx))  # noqa: B023
+        for index, ((step, _, _), planned) in enumerate(zip(self.steps, self.planned()), start=1):
+            try:  # each step's check sees the scorers it declared, as its run will
+                check_step(host, planned, model, adapter, calibration)
             except SlimkitError as error:
                 problems.append(f"step {index} ({step.method}): {error}")
         for index, (spec, info, config) in enumerate(self.evaluations, start=1):

@@ -145,14 +145,6 @@ def state_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def plan_steps(validated: ValidatedRecipe) -> list[PlannedStep]:
-    """The recipe's steps with their nested methods and seeds, ready to key and run."""
-    recipe = validated.recipe
-    uses = validated.uses or [() for _ in validated.steps]
-    return [PlannedStep(info, config, nested, step.seed if step.seed is not None else recipe.seed)
-            for (step, info, config), nested in zip(validated.steps, uses)]
-
-
 def _execute(
     host: Host,
     validated: ValidatedRecipe,
@@ -179,7 +171,7 @@ def _execute(
 
     fingerprint = calibration.fingerprint if calibration is not None else None
     calibration_spec = _calibration_spec(recipe)
-    planned = plan_steps(validated)
+    planned = validated.planned()
 
     start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
     records: list[StepEntry] = []
