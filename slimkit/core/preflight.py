@@ -100,6 +100,29 @@ def check_name(cat: "Catalogue | None", name: str | None, replacing: Path | None
                       "choose another --name")
 
 
+def check_run(
+    cat: "Catalogue | None",
+    out: str | os.PathLike[str] | None,
+    overwrite: bool,
+    name: str | None,
+    input_path: Path | None,
+) -> Path | None:
+    """Every check of where a run will write that needs no model: the output folder (against the
+    input's and every catalogued model's folder) and the name. Returns the output folder."""
+    target = None
+    if out is not None:
+        catalogued = cat.locations() if cat is not None else ()
+        target = check_output_folder(out, overwrite, input_path=input_path, catalogued=catalogued)
+    check_name(cat, name, replacing=target if overwrite else None)
+    return target
+
+
+def local_folder(spec: str | os.PathLike[str]) -> Path | None:
+    """The folder a model spec names, if it is one on this machine (``example:``, hub ids: ``None``)."""
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
 def check_disk_space(target: Path, expected_bytes: int) -> None:
     """Refuse a result of ``expected_bytes`` that the file system holding ``target`` cannot take."""
     where = _existing_ancestor(target.parent)

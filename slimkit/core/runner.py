@@ -22,7 +22,7 @@ from slimkit.core.data import CalibrationData
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
 from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model, save_model
-from slimkit.core.preflight import check_disk_space, check_name, check_output_folder
+from slimkit.core.preflight import check_disk_space, check_run, local_folder
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, content_id, runtime_versions
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
@@ -114,12 +114,8 @@ def run_recipe(
     host = host or get_host()
     validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
     cat = open_catalogue(catalogue)
-    input_path = model.path if isinstance(model, LoadedModel) else _local_folder(model)
-    target = None
-    if out is not None:
-        catalogued = cat.locations() if cat is not None else ()
-        target = check_output_folder(out, overwrite, input_path=input_path, catalogued=catalogued)
-    check_name(cat, name, replacing=target if overwrite else None)
+    input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
+    target = check_run(cat, out, overwrite, name, input_path)
     with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
         if isinstance(model, LoadedModel):
@@ -133,11 +129,6 @@ def run_recipe(
         if problems:
             raise RecipeError(problems, validated.recipe.name)
         return _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force, name)
-
-
-def _local_folder(spec: str | os.PathLike[str]) -> Path | None:
-    path = Path(spec).expanduser()
-    return path if path.is_dir() else None
 
 
 def state_bytes(model: Any) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -50,7 +49,7 @@ def show_result(result: Any, title: str) -> None:
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
         no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
-    from slimkit.core.preflight import check_name, check_output_folder
+    from slimkit.core.preflight import check_run, local_folder
     from slimkit.core.recipe import load_recipe
     from slimkit.core.runner import run_recipe
 
@@ -62,11 +61,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
     validated = parsed.resolve(host)  # everything the model does not decide, before loading it; resolved once
     catalogue: Any = False if no_record else get_catalogue_from(ctx)
     # The output folder and the name, before the model loads (run_recipe checks them again, cheaply).
-    if out is not None:
-        local = Path(model_spec).expanduser()
-        check_output_folder(out, overwrite, input_path=local if local.is_dir() else None,
-                            catalogued=catalogue.locations() if catalogue else ())
-    check_name(catalogue or None, name, replacing=Path(out) if out is not None and overwrite else None)
+    check_run(catalogue or None, out, overwrite, name, local_folder(model_spec))
     if out is None:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
