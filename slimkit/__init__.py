@@ -1,7 +1,7 @@
 """slimkit: make large language models smaller and faster, and remember how every one was made.
 
 This namespace is the whole public API, for users and for plugin authors alike: a plugin (scorer,
-compressor, evaluator, architecture adapter) imports only from ``slimkit``; ``slimkit.core.*``
+compressor, evaluator, exporter, architecture adapter) imports only from ``slimkit``; ``slimkit.core.*``
 modules are internals that may change. docs/plugin_api.md lists every name below with its
 signature. Names are imported lazily, so ``import slimkit`` stays cheap (no torch) until one is used.
 """
@@ -113,6 +113,15 @@ _TOPICS: dict[str, dict[str, str]] = {
         "quantized_modules": "slimkit.core.storage",
         "to_dense": "slimkit.core.storage",
     },
+    "Exporters": {
+        "BaseExporter": "slimkit.core.export.contract",
+        "ExportContext": "slimkit.core.export.contract",
+        "ExportSummary": "slimkit.core.export.contract",
+        "EXPORT_CONTENT_ID_KEY": "slimkit.core.export.contract:CONTENT_ID_KEY",
+        "ExportError": "slimkit.core.errors",
+        "export_model": "slimkit.core.export.run",
+        "ExportResult": "slimkit.core.export.run",
+    },
     "Recipes": {
         "Recipe": "slimkit.core.recipe",
         "load_recipe": "slimkit.core.recipe",
@@ -163,6 +172,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
         ArchitectureError as ArchitectureError,
         ConfigError as ConfigError,
         DataError as DataError,
+        ExportError as ExportError,
         ModelLoadError as ModelLoadError,
         OutputExistsError as OutputExistsError,
         PluginError as PluginError,
@@ -172,6 +182,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
         SlimkitError as SlimkitError,
         UnknownMethodError as UnknownMethodError,
     )
+    from slimkit.core.export.contract import (
+        CONTENT_ID_KEY as EXPORT_CONTENT_ID_KEY,  # noqa: F401 (in __all__, built from _TOPICS)
+        BaseExporter as BaseExporter,
+        ExportContext as ExportContext,
+        ExportSummary as ExportSummary,
+    )
+    from slimkit.core.export.run import ExportResult as ExportResult, export_model as export_model
     from slimkit.core.host import (
         DEFAULT_PLUGINS as DEFAULT_PLUGINS,
         Host as Host,

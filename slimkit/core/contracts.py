@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Granularity = Literal["weight", "neuron", "head", "block"]
 #: What a scorer can score: single weights, MLP neurons, attention heads or whole blocks.
 GRANULARITIES: tuple[str, ...] = ("weight", "neuron", "head", "block")
-Family = Literal["scorer", "compressor", "architecture", "evaluator"]
+Family = Literal["scorer", "compressor", "architecture", "evaluator", "exporter"]
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,12 @@ class PluginError(SlimkitError):
 
 class PluginWarning(RuntimeWarning):
     """Issued once for each plugin problem the host records (see ``Host.problems``)."""
+
+
+class ExportError(SlimkitError):
+    """A model cannot be exported as asked: every reason, one line each, found before writing."""
+
+    def __init__(self, problems: list[str], what: str = "export") -> None:
+        self.problems = list(problems)
+        super().__init__(f"{what}: " + "; ".join(self.problems) if len(self.problems) == 1
+                         else f"{what}: {len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems))

@@ -6,7 +6,7 @@ the specifications below. Install it as a package with an entry point in the gro
     [project.entry-points.slimkit]
     my_plugin = "my_package.plugin"
 
-The four method families are collected with a ``register`` callback: call it once per method
+The five method families are collected with a ``register`` callback: call it once per method
 class. slimkit validates the class, refuses a name another plugin already registered (naming both
 plugins) and records which plugin and distribution version supplied it, so the lineage of every
 derived model says exactly what code made it.
@@ -72,6 +72,16 @@ def register_evaluators(register: Register) -> None:
 
 
 @hookspec
+def register_exporters(register: Register) -> None:
+    """Register exporter classes: they write a model in a format a serving runtime loads
+    (GGUF for llama.cpp, compressed-tensors for vLLM and transformers, ONNX, MLX...).
+
+    :param register: call ``register(ExporterClass)`` for each exporter; see
+        :class:`slimkit.core.export.contract.BaseExporter`.
+    """
+
+
+@hookspec
 def register_commands(cli: "click.Group") -> None:
     """Add commands to the ``slimkit`` command line.
 
@@ -100,6 +110,7 @@ ALL_HOOKS: tuple[str, ...] = (
     "register_compressors",
     "register_architectures",
     "register_evaluators",
+    "register_exporters",
     "register_commands",
     "find_architecture",
 )

@@ -75,6 +75,7 @@ FAMILY_HOOKS: dict[str, str] = {
     "compressor": "register_compressors",
     "architecture": "register_architectures",
     "evaluator": "register_evaluators",
+    "exporter": "register_exporters",
 }
 
 
@@ -197,6 +198,11 @@ class Host:
     def evaluators(self) -> Registry[Any]:
         """The installed evaluators (``registry("evaluator")``)."""
         return self.registry("evaluator")
+
+    @property
+    def exporters(self) -> Registry[Any]:
+        """The installed exporters (``registry("exporter")``)."""
+        return self.registry("exporter")
 
     @property
     def architectures(self) -> Registry[Any]:

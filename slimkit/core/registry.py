@@ -24,6 +24,7 @@ WORK_METHOD: dict[str, str] = {
     "compressor": "compress_",
     "evaluator": "evaluate",
     "architecture": "layout",
+    "exporter": "export",
 }
 
 T = TypeVar("T")
@@ -86,6 +87,8 @@ def validate_method_class(family: Family, cls: Any) -> list[str]:
                     f"{cls.__qualname__}.Config.{field_name} has a mutable default {info.default!r}; "
                     "use a tuple or Field(default_factory=...)"
                 )
+    if family == "exporter" and getattr(cls, "writes", None) not in ("file", "folder"):
+        problems.append(f"{cls.__qualname__}.writes must be 'file' or 'folder', got {getattr(cls, 'writes', None)!r}")
     if family == "scorer" and getattr(cls, "granularity", None) not in GRANULARITIES:
         problems.append(
             f"{cls.__qualname__}.granularity must be one of {', '.join(GRANULARITIES)}"
