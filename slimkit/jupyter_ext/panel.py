@@ -7,12 +7,12 @@ in one line (:meth:`Panel.summary`, also shown in the panel): users see what Run
 browser tests wait on it before clicking, since a click can reach the kernel before a value that
 was typed just before it.
 
-Failures are shown in the panel, never as tracebacks: a problem with the input (a
-:class:`~slimkit.core.errors.SlimkitError`) by its message, anything else by its type and message
-with the traceback folded away. A failed or cancelled run changes no model in the catalogue (the
-runner saves and records only complete results; the run itself is kept as failed). Runs that were
-in progress when their kernel died are marked failed when the catalogue is next opened, and the
-panel says so.
+Failures are shown in the panel, never as tracebacks (:mod:`slimkit.jupyter_ext.messages`): a
+problem with the input (a :class:`~slimkit.core.errors.SlimkitError`) by its message, anything
+else by its type and message with the traceback folded away. A failed or cancelled run changes
+no model in the catalogue (the runner saves and records only complete results; the run itself is
+kept as failed). Runs that were in progress when their kernel died are marked failed when the
+catalogue is next opened, and the panel says so.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import SlimkitError
 from slimkit.core.present.format import duration, number, short_id
 from slimkit.jupyter_ext.forms import ConfigForm
+from slimkit.jupyter_ext.messages import error_html
 from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
 from slimkit.jupyter_ext.serial import serialised
 from slimkit.jupyter_ext.tables import compare_table, results_table
@@ -40,16 +41,6 @@ BUNDLED = "example:stories260K"
 DEFAULT_METHOD = "prune.unstructured"
 DEFAULT_METRICS = ("perplexity", "size")  # size is cheap, and the Pareto plot's natural x axis
 PROGRESS_INTERVAL_S = 0.1  # at most this often a progress update goes to the front end
-
-
-def _error_html(error: BaseException, details: str = "") -> str:
-    if isinstance(error, SlimkitError):
-        text = html.escape(str(error))
-    else:
-        text = f"{type(error).__name__}: {html.escape(str(error))}"
-    folded = (f"<details><summary>details</summary><pre>{html.escape(details)}</pre></details>"
-              if details else "")
-    return f"<div class='slimkit-error' style='color:#b00020'><b>Error:</b> {text}</div>{folded}"
 
 
 def _kernel_loop() -> Any:
@@ -307,7 +298,7 @@ class Panel:
             validated = recipe.resolve(self.host)  # every problem the model does not decide; resolved once
             check_name(self.catalogue, name)  # the same check as the CLI's, before any work
         except SlimkitError as error:
-            self.error.value = _error_html(error)
+            self.error.value = error_html(error)
             return None
         steps = " -> ".join(describe_step(s) for s in recipe.model_dump(mode="json")["steps"])
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
@@ -339,9 +330,12 @@ class Panel:
         if self.run_state is None:
             return "idle"
         self.run_state.join(timeout)
-        if threading.current_thread() is threading.main_thread():
-            self._drain()  # the kernel's loop cannot show the outcome while this cell waits
+        self._drain_if_main()
         return self.run_state.state
+
+    def _drain_if_main(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._drain()  # the kernel's loop cannot show the outcome while a cell waits
 
     # Widgets are changed on the kernel's main thread only: the worker hands its updates over.
     # ipywidgets' syncing (the echo of a value the front end just sent) is not thread-safe, and a
@@ -400,7 +394,7 @@ class Panel:
             error = run.error or RuntimeError(run.state)  # a user's problem needs no traceback
             # A plugin's bug arrives as one PluginError line with the original chained: fold its traceback.
             plain = isinstance(error, SlimkitError) and error.__cause__ is None
-            self.error.value = _error_html(error, "" if plain else run.details)
+            self.error.value = error_html(error, "" if plain else run.details)
             self.refresh()
         self._changed()
 
@@ -409,10 +403,10 @@ class Panel:
         from slimkit.core.catalogue import queries
 
         if not self.compare_a.value or not self.compare_b.value:
-            self.compare_out.value = _error_html(SlimkitError("choose two catalogue models"))
+            self.compare_out.value = error_html(SlimkitError("choose two catalogue models"))
             return
         try:
             self.compare_out.value = compare_table(queries.diff(self.catalogue, self.compare_a.value,
                                                                 self.compare_b.value))
         except SlimkitError as error:
-            self.compare_out.value = _error_html(error)
+            self.compare_out.value = error_html(error)
