@@ -2,7 +2,8 @@
 
 The panel (:class:`Panel`) chooses a model, configures any installed method through a form built
 from its config schema, builds recipes, runs them off the kernel's main thread with progress and
-Cancel, and shows results, lineage, a Pareto plot and comparisons, all recorded in the catalogue.
+Cancel, shows results, lineage, a Pareto plot and comparisons, all recorded in the catalogue, and
+exports the model in any installed format (GGUF, compressed-tensors, third-party exporters).
 
 Needs the ``jupyter`` extra (``pip install 'slimkit[jupyter]'``: ipywidgets, anywidget, matplotlib).
 """

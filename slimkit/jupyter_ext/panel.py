@@ -1,5 +1,6 @@
 """The main panel: choose a model, configure methods, build a recipe, run it off the main thread,
-and see results, lineage and trade-offs, all against one catalogue.
+see results, lineage and trade-offs, and export the model in any installed format (the Export
+tab, :mod:`slimkit.jupyter_ext.export_tab`), all against one catalogue.
 
 Everything the panel does goes through the Python API (:func:`run_recipe`, the catalogue
 queries), so what it records is what the CLI would record. Its state is summarised, by the kernel,
@@ -29,6 +30,7 @@ import ipywidgets as w
 from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import SlimkitError
 from slimkit.core.present.format import duration, number, short_id
+from slimkit.jupyter_ext.export_tab import ExportTab
 from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.messages import error_html
 from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
@@ -140,6 +142,11 @@ class Panel:
             self.notice.value = (f"<div class='slimkit-notice'>{len(failed)} run(s) were still in progress when "
                                  "their kernel or process ended; they are recorded as failed.</div>")
 
+        # the Export tab writes the panel's model (the path box's) in any installed format
+        self.export_tab = ExportTab(self.host, self.catalogue, model_spec=lambda: self.model_spec,
+                                on_main=self._on_main, drain=self._drain_if_main)
+        self.model_path.observe(serialised(lambda _: self.export_tab.model_changed()), names="value")
+
         run_row = w.HBox([self.run_button, self.cancel_button, self.progress, self.progress_text])
         tabs = w.Tab(children=[
             w.VBox([self.model_list, self.model_path]),
@@ -150,8 +157,10 @@ class Panel:
             self.views.lineage_box,
             self.views.pareto_box,
             w.VBox([w.HBox([self.compare_a, self.compare_b, self.compare_button]), self.compare_out]),
+            self.export_tab.widget,
         ])
-        for index, title in enumerate(("Model", "Method", "Recipe", "Results", "Lineage", "Pareto", "Compare")):
+        for index, title in enumerate(("Model", "Method", "Recipe", "Results", "Lineage", "Pareto", "Compare",
+                                       "Export")):
             tabs.set_title(index, title)
         self.tabs = tabs
         self.widget = w.VBox([w.HTML("<b>slimkit</b>"), self.notice, tabs, self.name, run_row, self.error,
