@@ -81,7 +81,8 @@ def result_html(result: Any, seconds: float | None = None) -> str:
     plugin = result.plugin + (f" {result.plugin_version}" if result.plugin_version else "")
     rows = [("written", str(result.path)),
             ("format", f"{result.format} (exporter version {result.exporter_version}, {plugin})"),
-            ("size", f"{human_bytes(result.size_bytes)} ({result.size_bytes:,} bytes)"),
+            ("size", human_bytes(result.size_bytes)
+             + (f" ({result.size_bytes:,} bytes)" if result.size_bytes >= 1024 else "")),
             ("sha256", sha[:16] + "…"),
             ("model", short_id(result.content_id)),
             ("summary", result.summary.description)]
@@ -128,6 +129,7 @@ class ExportTab:
         self.status = w.Label()
         for widget, css in ((self.export_button, "slimkit-export"), (self.cancel_button, "slimkit-export-cancel"),
                             (self.out, "slimkit-export-out"), (self.format, "slimkit-export-format"),
+                            (self.progress, "slimkit-export-progress"),
                             (self.status, "slimkit-export-summary")):
             widget.add_class(css)  # stable handles for styling and browser tests
         self.format.observe(serialised(lambda change: self._build_form(change["new"])), names="value")
@@ -149,9 +151,8 @@ class ExportTab:
         settings = f" ({self.form.summary()})" if self.form is not None else ""
         ready = "ready" if not self.export_button.disabled else "not ready"
         state = self.run_state.state if self.run_state else "idle"
-        last = f" | last: {self.last_result.path}" if self.last_result is not None else ""
         return (f"export: {self.model_spec() or '-'} as {fmt}{settings} to {self.out.value.strip() or '-'} | "
-                f"{ready} | state: {state}{last}")
+                f"{ready} | state: {state}")
 
     def _changed(self) -> None:
         running = self.run_state is not None and self.run_state.running

@@ -119,7 +119,8 @@ class Panel:
         self.error = w.HTML()
         self.results = w.HTML()
         for button, css in ((self.run_button, "slimkit-run"), (self.cancel_button, "slimkit-cancel"),
-                            (self.add_step, "slimkit-add-step"), (self.replace_step, "slimkit-replace-step")):
+                            (self.add_step, "slimkit-add-step"), (self.replace_step, "slimkit-replace-step"),
+                            (self.progress, "slimkit-run-progress")):
             button.add_class(css)  # stable handles for styling and browser tests
         self.run_button.on_click(serialised(lambda _: self.run()))
         self.cancel_button.on_click(serialised(lambda _: self.cancel()))

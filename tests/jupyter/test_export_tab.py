@@ -170,10 +170,10 @@ def test_an_export_runs_in_the_background_and_shows_what_it_wrote(panel):
     assert result.sha256 == "sha256:" + sha and result.size_bytes == len(data)
     shown = tab.result.value
     assert "slimkit-export-result" in shown and sha[:16] in shown and sha not in shown  # short
-    assert str(result.path) in shown and f"{len(data):,} bytes" in shown and "4 chunks of text" in shown
+    assert str(result.path) in shown and f"{len(data)} B" in shown and "4 chunks of text" in shown
     assert "exporter version 2" in shown and result.content_id.split(":")[1][:12] in shown
     assert tab.progress.bar_style == "success" and tab.progress.value == tab.progress.max
-    assert "state: done" in tab.status.value and f"last: {result.path}" in tab.status.value
+    assert "state: done" in tab.status.value
     assert not tab.export_button.disabled and tab.cancel_button.disabled and tab.error.value == ""
     # the file is there now: a second export is refused before any work, unless overwrite is ticked
     assert tab.export() is None and "already exists (tick overwrite" in tab.error.value and tab.result.value == ""
@@ -267,3 +267,16 @@ def test_error_html_lists_an_export_errors_problems():
     assert "cannot export m as gguf<ul class='slimkit-problems'><li>layer x: low-rank</li></ul>" in one
     two = error_html(ExportError(["a <b>", "c"], "cannot export m as gguf"))
     assert "cannot export m as gguf: 2 problems<ul" in two and "<li>a &lt;b&gt;</li><li>c</li>" in two
+
+
+def test_the_result_table_gives_big_sizes_in_units_and_bytes_and_escapes_paths():
+    from slimkit import ExportResult
+    from slimkit.jupyter_ext.export_tab import result_html
+
+    result = ExportResult(Path("runs/<m>.gguf"), "gguf", 3, "slimkit.plugins.export.gguf", None, {},
+                          "sha256:" + "0123456789ab" * 5 + "cdef", 5 * 2**20, "sha256:" + "f" * 64,
+                          ExportSummary("Q4_0: 12 tensors"))
+    shown = result_html(result, 1.5)
+    assert "runs/&lt;m&gt;.gguf" in shown and "5.00 MiB (5,242,880 bytes)" in shown and "f" * 16 + "…" in shown
+    assert "gguf (exporter version 3, slimkit.plugins.export.gguf)" in shown and "0123456789ab" in shown
+    assert "Q4_0: 12 tensors" in shown and "1.50 s" in shown
