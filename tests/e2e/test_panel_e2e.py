@@ -1,10 +1,12 @@
 """The panel in a real JupyterLab, driven through Chromium like a user: load the extension, pick
 the bundled model, set magnitude pruning to 50% in the generated form, run, wait for the progress
 bar, read the results table and find the new model in the lineage drawing; bad form input and a
-failing run are shown in the panel. Every test leaves screenshots (the docs' pictures)."""
+failing run are shown in the panel; the Export tab writes the model with a third-party exporter
+registered in the notebook. Every test leaves screenshots (the docs' pictures)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -18,10 +20,10 @@ Locator, Page, expect = sync_api.Locator, sync_api.Page, sync_api.expect
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def notebook(root: Path, name: str, catalogue: Path) -> str:
+def notebook(root: Path, name: str, catalogue: Path, source: str | None = None) -> str:
     book = nbformat.v4.new_notebook()
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    book.cells = [nbformat.v4.new_code_cell(f"%load_ext slimkit\n%slimkit --catalogue {catalogue}")]
+    book.cells = [nbformat.v4.new_code_cell(source or f"%load_ext slimkit\n%slimkit --catalogue {catalogue}")]
     nbformat.write(book, root / name)
     return name
 
@@ -47,9 +49,10 @@ def open_and_run(page: Page, lab: dict, name: str) -> Locator:
     return page.locator(f"#{panel_id}")
 
 
-def open_panel(page: Page, lab: dict, catalogue: Path, name: str) -> tuple[Locator, Locator, Locator]:
+def open_panel(page: Page, lab: dict, catalogue: Path, name: str,
+               source: str | None = None) -> tuple[Locator, Locator, Locator]:
     """A notebook that shows the panel, opened and run: (notebook, panel, summary line)."""
-    book = open_and_run(page, lab, notebook(lab["root"], name, catalogue))
+    book = open_and_run(page, lab, notebook(lab["root"], name, catalogue, source))
     slimkit = book.locator(".slimkit-panel")
     summary = slimkit.locator(".slimkit-summary")
     expect(summary).to_contain_text("| ready |")
@@ -110,7 +113,7 @@ def test_prune_the_bundled_model_from_the_panel(lab, page, screenshot, tmp_path)
     expect(summary).to_contain_text("| ready |")
     screenshot(slimkit, "panel-recipe")
     slimkit.locator("button.slimkit-run").click()
-    bar = slimkit.locator(".widget-hprogress .progress-bar")
+    bar = slimkit.locator(".slimkit-run-progress .progress-bar")  # the Export tab has a bar of its own
     expect(bar).to_have_attribute("style", re.compile(r"width: 100%"), timeout=300_000)
     expect(summary).to_contain_text("state: done")
 
@@ -201,3 +204,64 @@ def test_cancel_stops_a_long_run_and_the_notebook_stays_responsive(lab, page, sc
     expect(slimkit.locator(".slimkit-error")).to_contain_text("cancelled by the user")
     expect(summary).to_contain_text("catalogue: 0 models")
     expect(slimkit.locator("button.slimkit-run")).to_be_enabled()
+
+
+# A third-party exporter, registered on the panel's host in the notebook itself (as a user would
+# try one before packaging it): a text file holding the model's content id.
+EXPORTER_CELL = """\
+from pathlib import Path
+from slimkit import BaseExporter, ExportSummary, MethodConfig, hookimpl, make_host
+from slimkit.jupyter_ext import panel
+
+class NoteConfig(MethodConfig):
+    note: str = "hello"
+
+class NoteExporter(BaseExporter):
+    \"\"\"The model's content id and a note, as text (a third-party format).\"\"\"
+    name = "e2e.note"
+    version = 1
+    Config = NoteConfig
+    writes = "file"
+    suffix = ".note.txt"
+
+    def export(self, model, out, config, ctx):
+        ctx.report("write", 1, 1)
+        Path(out).write_text(f"{ctx.content_id}\\n{config.note}\\n")
+        return ExportSummary(f"a note: {config.note}")
+
+class E2E:
+    @hookimpl
+    def register_exporters(self, register):
+        register(NoteExporter)
+
+host = make_host()
+host.register(E2E(), "e2e")
+slimkit_panel = panel(CATALOGUE, host=host)
+slimkit_panel
+"""
+
+
+def test_export_the_model_with_a_third_party_exporter(lab, page, screenshot, tmp_path):
+    source = EXPORTER_CELL.replace("CATALOGUE", repr(str(tmp_path / "cat.db")))
+    _, slimkit, _ = open_panel(page, lab, tmp_path / "cat.db", "export.ipynb", source)
+    tab(slimkit, "Export")
+    export = slimkit.locator(".slimkit-export-tab")
+    summary = export.locator(".slimkit-export-summary")
+    export.locator(".slimkit-export-format select").select_option("e2e.note")
+    expect(export.locator(".slimkit-export-help")).to_contain_text("plugin e2e")
+    expect(export.locator(".slimkit-export-out input")).to_have_value("exports/stories260K.note.txt")
+    enter(export.locator(".slimkit-field-note input"), "from the browser")
+    expect(summary).to_contain_text("export: example:stories260K as e2e.note (note=from the browser) to "
+                                    "exports/stories260K.note.txt | ready | state: idle")
+    export.locator("button.slimkit-export").click()
+    expect(export.locator(".slimkit-export-progress .progress-bar")).to_have_attribute(
+        "style", re.compile(r"width: 100%"))
+    result = export.locator("table.slimkit-export-result")
+    expect(result).to_contain_text("a note: from the browser")
+    expect(summary).to_contain_text("state: done")
+    screenshot(slimkit, "panel-export")
+    written = lab["root"] / "exports" / "stories260K.note.txt"
+    model_id, note = written.read_text().splitlines()
+    assert note == "from the browser" and model_id.startswith("sha256:")
+    expect(result).to_contain_text(model_id.split(":")[1][:12])  # the model, by its short id
+    expect(result).to_contain_text(hashlib.sha256(written.read_bytes()).hexdigest()[:16])
