@@ -23,10 +23,11 @@ import ipywidgets as w
 
 from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import OutputExistsError, SlimkitError
-from slimkit.core.present.format import duration, human_bytes, short_id
+from slimkit.core.present.format import duration
 from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.messages import error_html
 from slimkit.jupyter_ext.serial import serialised
+from slimkit.jupyter_ext.tables import export_table
 from slimkit.jupyter_ext.worker import BackgroundRun
 
 EXPORTS_DIR = "exports"  # beside the notebook, for models with no folder of their own (examples, hub ids)
@@ -73,23 +74,6 @@ def default_out(spec: str, catalogue: Any, format: str, suffix: str) -> str:
     if folder is not None and target == folder:  # a .gguf exported as GGUF again
         target = base.parent / f"{base.name}-{format}{suffix}"
     return str(target)
-
-
-def result_html(result: Any, seconds: float | None = None) -> str:
-    """What an export wrote: path, format and exporter, size, sha256 (short), model, summary."""
-    sha = str(result.sha256).split(":", 1)[-1]
-    plugin = result.plugin + (f" {result.plugin_version}" if result.plugin_version else "")
-    rows = [("written", str(result.path)),
-            ("format", f"{result.format} (exporter version {result.exporter_version}, {plugin})"),
-            ("size", human_bytes(result.size_bytes)
-             + (f" ({result.size_bytes:,} bytes)" if result.size_bytes >= 1024 else "")),
-            ("sha256", sha[:16] + "…"),
-            ("model", short_id(result.content_id)),
-            ("summary", result.summary.description)]
-    if seconds is not None:
-        rows.append(("time", duration(seconds)))
-    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table class='slimkit-export-result'>{body}</table>"
 
 
 class ExportTab:
@@ -276,7 +260,7 @@ class ExportTab:
             self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
             self.progress.description = "done"
             self.progress_text.value = f"finished in {duration(run.seconds)}"
-            self.result.value = result_html(run.result, run.seconds)
+            self.result.value = export_table(run.result, run.seconds)
         else:
             self.progress.bar_style = "danger" if run.state == "failed" else "warning"
             self.progress.description = run.state

@@ -1,9 +1,11 @@
-"""HTML tables the panel shows: a run's metrics before and after, and two models side by side.
+"""HTML tables the panel shows: a run's metrics before and after, two models side by side, and
+what an export wrote.
 
 Plain functions of plain data (a :class:`~slimkit.core.runner.RunResult`, the dictionary of
-:func:`slimkit.core.catalogue.queries.diff`), so they are tested without widgets. Every value
-is written by :mod:`slimkit.core.present.format` (as the CLI and the notebook reprs write it) and
-escaped: model names and parameters come from users.
+:func:`slimkit.core.catalogue.queries.diff`, an :class:`~slimkit.core.export.run.ExportResult`),
+so they are tested without widgets. Every value is written by :mod:`slimkit.core.present.format`
+(as the CLI and the notebook reprs write it) and escaped: model names and parameters come from
+users.
 """
 
 from __future__ import annotations
@@ -86,3 +88,20 @@ def _step_line(row: dict[str, Any]) -> str:
         sides.append(step_label(step["method"], config_params(step.get("config") or {}, limit=None)))
     same = " (the same step)" if row.get("same") else ""
     return f"step {row['index']}: {sides[0]}  |  {sides[1]}{same}"
+
+
+def export_table(result: Any, seconds: float | None = None) -> str:
+    """What an export wrote: path, format and exporter, size, sha256 (short), model, summary."""
+    sha = str(result.sha256).split(":", 1)[-1]
+    plugin = result.plugin + (f" {result.plugin_version}" if result.plugin_version else "")
+    rows = [("written", str(result.path)),
+            ("format", f"{result.format} (exporter version {result.exporter_version}, {plugin})"),
+            ("size", human_bytes(result.size_bytes)
+             + (f" ({result.size_bytes:,} bytes)" if result.size_bytes >= 1024 else "")),
+            ("sha256", sha[:16] + "…"),
+            ("model", short_id(result.content_id)),
+            ("summary", result.summary.description)]
+    if seconds is not None:
+        rows.append(("time", duration(seconds)))
+    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table class='slimkit-export-result'>{body}</table>"

@@ -271,12 +271,12 @@ def test_error_html_lists_an_export_errors_problems():
 
 def test_the_result_table_gives_big_sizes_in_units_and_bytes_and_escapes_paths():
     from slimkit import ExportResult
-    from slimkit.jupyter_ext.export_tab import result_html
+    from slimkit.jupyter_ext.tables import export_table
 
     result = ExportResult(Path("runs/<m>.gguf"), "gguf", 3, "slimkit.plugins.export.gguf", None, {},
                           "sha256:" + "0123456789ab" * 5 + "cdef", 5 * 2**20, "sha256:" + "f" * 64,
                           ExportSummary("Q4_0: 12 tensors"))
-    shown = result_html(result, 1.5)
+    shown = export_table(result, 1.5)
     assert "runs/&lt;m&gt;.gguf" in shown and "5.00 MiB (5,242,880 bytes)" in shown and "f" * 16 + "…" in shown
     assert "gguf (exporter version 3, slimkit.plugins.export.gguf)" in shown and "0123456789ab" in shown
     assert "Q4_0: 12 tensors" in shown and "1.50 s" in shown
