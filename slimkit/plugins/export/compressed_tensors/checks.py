@@ -31,7 +31,7 @@ def problems(model: Any, plan: ExportPlan, *, dense_3bit: bool) -> list[str]:
     if plan.low_rank:
         found.append(f"{_first(plan.low_rank)} is low-rank (two factors): compressed-tensors has no factorised "
                      "layers; run the 'densify' step first (a float layer, which then exports, or quantize it again)")
-    odd = sorted(name for name, (_, s) in plan.quantized.items() if s.bits not in STABLE_BITS)
+    odd = [name for name, (_, s) in plan.quantized.items() if s.bits not in STABLE_BITS]
     if odd and not dense_3bit:
         bits = plan.quantized[odd[0]][1].bits
         found.append(f"{_first(odd)} is int{bits}: compressed-tensors packs {bits}-bit codes densely only since "
