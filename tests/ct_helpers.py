@@ -63,7 +63,7 @@ def load_plain(folder: Path, **kwargs):
     """``AutoModelForCausalLM.from_pretrained(folder)``, as a user of transformers would."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
 def load_dequantized(folder: Path):
