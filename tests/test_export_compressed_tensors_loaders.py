@@ -182,6 +182,18 @@ def test_pruned_then_quantized_states_two_four_sparsity(host, tmp_path):
     assert json.loads((tmp_path / "dense" / "config.json").read_text())["quantization_config"]["sparsity_config"] == {}
 
 
+def test_two_four_w8a8_layers_are_not_stated_unless_asked(host, tmp_path, calibration):
+    """vLLM sends 2:4 W8A8 layers to its 2:4 scheme (removed in 2026): stated only with 'always'."""
+    model = apply(host, slimkit.load_model("example:stories260K"), "prune.nm", {"n": 2, "m": 4})
+    apply(host, model, "quantize.smoothquant", {}, calibration=calibration)
+    export(host, model, tmp_path / "default")
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["quantization_config"]["sparsity_config"] == {}
+    result = export(host, model, tmp_path / "always", sparsity_config="always")
+    assert "2:4 kernels" in result.summary.details["loading"]["vllm"]
+    stated = json.loads((tmp_path / "always" / "config.json").read_text())["quantization_config"]["sparsity_config"]
+    assert stated["sparsity_structure"] == "2:4" and stated["ignore"] == ["lm_head"]
+
+
 @pytest.mark.slow
 @pytest.mark.assets
 def test_smollm2_rtn_int4_g64_loads_in_transformers_with_the_same_logits(host, tmp_path, assets):

@@ -5,6 +5,7 @@ summary's ``loading`` details, so a user sees the path that works before trying 
 from __future__ import annotations
 
 from slimkit.plugins.export.compressed_tensors.plan import ExportPlan
+from slimkit.plugins.export.compressed_tensors.sparsity import Sparsity
 
 #: Group sizes vLLM's Marlin kernels take (per channel too); other kernels may take others.
 MARLIN_GROUPS = (32, 64, 128)
@@ -12,7 +13,7 @@ DEQUANTIZE_PATH = ("AutoModelForCausalLM.from_pretrained(path, quantization_conf
                    "transformers.CompressedTensorsConfig(dequantize=True))")
 
 
-def loading_notes(plan: ExportPlan, zero_point_layout: str) -> dict[str, str]:
+def loading_notes(plan: ExportPlan, zero_point_layout: str, sparsity: Sparsity | None = None) -> dict[str, str]:
     schemes = list(plan.schemes)
     asymmetric = [s for s in schemes if not s.symmetric]
     if not schemes:
@@ -34,5 +35,9 @@ def loading_notes(plan: ExportPlan, zero_point_layout: str) -> dict[str, str]:
         vllm.append(f"Marlin kernels take group sizes {', '.join(map(str, MARLIN_GROUPS))} or per channel")
     if any(s.activations == "int8" for s in schemes):
         vllm.append("W8A8 int8 runs on NVIDIA compute capability 7.5 to 9.x (not Blackwell)")
+    weight_only = {name for name, (module, _) in plan.quantized.items() if module.activations is None}
+    if sparsity is not None and sparsity.structure == "2:4" and set(sparsity.layers) - weight_only:
+        vllm.append("layers stated 2:4 that are float or W8A8 go to vLLM's 2:4 kernels (Hopper; removed in 2026 "
+                    "releases, which then refuse the model)")
     return {"transformers": transformers,
             "vllm": "; ".join(vllm) if vllm else "loads as an llm-compressor checkpoint (not checked here)"}

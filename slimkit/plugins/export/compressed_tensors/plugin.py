@@ -51,9 +51,10 @@ class CompressedTensorsConfig(MethodConfig):
     )
     sparsity_config: Literal["quantized", "always", "never"] = Field(
         "quantized",
-        description="State pruned layers' sparsity (format dense, structure 2:4 or unstructured) in the "
-        "quantization_config: quantized: in quantized exports; always: also for float models (loading them "
-        "then needs compressed-tensors; vLLM may pick its 2:4 kernels); never.",
+        description="State pruned layers' sparsity (format dense) in the quantization_config. quantized: 2:4 "
+        "weight-only quantized layers; always: every pruned block layer, float models too (loading then needs "
+        "compressed-tensors, and vLLM sends 2:4 float/W8A8 layers to its 2:4 kernels, which 2026 releases "
+        "removed); never.",
     )
 
 
@@ -89,14 +90,14 @@ class CompressedTensorsExporter(BaseExporter):
         plan = plan_export(net)
         quantized = bool(plan.quantized)
         declare = config.sparsity_config == "always" or (config.sparsity_config == "quantized" and quantized)
-        sparsity = measure(net, plan) if declare else None
+        sparsity = measure(net, plan, every_layer=config.sparsity_config == "always") if declare else None
         section = quantization_config(plan, sparsity) if quantized or sparsity is not None else None
         tensors = collect_tensors(net, plan, dtype, config.zero_point_layout)
         ctx.report("tensors", 1, 2, f"{len(tensors)} tensors")
         tied = head_is_tied(net, plan, tensors)
         if tied:
             del tensors[f"{plan.head}.weight"]
-        notes = loading_notes(plan, config.zero_point_layout)
+        notes = loading_notes(plan, config.zero_point_layout, sparsity)
         record = {"format": NAME, "exporter_version": self.version, "params": config.model_dump(mode="json"),
                   "quantization_format": plan.format if quantized else None}
         write_folder(out, net, model.tokenizer, tensors,

@@ -7,6 +7,11 @@ A float layer counts as pruned when at least :data:`THRESHOLD` of its weights ar
 (trained float weights are essentially never exactly zero). A quantized layer counts only when it
 is 2:4: weights also round to zero on an integer grid (10-20% of an int4 layer of a dense model),
 so its zero codes alone do not say that it was pruned.
+
+By default only weight-only quantized layers are examined. vLLM routes a float or W8A8 layer
+stated ``2:4`` to its Cutlass 2:4 scheme, which needed Hopper and which its 2026 releases removed
+("Sparse24 models are no longer supported by vLLM"): stating it there would make a loadable
+export unloadable. Weight-only layers never take that path, so stating their structure is safe.
 """
 
 from __future__ import annotations
@@ -45,12 +50,15 @@ def is_two_four(weight: torch.Tensor) -> bool:
     return bool(((weight.reshape(rows, -1, 4) == 0).sum(dim=2) >= 2).all())
 
 
-def measure(model: Any, plan: ExportPlan) -> Sparsity | None:
-    """The sparsity of the block linears (the head excluded), or ``None`` when none is pruned."""
+def measure(model: Any, plan: ExportPlan, *, every_layer: bool = False) -> Sparsity | None:
+    """The sparsity of the weight-only quantized layers (``every_layer``: of every block linear,
+    the head excluded), or ``None`` when none is pruned."""
     zeros = total = 0
     layers: list[str] = []
     two_four = True
-    for name in sorted(set(plan.float_linears) | set(plan.quantized)):
+    weight_only = {name for name, (module, _) in plan.quantized.items() if module.activations is None}
+    candidates = set(plan.float_linears) | set(plan.quantized) if every_layer else weight_only
+    for name in sorted(candidates):
         if name == plan.head:
             continue
         if name in plan.quantized:
