@@ -163,3 +163,48 @@ def test_three_bit_grids_export_when_asked_and_load_exactly(host, tmp_path):
     assert "other widths" in result.summary.details["loading"]["vllm"]
     loaded = load_plain(tmp_path / "ct")
     assert torch.equal(logits(loaded), logits(model.model))
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=64)
+    return slimkit.LoadedModel(GPT2LMHeadModel(config).eval(), None, "tiny-gpt2")
+
+
+def test_quantized_conv1d_layers_are_refused_with_what_works(host, tmp_path):
+    model = apply(host, tiny_gpt2(), "quantize.rtn", {"bits": 8, "group_size": None})
+    with pytest.raises(ExportError) as caught:
+        export(host, model, tmp_path / "ct")
+    assert caught.value.problems == [
+        "transformer.h.0.attn.c_attn (and 7 more) is a Conv1D in GPT2LMHeadModel, not an nn.Linear: "
+        "compressed-tensors quantizes nn.Linear layers only; dequantize the model first (its float export then "
+        "loads) or export to gguf"]
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_structurally_shrunk_float_models_are_plain_folders_that_load(host, tmp_path, make):
+    model = apply(host, make(), "prune.neurons", {"fraction": 0.25})
+    result = export(host, model, tmp_path / "ct")
+    assert result.summary.details["format"] == "float"
+    config = json.loads((tmp_path / "ct" / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config.get("intermediate_size", config.get("n_inner")) == 192  # 256 neurons less a quarter
+    assert torch.equal(logits(load_plain(tmp_path / "ct")), logits(model.model))
+
+
+def test_float_tensors_in_bfloat16_and_the_size_estimate(host, tmp_path):
+    from safetensors.torch import load_file
+
+    model = apply(host, tiny_llama(), "quantize.rtn", {"bits": 4, "group_size": 64, "symmetric": False})
+    exporter = CompressedTensorsExporter()
+    config = host.config(host.exporters.get(FORMAT), {"dtype": "bfloat16"})
+    estimate = exporter.estimated_bytes(model, config)
+    export(host, model, tmp_path / "ct", dtype="bfloat16")
+    stored = load_file(str(tmp_path / "ct" / "model.safetensors"))
+    assert stored["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert stored["model.layers.0.mlp.up_proj.weight_scale"].dtype == torch.float32  # scales stay exact
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["dtype"] == "bfloat16"
+    actual = (tmp_path / "ct" / "model.safetensors").stat().st_size
+    assert 0.9 * actual <= estimate <= 1.1 * actual, (estimate, actual)

@@ -80,7 +80,9 @@ def _layout_problems(model: Any, plan: ExportPlan) -> list[str]:
                      "export then loads) or export to gguf")
     expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
     ours = _logical_shapes(model, plan)
-    wrong = sorted(key for key in ours.keys() & expected.keys() if ours[key] != expected[key])
+    reported = tuple(f"{name}." for name in not_linear)  # a Conv1D's [in, out] weight: said above
+    wrong = sorted(key for key in ours.keys() & expected.keys()
+                   if ours[key] != expected[key] and not key.startswith(reported))
     missing = sorted(expected.keys() - ours.keys())
     extra = sorted(ours.keys() - expected.keys())
     if wrong:

@@ -73,15 +73,21 @@ class CompressedTensorsExporter(BaseExporter):
     def estimated_bytes(self, model, config):
         plan = plan_export(model.model)
         size = DTYPES[config.dtype].itemsize
-        total = 0
+        total, seen, tables = 0, set(), set()
         for key, value in model.model.state_dict().items():
-            if plan.owner(key) is None:
+            ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+            if plan.owner(key) is None and ident not in seen:  # tied tensors are written once
+                seen.add(ident)
                 total += value.numel() * (size if value.is_floating_point() else value.element_size())
         for module, scheme in plan.quantized.values():
-            total += module.out_features * 4 * (words(module.in_features, scheme.bits) + module.scales.shape[1] * 2)
-        for module in plan.dequantized.values():  # int8 tables and heads: one float per code
-            total += module.qweight.numel() * size if module.grid.bits == 8 else \
-                module.out_features * module.in_features * size
+            rows, groups = module.scales.shape
+            total += rows * 4 * (words(module.in_features, scheme.bits) + groups)
+            if not scheme.symmetric:
+                total += words(rows, scheme.bits) * groups * 4
+        for module in plan.dequantized.values():  # one float per code; a tied head shares its table's
+            if module.qweight.data_ptr() not in tables:
+                tables.add(module.qweight.data_ptr())
+                total += _weights(module) * size
         return total
 
     def export(self, model, out, config, ctx):
@@ -135,6 +141,12 @@ class CompressedTensorsExporter(BaseExporter):
             return found if isinstance(found, str) and CONTENT_ID.fullmatch(found) else None
         except (OSError, ValueError):
             return None
+
+
+def _weights(module: Any) -> int:
+    if hasattr(module, "num_embeddings"):
+        return module.num_embeddings * module.embedding_dim
+    return module.out_features * module.in_features
 
 
 def _read_json(file: Path) -> Any:
