@@ -68,6 +68,10 @@ def load_plain(folder: Path, **kwargs):
 
 def load_dequantized(folder: Path):
     """The loading path for asymmetric exports in transformers 5.25 + compressed-tensors 0.20.1."""
+    import warnings
+
     from transformers import CompressedTensorsConfig
 
-    return load_plain(folder, quantization_config=CompressedTensorsConfig(dequantize=True))
+    with warnings.catch_warnings():  # "the quantization_config from the model will be used" (only dequantize=True is)
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        return load_plain(folder, quantization_config=CompressedTensorsConfig(dequantize=True))

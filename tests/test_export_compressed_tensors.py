@@ -208,3 +208,11 @@ def test_float_tensors_in_bfloat16_and_the_size_estimate(host, tmp_path):
     assert json.loads((tmp_path / "ct" / "config.json").read_text())["dtype"] == "bfloat16"
     actual = (tmp_path / "ct" / "model.safetensors").stat().st_size
     assert 0.9 * actual <= estimate <= 1.1 * actual, (estimate, actual)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(2, True), (3, False), (4, True), (4, False), (8, True), (8, False)])
+def test_the_sparsity_probe_reads_codes_as_slimkit_does(bits, symmetric):
+    from slimkit.plugins.export.compressed_tensors.tensors import first_codes
+
+    layer = random_layer(bits, 172, symmetric, rows=20)
+    assert torch.equal(first_codes(layer, 16), layer.codes()[:16].to(torch.int32))

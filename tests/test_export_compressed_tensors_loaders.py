@@ -61,9 +61,9 @@ def test_the_bundled_model_with_int8_embeddings_loads_exactly(host, tmp_path):
     assert_same_model(loaded, model)
 
 
-def test_an_untied_head_is_written_as_float_and_untied(host, tmp_path):
-    model = apply(host, tiny_llama(tie=False), "quantize.gptq", {"bits": 4, "group_size": 64},
-                  calibration=_calibration())
+@pytest.mark.parametrize("method", ["quantize.gptq", pytest.param("quantize.awq", marks=pytest.mark.slow)])
+def test_calibrated_quantizers_and_an_untied_head_export_exactly(host, tmp_path, method):
+    model = apply(host, tiny_llama(tie=False), method, {"bits": 4, "group_size": 64}, calibration=_calibration())
     export(host, model, tmp_path / "ct")
     config = json.loads((tmp_path / "ct" / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and "lm_head" in config["quantization_config"]["ignore"]

@@ -111,10 +111,11 @@ class CompressedTensorsExporter(BaseExporter):
                      lineage(ctx.provenance, ctx.content_id, record, type(net).__name__))
         ctx.report("tensors", 2, 2, "written")
         layers = {scheme.describe(): len(names) for scheme, names in plan.schemes.items()}
-        what = ", ".join(f"{count} layers {grid}" for grid, count in layers.items()) or "no quantized layers"
+        what = ", ".join(f"{count} layers {grid}" for grid, count in layers.items())
+        dequantized = f"; {', '.join(sorted(plan.dequantized))} dequantized exactly" if plan.dequantized else ""
         return ExportSummary(
-            f"compressed-tensors {plan.format if quantized else 'float'}: {what}; "
-            f"{len(plan.dequantized)} dequantized (embedding/head), {config.dtype} float tensors",
+            (f"compressed-tensors {plan.format}: {what} (codes as stored){dequantized}; other tensors "
+             f"{config.dtype}") if quantized else f"compressed-tensors folder of a float model ({config.dtype})",
             {"format": plan.format if quantized else "float", "layers": layers,
              "dequantized": sorted(plan.dequantized), "ignore": plan.ignored if quantized else [],
              "tied_head": tied, "dtype": config.dtype,

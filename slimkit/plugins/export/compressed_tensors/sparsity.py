@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from slimkit import QuantizedLinear
 from slimkit.plugins.export.compressed_tensors.plan import ExportPlan
+from slimkit.plugins.export.compressed_tensors.tensors import first_codes
 
 THRESHOLD = 0.05
 
@@ -43,11 +45,33 @@ class Sparsity:
         }
 
 
-def is_two_four(weight: torch.Tensor) -> bool:
-    rows, columns = weight.shape
+PROBE_ROWS = 16  # a layer that is not 2:4 almost always shows it in its first rows
+
+
+def is_two_four(zero: torch.Tensor) -> bool:
+    """Whether every 4 consecutive entries of each row of the mask hold at least 2 zeros."""
+    rows, columns = zero.shape
     if columns % 4:
         return False
-    return bool(((weight.reshape(rows, -1, 4) == 0).sum(dim=2) >= 2).all())
+    return bool((zero.reshape(rows, -1, 4).sum(dim=2) >= 2).all())
+
+
+def _zero_codes(module: QuantizedLinear, codes: torch.Tensor) -> torch.Tensor:
+    """Where ``codes`` (the first rows of ``module``) stand for exactly zero: the zero point."""
+    rows = codes.shape[0]
+    if module.zeros is None:
+        return codes == (1 << (module.grid.bits - 1))
+    width = module.grid.group_width(module.in_features)
+    return codes == module.zeros[:rows].to(codes.dtype).repeat_interleave(width, dim=1)
+
+
+def quantized_two_four(module: QuantizedLinear) -> torch.Tensor | None:
+    """The zero mask of a quantized layer when it is 2:4, else ``None`` (a probe of its first rows
+    first: unpacking every layer of a model only to find it dense would be most of the export)."""
+    if not is_two_four(_zero_codes(module, first_codes(module, PROBE_ROWS))):
+        return None
+    zero = _zero_codes(module, module.codes().to(torch.int32))
+    return zero if is_two_four(zero) else None
 
 
 def measure(model: Any, plan: ExportPlan, *, every_layer: bool = False) -> Sparsity | None:
@@ -62,17 +86,17 @@ def measure(model: Any, plan: ExportPlan, *, every_layer: bool = False) -> Spars
         if name == plan.head:
             continue
         if name in plan.quantized:
-            weight = plan.quantized[name][0].dequantized_weight(torch.float32)
-            pruned = is_two_four(weight)
+            zero = quantized_two_four(plan.quantized[name][0])
+            if zero is None:
+                continue
         else:
-            weight = model.get_submodule(name).weight.detach()
-            pruned = float((weight == 0).float().mean()) >= THRESHOLD
-        if not pruned:
-            continue
+            zero = model.get_submodule(name).weight.detach() == 0
+            if float(zero.float().mean()) < THRESHOLD:
+                continue
         layers.append(name)
-        two_four = two_four and is_two_four(weight)
-        zeros += int((weight == 0).sum())
-        total += weight.numel()
+        two_four = two_four and is_two_four(zero)
+        zeros += int(zero.sum())
+        total += zero.numel()
     if not layers:
         return None
     return Sparsity("2:4" if two_four else "unstructured", zeros / total, tuple(layers))

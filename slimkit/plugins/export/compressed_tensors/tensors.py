@@ -78,6 +78,16 @@ def pack_columns(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return as_int32(raw.to(torch.uint8))
 
 
+def first_codes(module: QuantizedLinear, rows: int) -> torch.Tensor:
+    """The unsigned codes of the first ``rows`` rows, read from the bit stream (cheap: slimkit's
+    ``codes()`` unpacks the whole layer)."""
+    raw = unsigned_codes_bytes(module)[:rows].to(torch.int32)
+    bits, columns = module.grid.bits, module.in_features
+    stream = ((raw.unsqueeze(2) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(raw.shape[0], -1)
+    planes = stream[:, : columns * bits].reshape(raw.shape[0], columns, bits)
+    return (planes << torch.arange(bits, dtype=torch.int32)).sum(dim=2)
+
+
 def weight_zero_point(module: QuantizedLinear, layout: ZeroPointLayout) -> torch.Tensor:
     """Asymmetric zero points packed along the outputs: int32 ``[ceil(out * bits / 32), groups]``
     (``packed``, what compressed-tensors writes and vLLM reads); ``transformers`` writes the same
