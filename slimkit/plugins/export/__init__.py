@@ -1,0 +1,1 @@
+"""Bundled exporters: formats serving runtimes load."""
