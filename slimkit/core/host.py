@@ -68,6 +68,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.evaluators.size",
     "slimkit.plugins.evaluators.stsb",
     "slimkit.plugins.evaluators.latency",
+    "slimkit.plugins.export.compressed_tensors.plugin",
 )
 
 FAMILY_HOOKS: dict[str, str] = {
