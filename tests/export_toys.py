@@ -4,8 +4,9 @@ metadata, ``toy.dir`` a folder of weights plus a JSON sidecar holding the id, an
 file that carries no id (so only its sha256 in the catalogue can tell what it is).
 
 ``fail=`` makes an exporter misbehave the ways the tests need: an interrupt after a partial write,
-a plain exception from the plugin's code, an ``OSError``. The same source is installed as a real
-distribution (an entry point) for the subprocess tests.
+a plain exception from the plugin's code, an ``OSError``; ``size_hint=`` is what it says it will
+need. The module is the plugin (register it, or install its source as a distribution with an
+entry point for the subprocess tests).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from safetensors.torch import save_file
 
 from slimkit import EXPORT_CONTENT_ID_KEY, BaseExporter, ExportSummary, MethodConfig, hookimpl
 
+__version__ = "0.3.1"
+
 
 class ToyConfig(MethodConfig):
     dtype: Literal["float32", "float16"] = Field("float32", description="Precision the weights are written in.")
     refuse: Optional[str] = Field(None, description="Refuse every tensor whose name contains this.")
     fail: Literal["none", "interrupt", "error", "oserror"] = Field("none", description="Misbehave (tests).")
+    size_hint: Optional[int] = Field(None, description="What estimated_bytes answers (default: from the weights).")
 
 
 def _tensors(model, config, ctx):
@@ -38,8 +42,10 @@ def _tensors(model, config, ctx):
 
 
 def _misbehave(config, out: Path) -> None:
+    if config.fail == "none":
+        return
+    (out / "half.bin" if out.is_dir() else out).write_bytes(b"half of an export")  # then fail half-way
     if config.fail == "interrupt":
-        (out / "half.bin" if out.is_dir() else out).write_bytes(b"half of an export")
         raise KeyboardInterrupt
     if config.fail == "error":
         raise ValueError("the toy exporter broke")
@@ -57,6 +63,8 @@ class _Toy(BaseExporter):
                 for key in sorted(model.model.state_dict()) if config.refuse in key]
 
     def estimated_bytes(self, model, config):
+        if config.size_hint is not None:
+            return config.size_hint
         return sum(t.numel() * (2 if config.dtype == "float16" else 4) for t in model.model.state_dict().values())
 
 
@@ -118,12 +126,7 @@ class ToyAnonymous(_Toy):
         return ExportSummary(f"{len(tensors)} tensors, anonymous")
 
 
-class Plugin:
-    @hookimpl
-    def register_exporters(self, register):
-        for cls in (ToyFile, ToyFolder, ToyAnonymous):
-            register(cls)
-
-
-plugin = Plugin()
-register_exporters = plugin.register_exporters  # the module itself is the entry point's plugin
+@hookimpl
+def register_exporters(register):
+    for cls in (ToyFile, ToyFolder, ToyAnonymous):
+        register(cls)

@@ -67,9 +67,9 @@ def _reference(ctx: click.Context, spec: str, no_record: bool) -> str:
 @click.pass_context
 def export(ctx: click.Context, model_spec: str, format_name: str, out: str | None, param_items: tuple[str, ...],
            params_file: str | None, overwrite: bool, as_json: bool, no_progress: bool, no_record: bool) -> None:
-    """Write MODEL (a folder, .gguf file, catalogue name or id, example:NAME) in another format.
+    """Write MODEL in a format a serving runtime loads (GGUF, compressed-tensors, ...).
 
-    The exporter first checks everything it cannot write (each layer it refuses, and what would
+    MODEL is a folder, a .gguf file, a catalogue name or id, or example:NAME. The exporter first checks everything it cannot write (each layer it refuses, and what would
     work); nothing is written unless all is well. The file appears whole or not at all, carries
     the model's content id, and is recorded in the catalogue, so `slimkit show FILE` finds the
     model even after the file was copied elsewhere.
