@@ -3,7 +3,8 @@ only from ``slimkit``): ``toy.st`` writes one safetensors file carrying the cont
 metadata, ``toy.dir`` a folder of weights plus a JSON sidecar holding the id, and ``toy.anon`` a
 file that carries no id (so only its sha256 in the catalogue can tell what it is).
 
-``fail=`` makes an exporter misbehave the ways the tests need: an interrupt after a partial write,
+``fail=`` makes an exporter misbehave the ways the tests need: a check that raises, an interrupt
+after a partial write,
 a plain exception from the plugin's code, an ``OSError``; ``size_hint=`` is what it says it will
 need. The module is the plugin (register it, or install its source as a distribution with an
 entry point for the subprocess tests).
@@ -28,7 +29,7 @@ __version__ = "0.3.1"
 class ToyConfig(MethodConfig):
     dtype: Literal["float32", "float16"] = Field("float32", description="Precision the weights are written in.")
     refuse: Optional[str] = Field(None, description="Refuse every tensor whose name contains this.")
-    fail: Literal["none", "interrupt", "error", "oserror"] = Field("none", description="Misbehave (tests).")
+    fail: Literal["none", "check", "interrupt", "error", "oserror"] = Field("none", description="Misbehave (tests).")
     size_hint: Optional[int] = Field(None, description="What estimated_bytes answers (default: from the weights).")
 
 
@@ -57,6 +58,8 @@ class _Toy(BaseExporter):
     Config = ToyConfig
 
     def check(self, model, config, ctx):
+        if config.fail == "check":
+            raise RuntimeError("check exploded")
         if config.refuse is None:
             return []
         return [f"tensor {key}: the toy format cannot hold it; drop refuse= or choose another format"

@@ -233,6 +233,14 @@ def test_a_plugins_exception_names_the_plugin_and_leaves_nothing(toys, cat, m1, 
     assert [p for p in listing(tmp_path) if "catalogue" not in p] == [p for p in before if "catalogue" not in p]
 
 
+def test_a_check_that_raises_names_the_plugin(toys, cat, m1, tmp_path):
+    with pytest.raises(PluginError, match=r"^exporter 'toy.dir' \(plugin 'acme-toys' 0.3.1\) failed in check: "
+                                          r"RuntimeError: check exploded$"):
+        slimkit.export_model(str(m1), tmp_path / "m", format="toy.dir", params={"fail": "check"}, host=toys,
+                             catalogue=cat)
+    assert not (tmp_path / "m").exists() and cat.exports() == []
+
+
 def test_a_system_failure_names_the_target(toys, cat, m1, tmp_path):
     with pytest.raises(FileSystemError) as failed:
         slimkit.export_model(str(m1), tmp_path / "m.st", format="toy.st", params={"fail": "oserror"}, host=toys,
