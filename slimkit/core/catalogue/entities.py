@@ -182,7 +182,7 @@ class EvaluationEntry:
 
 @dataclass(frozen=True)
 class RunEntry:
-    """One invocation: a recipe run or an evaluation."""
+    """One invocation: a recipe run, an evaluation or an export."""
 
     id: str
     kind: str

@@ -27,12 +27,12 @@ class Base(DeclarativeBase):
 
 
 class RunRow(Base):
-    """One invocation of a recipe or an evaluation: what was asked, where, and how it ended."""
+    """One invocation of a recipe, an evaluation or an export: what was asked, where, and how it ended."""
 
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "recipe" or "eval"
+    kind: Mapped[str] = mapped_column(String(16))  # "recipe", "eval" or "export"
     recipe_name: Mapped[str | None] = mapped_column(String(200))
     recipe_text: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True)  # running, done, failed
