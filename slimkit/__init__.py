@@ -121,6 +121,7 @@ _TOPICS: dict[str, dict[str, str]] = {
         "ExportError": "slimkit.core.errors",
         "export_model": "slimkit.core.export.run",
         "ExportResult": "slimkit.core.export.run",
+        "identify_export": "slimkit.core.export.lookup",
     },
     "Recipes": {
         "Recipe": "slimkit.core.recipe",
@@ -188,6 +189,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
         ExportContext as ExportContext,
         ExportSummary as ExportSummary,
     )
+    from slimkit.core.export.lookup import identify_export as identify_export
     from slimkit.core.export.run import ExportResult as ExportResult, export_model as export_model
     from slimkit.core.host import (
         DEFAULT_PLUGINS as DEFAULT_PLUGINS,

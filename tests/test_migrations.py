@@ -84,13 +84,14 @@ def old_catalogue(tmp_path: Path) -> Path:
 # -- the revision graph ---------------------------------------------------------------------------
 def test_single_head_is_the_shipped_head() -> None:
     script = migrate.script_directory()
-    assert script.get_heads() == [migrate.head_revision()] == ["0003"]
+    assert script.get_heads() == [migrate.head_revision()] == ["0004"]
     assert script.get_bases() == ["0001"]
 
 
 def test_revision_chain_has_no_branches_and_real_downgrades() -> None:
     revisions = list(reversed(list(migrate.script_directory().walk_revisions())))
-    assert [(r.revision, r.down_revision) for r in revisions] == [("0001", None), ("0002", "0001"), ("0003", "0002")]
+    assert [(r.revision, r.down_revision) for r in revisions] == [("0001", None), ("0002", "0001"), ("0003", "0002"),
+                                                                     ("0004", "0003")]
     for revision in revisions:
         assert not revision.is_branch_point and not revision.is_merge_point and not revision.branch_labels
         body = pyinspect.getsource(revision.module.downgrade)
@@ -272,8 +273,8 @@ def test_opening_never_touches_logging(tmp_path: Path, old_catalogue: Path) -> N
                     "loggers": loggers}
 
         before = state()
-        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migrations 0001 to 0003
-        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0003 after a backup
+        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migrations 0001 to 0004
+        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0004 after a backup
         after = state()
         assert after["root"] == before["root"] and after["disable"] == before["disable"]
         assert not app.disabled
@@ -326,23 +327,24 @@ def test_db_current_history_upgrade(cli: Any, old_catalogue: Path) -> None:
     content = old_catalogue.read_bytes()
     current = invoke(cli, "--catalogue", str(old_catalogue), "db", "current")
     assert current.exit_code == 0
-    assert "revision 0001, behind head 0003" in current.output and "ships head revision 0003" in current.output
+    assert "revision 0001, behind head 0004" in current.output and "ships head revision 0004" in current.output
     history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
-    assert history[0].startswith("0002 -> 0003  Record the methods each step ran") and history[0].endswith("(head)")
-    assert history[1].startswith("0001 -> 0002  Record the process id")
-    assert history[2].startswith("<base> -> 0001  Baseline") and history[2].endswith("(current)")
+    assert history[0].startswith("0003 -> 0004  Record exports") and history[0].endswith("(head)")
+    assert history[1].startswith("0002 -> 0003  Record the methods each step ran")
+    assert history[2].startswith("0001 -> 0002  Record the process id")
+    assert history[3].startswith("<base> -> 0001  Baseline") and history[3].endswith("(current)")
     assert old_catalogue.read_bytes() == content  # reading the revision changes nothing
     assert sorted(p.name for p in old_catalogue.parent.iterdir()) == ["old.db"]
 
     upgraded = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
-    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0003" in upgraded.output
+    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0004" in upgraded.output
     (backup,) = old_catalogue.parent.glob("old.db.backup-0001-*")
     assert str(backup) in upgraded.output
-    assert "revision 0003 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
+    assert "revision 0004 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
     history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
     assert history[0].endswith("(head, current)") and "(current)" not in history[1]
     again = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
-    assert "already at revision 0003" in again.output and "backup" not in again.output
+    assert "already at revision 0004" in again.output and "backup" not in again.output
 
 
 def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_path: Path) -> None:
@@ -356,7 +358,7 @@ def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_pat
     assert current.exit_code == 0 and "no catalogue yet" in current.output
     assert list(path.parent.iterdir()) == []
     created = invoke(cli, "db", "upgrade", env={"SLIMKIT_CATALOGUE": str(path)})
-    assert "new catalogue created at revision 0003" in created.output and revision_of(path) == "0003"
+    assert "new catalogue created at revision 0004" in created.output and revision_of(path) == "0004"
 
 
 def test_db_commands_on_a_newer_catalogue(cli: Any, tmp_path: Path) -> None:
@@ -384,3 +386,27 @@ def test_db_commands_refuse_a_foreign_file_in_one_line(cli: Any, tmp_path: Path,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "not a slimkit catalogue" in lines[0]
     assert path.read_bytes() == content
+
+
+def test_0004_adds_an_empty_exports_table_that_records_and_downgrades(old_catalogue: Path) -> None:
+    """An old catalogue gains ``exports`` (no rows), records an export of an old model, and the
+    downgrade to 0003 drops the table and nothing else."""
+    with read_only(old_catalogue) as connection:
+        old_columns = {table: columns(connection, table) for table in TABLES_0001}
+    before = rows(old_catalogue, old_columns)
+    with Catalogue(str(old_catalogue)) as catalogue:
+        assert catalogue.exports() == []
+        recorded = catalogue.record_export(
+            PRUNED_50, "toy", exporter_version=2, plugin="acme", plugin_version="1.0", config={"bits": 4},
+            path=str(old_catalogue.parent / "m.toy"), size_bytes=3 * 2**31, sha256="sha256:" + "ab" * 32)
+        assert catalogue.exports(PRUNED_50) == [recorded]
+        assert recorded.size_bytes == 3 * 2**31  # more than a 32-bit integer holds
+        assert catalogue.find_export(sha256="sha256:" + "ab" * 32) == recorded
+        with catalogue.engine.begin() as connection:
+            downgrade(migrate._config(connection), "0003")
+        assert "exports" not in table_names(old_catalogue)
+        assert rows(old_catalogue, old_columns) == before
+        with catalogue.engine.begin() as connection:
+            upgrade(migrate._config(connection), "head")
+        with catalogue.engine.connect() as connection:
+            assert schema_diff(connection) == []

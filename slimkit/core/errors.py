@@ -62,9 +62,14 @@ class PluginWarning(RuntimeWarning):
 
 
 class ExportError(SlimkitError):
-    """A model cannot be exported as asked: every reason, one line each, found before writing."""
+    """A model cannot be exported as asked: every reason, one line each, found before writing.
 
-    def __init__(self, problems: list[str], what: str = "export") -> None:
+    :ivar result: when a recipe's ``export:`` section failed after its run saved and recorded the
+        model, that run's ``RunResult`` (the model is kept); else ``None``.
+    """
+
+    def __init__(self, problems: list[str], what: str = "export", result: object = None) -> None:
         self.problems = list(problems)
+        self.result = result
         super().__init__(f"{what}: " + "; ".join(self.problems) if len(self.problems) == 1
                          else f"{what}: {len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems))

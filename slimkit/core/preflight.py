@@ -66,18 +66,24 @@ def check_output_folder(
                                     "the catalogue then forgets its folder)")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"output folder {path} already exists (use --overwrite to replace it)")
-    # Probe the nearest folder that exists (creating none: a refused run leaves nothing behind).
+    check_writable_parent(path, "the output folder")
+    return path
+
+
+def check_writable_parent(path: Path, what: str) -> None:
+    """Refuse ``path`` (``what`` names it in the message) when it could not be created: its nearest
+    existing ancestor is a file, or cannot be written (probed by creating and removing a file;
+    creating no folder, so a refused run leaves nothing behind)."""
     where = _existing_ancestor(path.parent)
     if not where.is_dir():
-        raise OutputError(f"cannot write the output folder {path}: {where} is a file, not a folder")
+        raise OutputError(f"cannot write {what} {path}: {where} is a file, not a folder")
     try:
         probe = where / f".{path.name}.probe-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         cause = error.strerror or type(error).__name__
-        raise OutputError(f"cannot write the output folder {path}: {cause} ({where})") from None
-    return path
+        raise OutputError(f"cannot write {what} {path}: {cause} ({where})") from None
 
 
 def check_name(cat: "Catalogue | None", name: str | None, replacing: Path | None = None) -> None:

@@ -10,6 +10,10 @@ A recipe is YAML (or the same structure from Python)::
     evaluate:                                                            # optional
       - metric: perplexity
         params: {max_windows: 40}
+    export:                                                              # optional
+      - format: gguf
+        params: {}
+        out: m1.gguf       # optional: default beside the saved model folder
 
 It is validated completely before any work starts: every problem found is reported at once, each
 naming the step, the method, the field and what is allowed.
@@ -54,6 +58,15 @@ class EvalSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="The evaluator's config fields.")
 
 
+class ExportSpec(_Strict):
+    """One entry of a recipe's ``export:`` section: write the run's model in a serving format."""
+
+    format: str = Field(description="Name of an installed exporter (slimkit methods --family exporter).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The exporter's config fields.")
+    out: str | None = Field(None, description="File or folder to write (relative paths: to the recipe's folder); "
+                            "default: beside the saved model folder.")
+
+
 class CalibrationSpec(_Strict):
     text: str | None = Field(None, description="Text or JSONL file (default: the bundled TinyStories sample).")
     n_samples: int = Field(16, ge=1, le=100000, description="Number of windows.")
@@ -79,6 +92,7 @@ class Recipe(_Strict):
     calibration: CalibrationSpec | None = None
     steps: list[StepSpec] = Field(min_length=1)
     evaluate: list[EvalSpec] = Field(default_factory=list)
+    export: list[ExportSpec] = Field(default_factory=list)
     base_dir: Path | None = Field(None, exclude=True, description="Folder relative paths are read from.")
 
     @classmethod
@@ -142,10 +156,16 @@ class Recipe(_Strict):
             resolved = _resolve(host, "evaluator", spec.metric, spec.params, label, problems, self)
             if resolved is not None:
                 evaluations.append((spec, *resolved))
+        exports: list[tuple[ExportSpec, MethodInfo[Any], MethodConfig]] = []
+        for index, export in enumerate(self.export, start=1):
+            resolved = _resolve(host, "exporter", export.format, export.params, f"export {index} ({export.format})",
+                                problems, self)
+            if resolved is not None:
+                exports.append((export, *resolved))
         if self.calibration is not None and self.calibration.text is not None:
             if not self.resolve_path(self.calibration.text).is_file():
                 problems.append(f"calibration: no such text file {self.resolve_path(self.calibration.text)}")
-        validated = ValidatedRecipe(self, steps, evaluations, uses)
+        validated = ValidatedRecipe(self, steps, evaluations, uses, exports)
         if model is not None and not problems:
             try:
                 calibration = self.calibration_data(model)
@@ -177,8 +197,8 @@ def _locate(line: str) -> str:
     """Turn pydantic locations (``steps.0.method``) into recipe words (``step 1: method``)."""
     head, _, rest = line.partition(": ")
     parts = head.split(".")
-    if len(parts) >= 2 and parts[0] in {"steps", "evaluate"} and parts[1].isdigit():
-        kind = "step" if parts[0] == "steps" else "evaluate"
+    if len(parts) >= 2 and parts[0] in {"steps", "evaluate", "export"} and parts[1].isdigit():
+        kind = {"steps": "step"}.get(parts[0], parts[0])
         field = ".".join(parts[2:]) or "(entry)"
         return f"{kind} {int(parts[1]) + 1}: {field}: {rest}"
     return line
@@ -230,6 +250,9 @@ class ValidatedRecipe:
     evaluations: list[tuple[EvalSpec, "MethodInfo[Any]", MethodConfig]]
     #: For each step, the methods it runs inside (its scorer), resolved and validated.
     uses: list[tuple[MethodIdentity, ...]] = dataclass_field(default_factory=list)
+    #: The ``export:`` section: each entry with its exporter and validated config (run after the
+    #: model is saved and evaluated; see :mod:`slimkit.core.export.section`).
+    exports: list[tuple[ExportSpec, "MethodInfo[Any]", MethodConfig]] = dataclass_field(default_factory=list)
 
     def planned(self) -> list[PlannedStep]:
         """The steps with their nested methods and seeds, ready to check, key and run."""

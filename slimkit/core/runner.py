@@ -27,6 +27,8 @@ from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, content_id, runtime_versions
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
+from slimkit.core.export.result import ExportResult
+from slimkit.core.export.section import export_run_result, plan_exports
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 from slimkit.core.steps import PlannedStep, run_step
 from slimkit.core.teachers import Teachers, teacher_spec
@@ -49,6 +51,8 @@ class RunResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     reused: list[bool] = field(default_factory=list)
     run_id: str | None = None
+    #: What the recipe's ``export:`` section wrote, in its order.
+    exports: list[ExportResult] = field(default_factory=list)
 
     @property
     def compression_seconds(self) -> float:
@@ -110,12 +114,15 @@ def run_recipe(
     :param name: a unique name for the derived model in the catalogue.
     :raises RecipeError: before any work, listing every problem with the recipe and the model.
     :raises OutputError: before any work: the output folder, the name or the free space do not do.
+    :raises ExportError: after the model was saved and recorded, an export of the recipe's
+        ``export:`` section was refused or failed (``error.result`` is the run's result).
     """
     host = host or get_host()
     validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
     cat = open_catalogue(catalogue)
     input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
     target = check_run(cat, out, overwrite, name, input_path)
+    exports = plan_exports(validated, cat, target, overwrite, input_path)
     with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
         if isinstance(model, LoadedModel):
@@ -128,7 +135,10 @@ def run_recipe(
         problems = validated.check_model(host, loaded, calibration)
         if problems:
             raise RecipeError(problems, validated.recipe.name)
-        return _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force, name)
+        result = _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force, name)
+        if exports:  # after the model is saved, evaluated and recorded: it stays whatever happens here
+            export_run_result(host, exports, result, cat, run_id, progress)
+        return result
 
 
 def state_bytes(model: Any) -> int:

@@ -2,7 +2,7 @@
 
 Models saved without an explicit ``--out`` go to ``artifacts/`` beside a SQLite catalogue (or
 ``$SLIMKIT_ARTIFACTS``, else the user data folder, for server catalogues). ``gc`` removes folders
-there that no model row refers to (left by runs killed between saving and recording) and
+there that no model or export row refers to (left by runs killed between saving and recording) and
 half-written staging folders, but only while no run is in progress.
 """
 
@@ -56,7 +56,8 @@ class GcReport:
 def collect_garbage(cat: "Catalogue", *, dry_run: bool = False) -> GcReport:
     """Remove unreferenced model folders and stale staging folders from the artifact folder."""
     report = GcReport()
-    referenced = {str(Path(location).resolve()) for location in cat.locations()}
+    # Export folders (compressed-tensors) beside a managed model are referenced too.
+    referenced = {str(Path(location).resolve()) for location in cat.locations() | cat.export_paths()}
     for model in cat.models():
         if model.location and not Path(model.location).exists():
             report.missing.append((model.id, model.location))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from slimkit.core.present import html
@@ -181,7 +182,7 @@ class EvaluationEntry:
 
 @dataclass(frozen=True)
 class RunEntry:
-    """One invocation: a recipe run or an evaluation."""
+    """One invocation: a recipe run, an evaluation or an export."""
 
     id: str
     kind: str
@@ -196,3 +197,36 @@ class RunEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: _jsonable(value) for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ExportEntry:
+    """A model written in a serving format: where, how big, its sha256 and what wrote it.
+
+    ``config`` is the exporter's validated parameters; ``run_id`` the run that wrote it (a recipe
+    with an ``export:`` section, or ``slimkit export``).
+    """
+
+    id: int
+    model_id: str
+    format: str
+    exporter_version: int
+    plugin: str
+    plugin_version: str | None
+    config: dict[str, Any]
+    path: str
+    size_bytes: int
+    sha256: str
+    created: datetime
+    run_id: str | None = None
+
+    @property
+    def present(self) -> bool:
+        """Whether something is still at :attr:`path` (it may have been changed since)."""
+        return Path(self.path).exists()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: _jsonable(value) for key, value in asdict(self).items()}
+
+    def _repr_json_(self) -> dict[str, Any]:
+        return self.to_dict()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -27,12 +27,12 @@ class Base(DeclarativeBase):
 
 
 class RunRow(Base):
-    """One invocation of a recipe or an evaluation: what was asked, where, and how it ended."""
+    """One invocation of a recipe, an evaluation or an export: what was asked, where, and how it ended."""
 
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "recipe" or "eval"
+    kind: Mapped[str] = mapped_column(String(16))  # "recipe", "eval" or "export"
     recipe_name: Mapped[str | None] = mapped_column(String(200))
     recipe_text: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True)  # running, done, failed
@@ -128,4 +128,28 @@ class EvaluationRow(Base):
     value: Mapped[float] = mapped_column(Float)
     config_json: Mapped[str] = mapped_column(Text)
     dataset_fingerprint: Mapped[str | None] = mapped_column(ID)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExportRow(Base):
+    """A model written in a serving format (GGUF, compressed-tensors...): one location of that model.
+
+    Revision 0004. A path holds one export: recording another export at the same path replaces
+    the row (a re-export, or ``--overwrite`` with another model). ``sha256`` finds the row from
+    the file alone (``slimkit show FILE``) when the exporter cannot read an id back from it.
+    """
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    format: Mapped[str] = mapped_column(String(200))
+    exporter_version: Mapped[int] = mapped_column(Integer)
+    plugin: Mapped[str] = mapped_column(String(200))
+    plugin_version: Mapped[str | None] = mapped_column(String(64))
+    config_json: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # exports pass 2 GiB: not a 32-bit integer
+    sha256: Mapped[str] = mapped_column(ID, index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, RunEntry, StepEntry
+from slimkit.core.catalogue.exports import ExportsMixin, delete_exports
 from slimkit.core.catalogue.migrate import (
     CatalogueError,
     default_url,
@@ -52,7 +53,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class Catalogue:
+class Catalogue(ExportsMixin):
     """A lineage catalogue at a SQLAlchemy URL (default: ``SLIMKIT_CATALOGUE`` or the user's
     data folder). Opening it migrates it (after a backup) or refuses it.
 
@@ -384,8 +385,8 @@ class Catalogue:
     def delete(self, reference: str, *, cascade: bool = False) -> list[str]:
         """Delete a model (and, with ``cascade``, everything derived from it); returns the ids.
 
-        Refused when the model has descendants and ``cascade`` is false. Model folders on disk
-        are left alone; ``slimkit gc`` removes unreferenced managed artifacts.
+        Refused when the model has descendants and ``cascade`` is false. Model folders and
+        exported files on disk are left alone; ``slimkit gc`` removes unreferenced managed artifacts.
         """
         root = self.resolve(reference)
         doomed = [root.id]
@@ -409,6 +410,7 @@ class Catalogue:
             session.flush()
             for row in session.scalars(select(EvaluationRow).where(EvaluationRow.model_id.in_(doomed))):
                 session.delete(row)
+            delete_exports(session, doomed)
             for model_id in doomed:
                 session.delete(session.get(ModelRow, model_id))
         return doomed

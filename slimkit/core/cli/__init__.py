@@ -148,9 +148,9 @@ def make_cli(host=None) -> click.Group:
 
         hf_logging.disable_progress_bar()
 
-    from slimkit.core.cli import catalogue, db, info, install, maintenance, run
+    from slimkit.core.cli import catalogue, db, export, info, install, maintenance, run
 
-    for module in (info, install, run, maintenance, catalogue, db):
+    for module in (info, install, run, export, maintenance, catalogue, db):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -15,7 +15,7 @@ from slimkit.core.catalogue import queries
 from slimkit.core.catalogue.entities import ModelEntry, StepEntry
 from slimkit.core.catalogue.migrate import CatalogueError
 from slimkit.core.cli.render import console, print_json, table
-from slimkit.core.cli.state import get_catalogue_from
+from slimkit.core.cli.state import get_catalogue_from, get_host_from
 from slimkit.core.present.format import (
     change,
     config_params,
@@ -69,17 +69,33 @@ def models(ctx: click.Context, method: str | None, architecture: str | None, con
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def show(ctx: click.Context, reference: str, as_json: bool) -> None:
-    """Show MODEL: its row, the step that produced it, its evaluations and where it is stored."""
+    """Show MODEL: its row, the step that produced it, its evaluations, where it is stored and its
+    exports. MODEL may also be an exported file or folder (even a copy): it is identified by the
+    model id it carries, or by its sha256, and shown with the model and lineage it came from."""
+    from slimkit.core.cli import exports_view as view
+
     cat = get_catalogue_from(ctx)
-    model = cat.resolve(reference)
+    path = view.file_reference(cat, reference)
+    found = view.trace(get_host_from(ctx), cat, path) if path is not None else None
+    if found is not None and not as_json:
+        view.print_trace(found)
+    if found is not None and found.model is None:
+        if as_json:
+            print_json({"file": found.to_dict(), "model": None})
+        return
+    model = found.model if found is not None else (view.model_at(cat, reference) or cat.resolve(reference))
+    assert model is not None
     steps = cat.steps_into(model.id)
     evaluations = cat.evaluations(model.id)
+    exports = cat.exports(model.id)
     derived = [s.child_id for s in cat.steps_from(model.id) if s.child_id and s.child_id != model.id]
     on_disk = bool(model.location) and Path(model.location or "").exists()
     if as_json:
-        print_json({"model": model.to_dict(), "location_exists": on_disk,
+        print_json({**({"file": found.to_dict()} if found is not None else {}),
+                    "model": model.to_dict(), "location_exists": on_disk,
                     "produced_by": [s.to_dict() for s in steps], "evaluations": [e.to_dict() for e in evaluations],
-                    "derived": sorted(set(derived))})
+                    "exports": view.exports_json(exports), "derived": sorted(set(derived)),
+                    **({"lineage": queries.lineage_json(cat, model.id)} if found is not None else {})})
         return
     where = f"{model.location} ({'present' if on_disk else 'missing'})" if model.location else "-"
     table(f"model {model.label}", ["field", "value"], [
@@ -87,7 +103,9 @@ def show(ctx: click.Context, reference: str, as_json: bool) -> None:
         ("size", human_bytes(model.size_bytes)), ("location", where), ("source", model.source),
         ("created", model.created.isoformat(timespec="seconds")), ("derived models", len(set(derived))),
     ])
-    if steps:
+    if found is not None and steps:  # an exported file: the whole chain it came from
+        _lineage_table(cat, model)
+    elif steps:
         table("produced by", ["step", "method", "config", "seed", "parents", "wall time", "status"], [
             (short_id(s.id), s.method, key_params(s, limit=6), s.seed,
              ", ".join(f"{short_id(m)} ({r})" for m, r in s.parents), duration(s.wall_time_s), s.status)
@@ -99,6 +117,17 @@ def show(ctx: click.Context, reference: str, as_json: bool) -> None:
         table("evaluations", ["metric", "value", "evaluator version", "time"],
               [(e.key, metric_value(e.key, e.value), e.evaluator_version, e.created.isoformat(timespec="seconds"))
                for e in evaluations])
+    view.print_exports(exports)
+
+
+def _lineage_table(cat: Any, model: ModelEntry) -> None:
+    chain, steps = queries.lineage_models(cat, model.id)
+    labels = {m.id: m.label for m in chain}
+    base = chain[0].label + (f", {chain[0].source}" if chain[0].source else "")
+    table(f"lineage of {model.label} (base {base})",
+          ["#", "method", "config", "seed", "parent", "child", "wall time"],
+          [(i, s.method, key_params(s, limit=6), s.seed, labels.get(s.input_id or "", "?"),
+            labels.get(s.child_id or "", "?"), duration(s.wall_time_s)) for i, s in enumerate(steps, start=1)])
 
 
 @click.command()
@@ -118,13 +147,7 @@ def lineage(ctx: click.Context, reference: str, fmt: str) -> None:
 
         click.echo((lineage_mermaid if fmt == "mermaid" else lineage_dot)(cat, model.id), nl=False)
         return
-    chain, steps = queries.lineage_models(cat, model.id)
-    labels = {m.id: m.label for m in chain}
-    base = chain[0].label + (f", {chain[0].source}" if chain[0].source else "")
-    table(f"lineage of {model.label} (base {base})",
-          ["#", "method", "config", "seed", "parent", "child", "wall time"],
-          [(i, s.method, key_params(s, limit=6), s.seed, labels.get(s.input_id or "", "?"),
-            labels.get(s.child_id or "", "?"), duration(s.wall_time_s)) for i, s in enumerate(steps, start=1)])
+    _lineage_table(cat, model)
 
 
 def _tree_lines(node: queries.Node, depth: int = 0) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,8 +11,8 @@ import yaml
 
 from slimkit.core.cli.render import ProgressBars, print_json, table
 from slimkit.core.cli.state import get_catalogue_from, get_host_from
-from slimkit.core.errors import ConfigError
-from slimkit.core.present.format import comparison, duration, metric_value, short_id
+from slimkit.core.errors import ConfigError, ExportError
+from slimkit.core.present.format import comparison, duration, human_bytes, metric_value, short_id
 
 
 def load_model_ref(ctx: click.Context, spec: str) -> Any:
@@ -49,6 +50,7 @@ def show_result(result: Any, title: str) -> None:
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
         no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
+    from slimkit.core.export.section import plan_exports
     from slimkit.core.preflight import check_run, local_folder
     from slimkit.core.recipe import load_recipe
     from slimkit.core.runner import run_recipe
@@ -66,21 +68,37 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
         out = str(new_artifact_path(catalogue, name or parsed.name))
+    # The recipe's exports' targets too (run_recipe checks them again, cheaply).
+    plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
     model = load_model_ref(ctx, model_spec)
-    with ProgressBars(enabled=not (no_progress or as_json)) as bars:
-        result = run_recipe(validated, model, out=out, overwrite=overwrite, host=host, progress=bars, inplace=True,
-                            catalogue=catalogue, force=force, name=name)
+    try:
+        with ProgressBars(enabled=not (no_progress or as_json)) as bars:
+            result = run_recipe(validated, model, out=out, overwrite=overwrite, host=host, progress=bars,
+                                inplace=True, catalogue=catalogue, force=force, name=name)
+    except ExportError as error:  # the model was saved and recorded; an export was not: say both
+        if error.result is None:
+            raise
+        _report(error.result, parsed.name or recipe, model_spec, started, as_json, catalogue, name)
+        raise
+    _report(result, parsed.name or recipe, model_spec, started, as_json, catalogue, name)
+
+
+def _report(result: Any, recipe: str, model_spec: str, started: float, as_json: bool, catalogue: Any,
+            name: str | None) -> None:
     total = time.perf_counter() - started
     if as_json:
         print_json({
             "output": str(result.output), "content_id": result.provenance["content_id"],
             "steps": [step.to_json() for step in result.steps],
             "before": result.before, "after": result.after, "total_seconds": total,
-            "reused": result.reused, "run_id": result.run_id,
+            "reused": result.reused, "run_id": result.run_id, "exports": [e.to_dict() for e in result.exports],
         })
         return
-    show_result(result, f"{parsed.name or recipe} on {model_spec}")
+    show_result(result, f"{recipe} on {model_spec}")
     click.echo(f"saved {result.output} ({short_id(result.provenance['content_id'])}) in {duration(total)}")
+    for export in result.exports:
+        click.echo(f"exported {export.format} to {export.path} ({human_bytes(export.size_bytes)}, "
+                   f"{short_id(export.sha256)}): {export.summary.description}")
     if catalogue:
         known = catalogue.model(result.provenance["content_id"])
         if name and known.name != name:
@@ -179,8 +197,6 @@ def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[s
           overwrite: bool, calibration_text: str | None, samples: int, seq_len: int, seed: int,
           precision: str) -> None:
     """Compute importance scores of MODEL with a scorer and save them for inspection or reuse."""
-    from pathlib import Path
-
     from slimkit.core.errors import OutputExistsError
 
     host = get_host_from(ctx)

@@ -1,106 +1,119 @@
-"""The one flow every export takes: resolve the exporter, check, write to a staging path, rename.
+"""The one flow every export takes: :func:`export_model`.
 
-(Minimal version: the catalogue record, free-space check and progress come next.)
+Cheap checks come first, each one line, before the model is loaded: the format (an installed
+exporter), its parameters, the target (exists without ``overwrite``, a folder where a file goes,
+a model's own folder, a parent that is a file or cannot be written). Then the model is loaded,
+the exporter's ``check`` lists every reason it cannot write it (nothing is written if there is
+one), the free space is checked, and the exporter writes to a staging path that is renamed into
+place only when it returned (:mod:`.staging`). With a catalogue, the export is recorded as a
+location of its model, under an ``export`` run; a model the catalogue did not know is recorded
+first (with its lineage, if it was derived), so the export always has its model's row.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from slimkit.core.errors import ExportError, OutputExistsError
-from slimkit.core.export.contract import ExportContext, ExportSummary
-from slimkit.core.failures import FileSystemError, is_os_failure, os_cause
+from slimkit.core.errors import ExportError
+from slimkit.core.export.job import prepare_export, resolve_exporter, write_export
+from slimkit.core.export.result import ExportResult
+from slimkit.core.export.staging import check_target, default_target, file_digest
+from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, load_model
+from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 
 if TYPE_CHECKING:  # pragma: no cover
+    from slimkit.core.catalogue import Catalogue
     from slimkit.core.contracts import ProgressCallback
     from slimkit.core.host import Host
-    from slimkit.core.model_io import LoadedModel
 
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What an export wrote and what it came from."""
-
-    path: Path
-    format: str
-    exporter_version: int
-    plugin: str
-    plugin_version: str | None
-    config: Mapping[str, Any]
-    content_id: str
-    size_bytes: int
-    sha256: str
-    summary: ExportSummary
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    """``(bytes, sha256)`` of a file, or of a folder's files (names and contents, in name order)."""
-    digest = hashlib.sha256()
-    size = 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    return size, "sha256:" + digest.hexdigest()
+__all__ = ["ExportResult", "export_model", "file_digest", "model_location", "record_export"]
 
 
 def export_model(
     model: "LoadedModel | str | os.PathLike[str]",
-    out: "str | os.PathLike[str]",
+    out: "str | os.PathLike[str] | None" = None,
     *,
     format: str,
     params: Mapping[str, Any] | None = None,
     host: "Host | None" = None,
+    catalogue: "Catalogue | str | None | Literal[False]" = None,
     overwrite: bool = False,
     progress: "ProgressCallback | None" = None,
 ) -> ExportResult:
-    """Write ``model`` to ``out`` in ``format`` (an installed exporter's name) with ``params``."""
+    """Write ``model`` to ``out`` in ``format`` (an installed exporter's name) with ``params``.
+
+    :param model: a :class:`LoadedModel`, or a reference: a folder, a ``.gguf`` file,
+        ``example:NAME``, a catalogue name or id prefix, or a hub id.
+    :param out: the file or folder to write; default: beside the model's folder, named after it
+        (``m1/`` -> ``m1.gguf``, ``m1-compressed-tensors/``; see :func:`.staging.default_target`).
+    :param catalogue: record the export there (``None``: the default catalogue; ``False``: nowhere).
+    :param overwrite: replace an existing ``out`` (only once the new export is complete).
+    :param progress: receives the exporter's progress events (and the hashing's).
+    :raises UnknownMethodError, ConfigError, OutputExistsError, OutputError: before the model loads.
+    :raises ExportError: every reason the exporter gives for not writing the model; nothing written.
+    :raises PluginError: the exporter's own code failed (naming it and its plugin); nothing written.
+    :raises FileSystemError: the system refused to write (naming the target); nothing written.
+    """
     from slimkit.core.host import get_host
-    from slimkit.core.model_io import load_model
-    from slimkit.core.provenance import content_id
+    from slimkit.core.model_refs import load_model_ref
 
     host = host or get_host()
-    info = host.exporters.get(format)
-    config = host.config(info, params)
-    target = Path(out).expanduser()
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} already exists (use --overwrite to replace it)")
-    loaded = model if not isinstance(model, (str, os.PathLike)) else load_model(model)
+    info, config = resolve_exporter(host, format, params)
+    cat = open_catalogue(catalogue)
+    where = model_location(model, cat)
+    label = model.source if isinstance(model, LoadedModel) else str(model)
+    target = Path(out) if out is not None else default_target(where, info.name, info.cls.suffix, label)
+    owned = [where] if where is not None else []
+    owned += [Path(location) for location in (cat.locations() if cat is not None else ())]
+    target = check_target(target, info.cls.writes, overwrite, models=owned)
+    with recorded_run(cat, "export") as run_id:
+        # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
+        loaded = model if isinstance(model, LoadedModel) else load_model_ref(str(model), cat)
+        job, problems = prepare_export(host, info, config, loaded, target, progress=progress)
+        if problems:
+            raise ExportError(problems, f"cannot export {label or 'the model'} as {format}")
+        result = write_export(job)
+        if cat is not None:
+            record_input(cat, describe_input(loaded, result.content_id, []), run_id)
+            result = record_export(cat, result, run_id)
+    return result
+
+
+def record_export(cat: "Catalogue", result: ExportResult, run_id: str | None) -> ExportResult:
+    """Record ``result`` in ``cat`` (its model must be recorded already); returns it marked so."""
+    cat.record_export(result.content_id, result.format, exporter_version=result.exporter_version,
+                      plugin=result.plugin, plugin_version=result.plugin_version, config=result.config,
+                      path=str(result.path), size_bytes=result.size_bytes, sha256=result.sha256, run_id=run_id)
+    return replace(result, run_id=run_id, recorded=True)
+
+
+def model_location(model: "LoadedModel | str | os.PathLike[str]", cat: "Catalogue | None") -> Path | None:
+    """The folder (or ``.gguf`` file) a model lives in, found without loading it: a loaded model's
+    path, a local path, or a catalogued model's folder; ``None`` for examples (their folder is
+    slimkit's own), hub ids and models changed in memory.
+
+    :raises ModelLoadError: ``model`` is clearly a path (``./``, ``/``, ``~``, ``.gguf``) and there
+        is nothing there.
+    """
+    if isinstance(model, LoadedModel):
+        return None if model.source.startswith(EXAMPLE_PREFIX) else model.path
+    spec = str(model)
+    if spec.startswith(EXAMPLE_PREFIX):
+        return None
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.parent if path.name == "config.json" else path
+    if spec.startswith((".", "/", "~")) or spec.endswith(".gguf"):
+        load_model(spec)  # raises the loader's own "no such model folder or file" line
+    if cat is None:
+        return None
+    from slimkit.core.catalogue import CatalogueError
+
     try:
-        adapter = host.adapter_for(loaded)
-    except Exception:
-        adapter = None
-    ctx = ExportContext(host=host, progress=progress, method=format, content_id=content_id(loaded.model),
-                        provenance=loaded.provenance, adapter=adapter)
-    exporter = info.create()
-    problems = exporter.check(loaded, config, ctx)
-    if problems:
-        raise ExportError(list(problems), f"cannot export {loaded.source or 'the model'} as {format}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        if info.cls.writes == "folder":
-            staging.mkdir()
-        summary = exporter.export(loaded, staging, config, ctx)
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        staging.rename(target)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True) if staging.is_dir() else staging.unlink(missing_ok=True)
-        if is_os_failure(error):
-            raise FileSystemError(f"cannot export to {target}: {os_cause(error)}") from error
-        raise
-    size, sha = file_digest(target)
-    return ExportResult(target, format, info.version, info.plugin, info.plugin_version,
-                        config.model_dump(mode="json"), ctx.content_id, size, sha, summary)
+        entry = cat.resolve(spec)
+    except CatalogueError:
+        return None  # a hub id, or a name loading will refuse with its own message
+    return Path(entry.location) if entry.location else None
