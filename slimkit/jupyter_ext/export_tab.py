@@ -38,12 +38,12 @@ def run_export(model: Any, out: str | Path, *, format: str, params: dict[str, An
                overwrite: bool, progress: Callable[[ProgressEvent], None]) -> Any:
     """The tab's one call into the export API (:func:`slimkit.export_model`).
 
-    ``catalogue`` is the panel's: the export is to be recorded there as a location of its model.
-    MERGE: pass ``catalogue=catalogue`` to ``export_model`` once its ``catalogue`` keyword exists.
+    ``catalogue`` is the panel's: the export is recorded there as a location of its model.
     """
     from slimkit.core.export.run import export_model
 
-    return export_model(model, out, format=format, params=params, host=host, overwrite=overwrite, progress=progress)
+    return export_model(model, out, format=format, params=params, host=host, catalogue=catalogue,
+                        overwrite=overwrite, progress=progress)
 
 
 def model_folder(spec: str, catalogue: Any) -> Path | None:
@@ -62,18 +62,16 @@ def model_folder(spec: str, catalogue: Any) -> Path | None:
 
 
 def default_out(spec: str, catalogue: Any, format: str, suffix: str) -> str:
-    """``runs/m`` -> ``runs/m.gguf`` (a file format) or ``runs/m-NAME`` (a folder); a model with no
-    folder of its own goes to ``exports/`` in the kernel's working folder. Never the model itself."""
+    """Where ``slimkit export`` would write without ``--out`` (beside the model's folder: ``runs/m`` ->
+    ``runs/m.gguf`` or ``runs/m-NAME``); a model with no folder of its own goes to ``exports/`` in
+    the kernel's working folder."""
+    from slimkit.core.export.staging import default_target
+
     folder = model_folder(spec, catalogue)
     if folder is not None:
-        base = folder.parent / (folder.stem if folder.is_file() else folder.name)
-    else:
-        stem = spec.rsplit(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1] or "model"
-        base = Path(EXPORTS_DIR) / stem
-    target = base.parent / (base.name + (suffix or f"-{format}"))
-    if folder is not None and target == folder:  # a .gguf exported as GGUF again
-        target = base.parent / f"{base.name}-{format}{suffix}"
-    return str(target)
+        return str(default_target(folder, format, suffix, spec))
+    stem = spec.rsplit(":", 1)[-1].rstrip("/").rsplit("/", 1)[-1] or "model"
+    return str(Path(EXPORTS_DIR) / (stem + (suffix or f"-{format}")))
 
 
 class ExportTab:

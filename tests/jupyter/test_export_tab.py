@@ -168,6 +168,8 @@ def test_an_export_runs_in_the_background_and_shows_what_it_wrote(panel):
     data = target.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     assert result.sha256 == "sha256:" + sha and result.size_bytes == len(data)
+    recorded = panel.catalogue.find_export(sha256=result.sha256)  # a location of its model in the panel's catalogue
+    assert recorded is not None and recorded.model_id == result.content_id and recorded.format == "acme.text"
     shown = tab.result.value
     assert "slimkit-export-result" in shown and sha[:16] in shown and sha not in shown  # short
     assert str(result.path) in shown and f"{len(data)} B" in shown and "4 chunks of text" in shown
