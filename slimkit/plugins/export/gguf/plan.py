@@ -63,13 +63,6 @@ def _rows(permutation: torch.Tensor | None, tensor: torch.Tensor) -> torch.Tenso
     return tensor if permutation is None else tensor[permutation]
 
 
-def _permuted(codes: Codes, permutation: torch.Tensor | None) -> Codes:
-    if permutation is None:
-        return codes
-    return Codes(codes.codes[permutation], codes.scales[permutation], codes.zeros[permutation],
-                 codes.bits, codes.group_size, codes.symmetric)
-
-
 def _code_job(name: str, source: str, codes: Codes, target: str, how: str = "codes") -> Job:
     return Job(name, codes.shape, target, how, source, lambda: pack_blocks(codes, target))
 
@@ -115,7 +108,7 @@ def _projection(ref: Any, name: str, permutation: torch.Tensor | None, config: A
                       "densify first (lowrank.densify), then export")
     shape = (ref.out_features, ref.in_features)
     if _is_quantized(module):
-        codes = _permuted(Codes.of(module), permutation)
+        codes = Codes.of(module, permutation)
         if config.weights in FLOAT_TYPES:
             return _float_job(name, ref.name, codes.dequantized, shape, config.weights, "dequantized"), None
         target = config.weights if config.weights in BLOCK_TYPES else auto_type(codes)

@@ -21,6 +21,7 @@ from pydantic import Field
 from slimkit import EXPORT_CONTENT_ID_KEY, BaseExporter, ExportSummary, MethodConfig, hookimpl
 from slimkit.plugins.export.gguf import plan as planning
 from slimkit.plugins.export.gguf.layout import write_hyper
+from slimkit.plugins.export.gguf.metadata import read_metadata
 from slimkit.plugins.export.gguf.vocab import resolve
 
 PROVENANCE_KEY = "slimkit.provenance"
@@ -113,6 +114,10 @@ class GGUFExporter(BaseExporter):
     def _header(self, writer, model, config, ctx, plan, tokenizer) -> None:
         import gguf
 
+        # slimkit's keys first: identify() stops reading as soon as it has the content id
+        writer.add_string(EXPORT_CONTENT_ID_KEY, ctx.content_id)
+        if ctx.provenance:
+            writer.add_string(PROVENANCE_KEY, json.dumps(ctx.provenance, separators=(",", ":"), default=str))
         writer.add_type("model")
         writer.add_name(config.name or _model_name(model))
         write_hyper(writer, plan.hyper)
@@ -120,9 +125,6 @@ class GGUFExporter(BaseExporter):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for key, value in tokenizer.fields.items():
             writer.add_key_value(key, value.value, value.type, value.sub_type)
-        writer.add_string(EXPORT_CONTENT_ID_KEY, ctx.content_id)
-        if ctx.provenance:
-            writer.add_string(PROVENANCE_KEY, json.dumps(ctx.provenance, separators=(",", ":"), default=str))
 
     @classmethod
     def identify(cls, path):
@@ -130,14 +132,10 @@ class GGUFExporter(BaseExporter):
             path = Path(path)
             if not path.is_file():
                 return None
-            with open(path, "rb") as handle:
-                if handle.read(4) != b"GGUF":
-                    return None
-            import gguf
-
-            item = gguf.GGUFReader(path).fields.get(EXPORT_CONTENT_ID_KEY)
-            value = item.contents() if item is not None else None
-            return value if isinstance(value, str) and value else None
+            item = read_metadata(path, lambda key: key == EXPORT_CONTENT_ID_KEY, stop_at=EXPORT_CONTENT_ID_KEY)
+            value = item[EXPORT_CONTENT_ID_KEY].value if EXPORT_CONTENT_ID_KEY in item else None
+            text = value.decode("utf-8") if isinstance(value, bytes) else None
+            return text if text else None
         except Exception:  # a damaged or foreign file is "not ours", never an error
             return None
 

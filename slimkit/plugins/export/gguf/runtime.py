@@ -65,8 +65,9 @@ class LlamaCpp:
             raise RuntimeError(f"llama.cpp refused the request: {reply}")
         return reply
 
-    def logprobs(self, ids: Sequence[int]) -> list[float]:
-        """``log p(ids[t] | ids[:t])`` for ``t = 1 .. len(ids) - 1`` (teacher forcing)."""
+    def score(self, ids: Sequence[int]) -> list[tuple[float, int]]:
+        """For ``t = 1 .. len(ids) - 1``: ``(log p(ids[t] | ids[:t]), llama.cpp's most likely token
+        there)``, teacher-forced."""
         out = []
         for t in range(1, len(ids)):
             target = int(ids[t])
@@ -77,8 +78,12 @@ class LlamaCpp:
             step = reply["choices"][0]["logprobs"]["content"][0]
             if step["id"] != target:
                 raise RuntimeError(f"llama.cpp sampled {step['id']} although {target} was forced")
-            out.append(float(step["logprob"]))
+            out.append((float(step["logprob"]), int(step["top_logprobs"][0]["id"])))
         return out
+
+    def logprobs(self, ids: Sequence[int]) -> list[float]:
+        """``log p(ids[t] | ids[:t])`` for ``t = 1 .. len(ids) - 1`` (teacher forcing)."""
+        return [value for value, _ in self.score(ids)]
 
     def greedy(self, prompt: Sequence[int], n: int) -> list[int]:
         """``n`` tokens after ``prompt`` by greedy decoding."""
@@ -102,8 +107,11 @@ class LlamaCpp:
 
 
 def perplexity(runner: LlamaCpp, windows: Iterable[Sequence[int]]) -> dict[str, Any]:
-    """Perplexity of ``windows`` (each scored on its own) and every per-token log-probability."""
-    logprobs: list[list[float]] = [runner.logprobs(window) for window in windows]
+    """Perplexity of ``windows`` (each scored on its own), every per-token log-probability and
+    llama.cpp's most likely token at every position (``top``)."""
+    scored = [runner.score(window) for window in windows]
+    logprobs = [[value for value, _ in window] for window in scored]
     flat = [value for window in logprobs for value in window]
     nll = -sum(flat) / len(flat)
-    return {"perplexity": math.exp(nll), "nll": nll, "tokens": len(flat), "logprobs": logprobs}
+    return {"perplexity": math.exp(nll), "nll": nll, "tokens": len(flat), "logprobs": logprobs,
+            "top": [[top for _, top in window] for window in scored]}

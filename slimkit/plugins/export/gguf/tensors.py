@@ -27,7 +27,7 @@ re-quantized by ``gguf.quants.quantize`` (llama.cpp's reference quantizers, no i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,30 +49,40 @@ def ggml_type(name: str) -> Any:
 
 @dataclass(frozen=True)
 class Codes:
-    """A quantized weight as slimkit stores it: unsigned codes ``[rows, cols]``, float16 scales and
-    zero codes ``[rows, groups]``, and the grid (``bits``, ``group_size``, ``symmetric``)."""
+    """A quantized weight as slimkit stores it, read lazily from its module: unsigned codes
+    ``[rows, cols]``, float16 scales and zero codes ``[rows, groups]``, and the grid. ``rows``
+    optionally reorders the rows (the rope permutation of q/k projections)."""
 
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor
+    module: Any = field(repr=False, compare=False)
     bits: int
     group_size: int | None
     symmetric: bool
+    shape: tuple[int, int]
+    rows: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, module: Any) -> "Codes":
-        """From a ``QuantizedLinear`` (``codes()``) or a ``QuantizedEmbedding`` (int8 per row)."""
+    def of(cls, module: Any, rows: torch.Tensor | None = None) -> "Codes":
+        """From a ``QuantizedLinear`` or a ``QuantizedEmbedding`` (int8 per row); nothing unpacked yet."""
         grid = module.grid
-        if hasattr(module, "codes"):
-            codes, zeros = module.codes(), module.zero_codes()
-        else:  # QuantizedEmbedding: int8 codes stored centred (q - 128), one scale per row
-            codes = (module.qweight.to(torch.int16) + 128).to(torch.uint8)
-            zeros = torch.full(tuple(module.scales.shape), 128.0)
-        return cls(codes, module.scales, zeros, grid.bits, grid.group_size, grid.symmetric)
+        shape = (int(module.qweight.shape[0]), int(getattr(module, "in_features", module.qweight.shape[1])))
+        return cls(module, grid.bits, grid.group_size, grid.symmetric, shape, rows)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.codes.shape[0]), int(self.codes.shape[1])
+    def _ordered(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.rows is None else tensor[self.rows]
+
+    def codes(self) -> torch.Tensor:
+        if hasattr(self.module, "codes"):
+            return self._ordered(self.module.codes())
+        # QuantizedEmbedding: int8 codes stored centred (q - 128)
+        return self._ordered((self.module.qweight.to(torch.int16) + 128).to(torch.uint8))
+
+    def scales(self) -> torch.Tensor:
+        return self._ordered(self.module.scales)
+
+    def zeros(self) -> torch.Tensor:
+        if hasattr(self.module, "zero_codes"):
+            return self._ordered(self.module.zero_codes())
+        return torch.full(tuple(self.module.scales.shape), 128.0)
 
     def describe(self) -> str:
         group = "per channel" if self.group_size is None else f"g{self.group_size}"
@@ -81,8 +91,9 @@ class Codes:
     def dequantized(self) -> torch.Tensor:
         """slimkit's float32 weight ``(q - zero) * scale`` (what it measured)."""
         rows, cols = self.shape
-        q = self.codes.to(torch.float32).reshape(rows, self.scales.shape[1], -1)
-        w = (q - self.zeros.to(torch.float32).unsqueeze(2)) * self.scales.to(torch.float32).unsqueeze(2)
+        scales = self.scales()
+        q = self.codes().to(torch.float32).reshape(rows, scales.shape[1], -1)
+        w = (q - self.zeros().to(torch.float32).unsqueeze(2)) * scales.to(torch.float32).unsqueeze(2)
         return w.reshape(rows, cols)
 
 
@@ -114,12 +125,12 @@ def block_problem(codes: Codes, target: str) -> str | None:
     if target in ("Q4_0", "Q4_1") and codes.bits > 4:
         return f"{codes.describe()} codes do not fit 4-bit {target} blocks; Q8_0 holds them exactly"
     if target == "Q8_0" and codes.bits == 8 and not codes.symmetric:
-        centred = codes.codes.to(torch.int16) - _per_element(codes.zeros, cols).to(torch.int16)
+        centred = codes.codes().to(torch.int16) - _per_element(codes.zeros(), cols).to(torch.int16)
         if int(centred.min()) < -128 or int(centred.max()) > 127:
             return (f"{codes.describe()}: some q - zero fall outside Q8_0's int8 range; "
                     "write it as F32 (exact) or quantize symmetric int8")
     if target == "Q4_1" and not codes.symmetric:
-        if float((codes.zeros.float() * codes.scales.float()).max()) > FP16_MAX:
+        if float((codes.zeros().float() * codes.scales().float()).max()) > FP16_MAX:
             return "its zero point times scale overflows Q4_1's float16 minimum"
     return None
 
@@ -150,16 +161,17 @@ def pack_blocks(codes: Codes, target: str) -> np.ndarray:
     :func:`block_problem` found none."""
     rows, cols = codes.shape
     blocks = cols // BLOCK
-    q = codes.codes.to(torch.int16)
-    scale = _per_block(codes.scales.to(torch.float16), cols)
+    q = codes.codes().to(torch.int16)
+    scales, zeros = codes.scales(), codes.zeros()
+    scale = _per_block(scales.to(torch.float16), cols)
     if target == "Q4_1":
         # zero (<= 8 bits) times a float16 scale (11 bits) is exact in float32; the one rounding is to float16
-        zero_scale = -(codes.zeros.to(torch.float32) * codes.scales.to(torch.float32))
+        zero_scale = -(zeros.to(torch.float32) * scales.to(torch.float32))
         minimum = _per_block(zero_scale.to(torch.float16), cols)
         nibbles = _nibbles(q.numpy().astype(np.uint8).reshape(rows, blocks, BLOCK))
         parts = [_fp16_bytes(scale), _fp16_bytes(minimum), nibbles]
     else:
-        centred = (q - _per_element(codes.zeros, cols).to(torch.int16)).numpy()
+        centred = (q - _per_element(zeros, cols).to(torch.int16)).numpy()
         if target == "Q4_0":
             stored = (centred + 8).astype(np.uint8).reshape(rows, blocks, BLOCK)
             parts = [_fp16_bytes(scale), _nibbles(stored)]
@@ -172,7 +184,7 @@ def pack_blocks(codes: Codes, target: str) -> np.ndarray:
 def q4_1_bound(codes: Codes) -> torch.Tensor:
     """Per-weight bound ``[rows, cols]`` on ``|Q4_1 value - slimkit's value|`` (module docstring)."""
     rows, cols = codes.shape
-    zero_scale = _per_element(codes.zeros.float() * codes.scales.float(), cols)
+    zero_scale = _per_element(codes.zeros().float() * codes.scales().float(), cols)
     return zero_scale * 2.0 ** -11 + codes.dequantized().abs() * 2.0 ** -24 + 2.0 ** -25
 
 

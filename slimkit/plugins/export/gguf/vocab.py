@@ -75,26 +75,12 @@ def resolve(model: Any, choice: str, vocab: int) -> tuple[Tokenizer | None, list
 
 def from_gguf(path: Path, vocab: int) -> tuple[Tokenizer | None, list[str]]:
     """Every ``tokenizer.*`` key of the GGUF at ``path``, strings copied as raw bytes."""
-    import gguf
+    from slimkit.plugins.export.gguf.metadata import read_metadata
 
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as error:  # not a GGUF, truncated: one line, not a traceback
+        fields = read_metadata(path, lambda key: key.startswith("tokenizer."))
+    except (OSError, ValueError) as error:  # not a GGUF, truncated: one line, not a traceback
         return None, [f"tokenizer: cannot read {path} as GGUF: {error}"]
-    fields: dict[str, Any] = {}
-    for key, item in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        kind = item.types[0]
-        if kind == gguf.GGUFValueType.ARRAY:
-            sub = item.types[-1]
-            value: Any = [bytes(item.parts[i]) if sub == gguf.GGUFValueType.STRING else item.parts[i].tolist()[0]
-                          for i in item.data]
-            fields[key] = gguf.GGUFValue(value, kind, sub)
-        elif kind == gguf.GGUFValueType.STRING:
-            fields[key] = gguf.GGUFValue(bytes(item.parts[item.data[0]]), kind)
-        else:
-            fields[key] = gguf.GGUFValue(item.parts[item.data[0]].tolist()[0], kind)
     tokens = fields.get("tokenizer.ggml.tokens")
     if tokens is None:
         return None, [f"tokenizer: {path} has no tokenizer.ggml.tokens to copy"]
