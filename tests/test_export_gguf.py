@@ -355,3 +355,63 @@ def test_lineage_travels_in_the_metadata(host, tmp_path):
     assert lineage["content_id"] == result.content_id == run.provenance["content_id"]
     assert [step["method"] for step in lineage["steps"]] == ["quantize.rtn"]
     assert_bit_exact(derived, host, result.path, {"Q4_0"})
+
+
+# -- tokenizer metadata --------------------------------------------------------------------------------
+
+
+def tokenizer_fields(path):
+    fields = gguf.GGUFReader(path).fields
+    return {key: fields[key].contents() for key in fields if key.startswith("tokenizer.")}
+
+
+def test_tokenizer_is_copied_from_a_gguf_byte_for_byte(host, model, tmp_path):
+    first = export_model(model, tmp_path / "a.gguf", format="gguf", host=host)
+    again = export_model(model, tmp_path / "b.gguf", format="gguf", host=host,
+                         params={"tokenizer": str(first.path)})
+    assert again.summary.details["tokenizer"] == "copied from a.gguf"
+    assert tokenizer_fields(again.path) == tokenizer_fields(first.path)
+
+
+@pytest.mark.assets
+def test_sentencepiece_scores_rebuilt_from_tokenizer_json_are_the_original_ones(host, model, tmp_path, assets):
+    """The bundled stories260K has only tokenizer.json; the scores rebuilt from its merges equal
+    the original SentencePiece scores (llama2.c's tok512.bin), which llama.cpp merges by."""
+    blob = (assets / "stories260K" / "llama2c" / "tok512.bin").read_bytes()
+    scores, at = [], 4
+    while at < len(blob):
+        score, size = struct.unpack_from("<fi", blob, at)
+        scores.append(score)
+        at += 8 + size
+    result = export_model(model, tmp_path / "m.gguf", format="gguf", host=host)
+    fields = tokenizer_fields(result.path)
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.scores"] == pytest.approx(scores, abs=0)
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[:3] == [2, 3, 3] and set(types[3:259]) == {6} and set(types[259:]) == {1}  # unk, bos/eos, bytes
+
+
+@pytest.mark.assets
+def test_byte_level_bpe_converts_like_llama_cpps_own_file(assets):
+    """SmolLM2's Hugging Face tokenizer, converted, lists the tokens, types and merges of the
+    GGUF llama.cpp's converter made for it (the pre-tokenizer: the regex of its tokenizer.json,
+    gpt-2; that file names it smollm)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from slimkit.plugins.export.gguf.vocab import from_hf
+
+    folder = assets / "smollm2-135m-instruct-q4_1"
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    converted, problems = from_hf(SimpleNamespace(tokenizer=tokenizer, config=None), 49152)
+    assert not problems and converted is not None
+    source = tokenizer_fields(folder / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    mine = {key: value.value for key, value in converted.fields.items()}
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.ggml.add_bos_token"):
+        assert (mine[key].decode() if isinstance(mine[key], bytes) else mine[key]) == source[key], key
+    assert [t.decode() for t in mine["tokenizer.ggml.tokens"]] == source["tokenizer.ggml.tokens"]
+    assert mine["tokenizer.ggml.token_type"] == source["tokenizer.ggml.token_type"]
+    assert mine["tokenizer.ggml.merges"] == source["tokenizer.ggml.merges"]
+    assert mine["tokenizer.ggml.pre"] == "gpt-2" and source["tokenizer.ggml.pre"] == "smollm"

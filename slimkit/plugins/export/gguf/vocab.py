@@ -8,9 +8,10 @@ converted from the Hugging Face tokenizer.
   ``SentencePieceVocab`` where the file and the ``sentencepiece`` package are there; otherwise
   from ``tokenizer.json`` (a byte-fallback BPE). llama.cpp's SentencePiece tokenizer merges the
   adjacent pair whose joined piece has the highest *score*, so the scores must rank pieces as the
-  BPE merges do: a piece made by merge ``r`` ranks before one made by merge ``r' > r``, and
-  pieces no merge makes come last, in id order (``score = -rank``; for tokenizers converted from
-  SentencePiece these are the original scores). gguf-py's ``LlamaHfVocab`` gives every piece
+  BPE merges do. A tokenizer converted from SentencePiece keeps its pieces in score order, so
+  ``score = -(position among normal pieces)`` gives back the original scores (checked against
+  llama2.c's tok512 for stories260K) provided the merges agree with that order; where they do
+  not, pieces are ranked by the first merge that makes them. gguf-py's ``LlamaHfVocab`` gives every piece
   -1000, which would make llama.cpp merge left to right instead, so it is not used.
 * **Byte-level BPE (GPT-2 style, e.g. SmolLM2)**: gguf-py's ``BpeVocab`` tokens and
   ``SpecialVocab`` merges; llama.cpp also needs the pre-tokenizer by name, read from
@@ -108,7 +109,7 @@ def from_hf(model: Any, vocab: int) -> tuple[Tokenizer | None, list[str]]:
         if (folder / "tokenizer.model").is_file() and _has_sentencepiece():
             built = _sentencepiece(folder)
         elif kind == "BPE" and data["model"].get("byte_fallback"):
-            built = _llama_from_json(data)
+            built = _llama_from_json(data, getattr(tokenizer, "unk_token", None))
         elif kind == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel":
             pre = bpe_pre(data)
             if pre is None:
@@ -164,14 +165,14 @@ def merge_ranks(merges: list[Any]) -> dict[str, int]:
     return ranks
 
 
-def _llama_from_json(data: dict[str, Any]) -> tuple:
+def _llama_from_json(data: dict[str, Any], unk_token: str | None) -> tuple:
     """A byte-fallback BPE ``tokenizer.json`` as SentencePiece tokens, scores and types."""
     import re
 
     pieces = {index: piece for piece, index in data["model"]["vocab"].items()}
     added = {item["id"]: item for item in data.get("added_tokens", [])}
     pieces.update({index: item["content"] for index, item in added.items()})
-    unk = data["model"].get("unk_token")
+    unk = data["model"].get("unk_token") or unk_token
     types = []
     for index in range(max(pieces) + 1):
         piece = pieces.get(index, f"[PAD{index}]")
@@ -188,9 +189,11 @@ def _llama_from_json(data: dict[str, Any]) -> tuple:
         types.append(kind)
     ranks = merge_ranks(data["model"].get("merges", []))
     normal = [i for i, kind in enumerate(types) if kind == "NORMAL"]
-    order = sorted(normal, key=lambda i: (ranks.get(pieces[i], len(ranks)), i))
+    merged = [ranks[pieces[i]] for i in normal if pieces[i] in ranks]
+    if merged != sorted(merged):  # ids do not follow merge priority: rank by the merges instead
+        normal.sort(key=lambda i: (ranks.get(pieces[i], len(ranks)), i))
     scores = [0.0] * len(types)
-    for position, index in enumerate(order):
+    for position, index in enumerate(normal):
         scores[index] = -float(position)
     tokens = [pieces.get(i, f"[PAD{i}]").encode("utf-8") for i in range(len(types))]
     return "llama", "default", tokens, scores, [_token_type(kind) for kind in types], False
