@@ -415,3 +415,59 @@ def test_byte_level_bpe_converts_like_llama_cpps_own_file(assets):
     assert mine["tokenizer.ggml.token_type"] == source["tokenizer.ggml.token_type"]
     assert mine["tokenizer.ggml.merges"] == source["tokenizer.ggml.merges"]
     assert mine["tokenizer.ggml.pre"] == "gpt-2" and source["tokenizer.ggml.pre"] == "smollm"
+
+
+def test_the_file_loads_back_through_transformers_gguf_reader_with_slimkits_logits(host, model, tmp_path):
+    """An independent reader of the whole layout: transformers' GGUF loader (behind slimkit.load_model)
+    undoes the rope permutation itself and dequantizes with gguf-py; the logits are slimkit's."""
+    compress(host, model, "quantize.rtn", {"bits": 4, "group_size": 32, "roles": NOT_DOWN})
+    result = export_model(model, tmp_path / "m.gguf", format="gguf", host=host, params={"float_type": "F32"})
+    loaded = slimkit.load_model(result.path)
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))  # > 16 rows: dequantize path
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, model.model(ids).logits)
+
+
+def test_a_model_derived_from_a_gguf_copies_its_tokenizer(host, model, tmp_path):
+    base = export_model(model, tmp_path / "base.gguf", format="gguf", host=host, params={"float_type": "F32"})
+    recipe = slimkit.Recipe.from_data({"steps": [
+        {"method": "quantize.rtn", "params": {"bits": 4, "group_size": 32, "roles": ["q", "k", "v"]}}]})
+    slimkit.run_recipe(recipe, str(base.path), out=tmp_path / "derived", host=host, catalogue=False)
+    derived = slimkit.load_model(tmp_path / "derived")
+    assert derived.provenance["base"]["source"] == str(base.path)
+    result = export_model(derived, tmp_path / "derived.gguf", format="gguf", host=host)
+    assert result.summary.details["tokenizer"] == "copied from base.gguf"
+    assert tokenizer_fields(result.path) == tokenizer_fields(base.path)
+    hf = export_model(derived, tmp_path / "hf.gguf", format="gguf", host=host, params={"tokenizer": "hf"})
+    assert hf.summary.details["tokenizer"].startswith("converted from the Hugging Face tokenizer")
+
+
+def test_tokenizers_that_cannot_be_converted_are_refused(host, model, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(512)}
+    unigram = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    unigram.pre_tokenizer = pre_tokenizers.Whitespace()
+    model.tokenizer = PreTrainedTokenizerFast(tokenizer_object=unigram, unk_token="w0")
+    (problem,) = refused(host, model, tmp_path, {"tokenizer": "hf"})
+    assert problem.startswith("tokenizer: a WordLevel tokenizer") and "tokenizer=PATH.gguf" in problem
+    model.tokenizer = None
+    (problem,) = refused(host, model, tmp_path)
+    assert "has no tokenizer" in problem
+
+
+def test_metadata_reader_agrees_with_gguf_py(host, model, tmp_path):
+    from slimkit.plugins.export.gguf.metadata import read_metadata
+
+    result = export_model(model, tmp_path / "m.gguf", format="gguf", host=host)
+    mine = read_metadata(result.path)
+    reference = gguf.GGUFReader(result.path).fields
+    assert set(mine) == {key for key in reference if not key.startswith("GGUF.")}
+    for key, value in mine.items():
+        got = value.value
+        if isinstance(got, bytes):
+            got = got.decode()
+        elif isinstance(got, list):
+            got = [item.decode() if isinstance(item, bytes) else item for item in got]
+        assert got == reference[key].contents(), key

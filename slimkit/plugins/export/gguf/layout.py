@@ -101,6 +101,8 @@ def read_hyper(model: Any, layout: Any, architecture: str) -> tuple[Hyper | None
             continue
         shapes.append(BlockShape(block.attention.num_heads, block.attention.num_kv_heads,
                                  block.mlp.intermediate_size))
+    if not layout.blocks:
+        problems.append("architecture: the model has no decoder blocks")
     uniform = len(set(shapes)) <= 1
     arch = architecture if architecture != "auto" else ("llama" if uniform else "deci")
     if arch == "llama" and not uniform:

@@ -28,6 +28,7 @@ from slimkit.plugins.export.gguf.layout import (
 )
 from slimkit.plugins.export.gguf.tensors import (
     BLOCK, BLOCK_TYPES, FLOAT_TYPES, Codes, auto_type, block_problem, float_array, ggml_type, pack_blocks,
+    tensor_bytes,
 )
 
 
@@ -69,10 +70,10 @@ def _code_job(name: str, source: str, codes: Codes, target: str, how: str = "cod
 
 def _float_job(name: str, source: str, weight: Callable[[], torch.Tensor], shape: tuple[int, ...],
                target: str, how: str) -> Job:
-    return Job(name, shape, target, how, source, lambda: float_array(weight(), target)[0])
+    return Job(name, shape, target, how, source, lambda: float_array(weight(), target))
 
 
-def _requant_target(config: Any, model: Any, layout: Any) -> tuple[str | None, list[str]]:
+def _requant_target(config: Any, layout: Any) -> tuple[str | None, list[str]]:
     """The block type float projections are re-quantized to, when ``requantize`` is on."""
     if not config.requantize:
         return None, []
@@ -132,9 +133,9 @@ def _table_job(name: str, source: str, module: Any, choice: str, float_type: str
     if _is_quantized(module):
         codes = Codes.of(module)
         rows, cols = codes.shape
-        if choice == "auto":
-            target = auto_type(codes) if block_problem(codes, auto_type(codes) or "Q8_0") is None else None
-            if target is not None:
+        if choice == "auto":  # slimkit's codes where a block holds them, else its exact float32 values
+            target = auto_type(codes)
+            if target is not None and block_problem(codes, target) is None:
                 return _code_job(name, source, codes, target), None
             return _float_job(name, source, codes.dequantized, (rows, cols), "F32", "dequantized"), None
         if choice in BLOCK_TYPES and block_problem(codes, choice) is None:
@@ -178,7 +179,7 @@ def build(model: Any, adapter: Any, config: Any) -> Plan:
     hyper, problems = read_hyper(model, layout, config.architecture)
     if hyper is None:
         return Plan(None, [], problems)
-    requant, more = _requant_target(config, model, layout)
+    requant, more = _requant_target(config, layout)
     problems += more
     root, jobs = model.model, []
 
@@ -205,7 +206,8 @@ def build(model: Any, adapter: Any, config: Any) -> Plan:
         jobs.append(_norm_job(tensor_name("OUTPUT_NORM"), layout.final_norm, root.get_submodule(layout.final_norm)))
     head = root.get_submodule(layout.lm_head) if layout.lm_head else None
     if head is not None:
-        add(*_head_job(head, table, layout, config, jobs[0] if jobs and jobs[0].name == tensor_name("TOKEN_EMBD") else None))
+        embedding = next((job for job in jobs if job.name == tensor_name("TOKEN_EMBD")), None)
+        add(*_head_job(head, table, layout, config, embedding))
     return Plan(hyper, jobs, problems)
 
 
@@ -218,21 +220,12 @@ def _head_job(head: Any, table: Any, layout: Any, config: Any, embedding: Job | 
         if config.head == "auto" or (embedding is not None and config.head == embedding.type):
             return None, None  # tied: llama.cpp reads token_embd.weight for the output too
         return _table_job(name, layout.lm_head, table, config.head, config.float_type)
-    if _is_quantized(head) and config.head == "auto":
-        codes = Codes.of(head)
-        target = auto_type(codes)
-        problem = block_problem(codes, target) if target else "no GGUF block type holds its grid"
-        if problem is None and target is not None:
-            return _code_job(name, layout.lm_head, codes, target), None
-        return _float_job(name, layout.lm_head, codes.dequantized, codes.shape, "F32", "dequantized"), None
     return _table_job(name, layout.lm_head, head, config.head, config.float_type)
 
 
 def ggml_shape(job: Job) -> tuple[tuple[int, ...], Any, Any]:
     """``(shape, numpy dtype, raw GGML type or None)`` as ``GGUFWriter.add_tensor_info`` wants them:
     float32/float16 arrays by their logical shape, everything else as bytes."""
-    from slimkit.plugins.export.gguf.tensors import tensor_bytes
-
     if job.type == "F32":
         return job.shape, np.dtype(np.float32), None
     if job.type == "F16":

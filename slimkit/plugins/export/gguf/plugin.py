@@ -88,9 +88,10 @@ class GGUFExporter(BaseExporter):
         import gguf
 
         plan = planning.build(model, ctx.adapter, config)
-        assert plan.hyper is not None and not plan.problems, "export() called on a model check() refused"
-        tokenizer, problems = resolve(model, config.tokenizer, plan.hyper.vocab)
-        assert tokenizer is not None, problems
+        tokenizer, problems = resolve(model, config.tokenizer, plan.hyper.vocab) if plan.hyper else (None, [])
+        if plan.hyper is None or plan.problems or tokenizer is None:  # slimkit calls check() first
+            raise RuntimeError("gguf: export() called for a model check() refuses: "
+                               + "; ".join(plan.problems + problems))
         writer = gguf.GGUFWriter(None, plan.hyper.arch)
         try:
             self._header(writer, model, config, ctx, plan, tokenizer)

@@ -32,7 +32,8 @@ FORCE = 100.0  # logit bias that makes the forced token win every time
 class LlamaCpp:
     """One GGUF file loaded in llama.cpp (use as a context manager, or call :meth:`close`)."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int = 512, threads: int = 1, batch: int = 512) -> None:
+    def __init__(self, path: str | Path, *, n_ctx: int = 512, threads: int = 1, batch: int = 512,
+                 verbose: bool = False) -> None:
         try:
             import xllamacpp
         except ImportError as error:  # pragma: no cover - the test extras install it
@@ -45,8 +46,13 @@ class LlamaCpp:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.warmup = False
+        params.verbosity = 3 if verbose else 0  # llama.cpp's log is long; ask for it when a file will not load
         self.path = Path(path)
-        self._server: Any = xllamacpp.Server(params)
+        try:
+            self._server: Any = xllamacpp.Server(params)
+        except RuntimeError as error:
+            raise RuntimeError(f"llama.cpp could not load {path} ({error}); LlamaCpp(..., verbose=True) "
+                               "shows its log") from None
 
     def __enter__(self) -> "LlamaCpp":
         return self

@@ -188,17 +188,17 @@ def q4_1_bound(codes: Codes) -> torch.Tensor:
     return zero_scale * 2.0 ** -11 + codes.dequantized().abs() * 2.0 ** -24 + 2.0 ** -25
 
 
-def float_array(weight: torch.Tensor, target: str) -> tuple[np.ndarray, str]:
-    """A float weight as ``target``: ``(array, type)``. F32/F16 go out as numpy floats; BF16 and
-    the block types through ``gguf.quants.quantize`` (llama.cpp's reference rounding)."""
+def float_array(weight: torch.Tensor, target: str) -> np.ndarray:
+    """A float weight as ``target``: F32/F16 as numpy floats; BF16 and the block types as bytes
+    from ``gguf.quants.quantize`` (llama.cpp's reference rounding)."""
     import gguf
 
     data = weight.detach().to(torch.float32).contiguous().numpy()
     if target == "F32":
-        return data, target
+        return data
     if target == "F16":
-        return data.astype(np.float16), target
-    return gguf.quants.quantize(data, ggml_type(target)), target
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, ggml_type(target))
 
 
 def tensor_bytes(shape: tuple[int, ...], target: str) -> int:

@@ -99,37 +99,45 @@ def from_hf(model: Any, vocab: int) -> tuple[Tokenizer | None, list[str]]:
         return None, ["tokenizer: the model has no tokenizer and was not loaded from a GGUF; "
                       "pass tokenizer=PATH.gguf to copy one"]
     with tempfile.TemporaryDirectory(prefix="slimkit-gguf-vocab-") as tmp:
-        folder = Path(tmp)
-        tokenizer.save_pretrained(folder)
-        if model.config is not None:
-            model.config.to_json_file(folder / "config.json")
-        spec = folder / "tokenizer.json"
-        data = json.loads(spec.read_text(encoding="utf-8")) if spec.is_file() else {}
-        kind = (data.get("model") or {}).get("type")
-        if (folder / "tokenizer.model").is_file() and _has_sentencepiece():
-            built = _sentencepiece(folder)
-        elif kind == "BPE" and data["model"].get("byte_fallback"):
-            built = _llama_from_json(data, getattr(tokenizer, "unk_token", None))
-        elif kind == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel":
-            pre = bpe_pre(data)
-            if pre is None:
-                return None, [f"tokenizer: the byte-level BPE pre-tokenizer {json.dumps(data.get('pre_tokenizer'))[:160]} "
-                              "is not one llama.cpp can be told by name here (known: plain ByteLevel = gpt-2, "
-                              "Llama 3's split = llama-bpe); copy the tokenizer from a GGUF (tokenizer=PATH.gguf)"]
-            built = _bpe(folder, data, pre)
-        else:
-            return None, [f"tokenizer: a {kind or 'non-BPE'} tokenizer without tokenizer.model cannot be converted "
-                          "(SentencePiece and byte-level BPE can); copy one from a GGUF (tokenizer=PATH.gguf)"]
-        model_name, pre_name, tokens, scores, types, merges = built
-        if len(tokens) > vocab:
-            return None, [f"tokenizer: {len(tokens)} tokens but the model's embedding has only {vocab} rows"]
-        for index in range(len(tokens), vocab):
-            tokens.append(f"[PAD{index}]".encode())
-            types.append(_token_type("UNUSED"))
-            if scores is not None:
-                scores.append(0.0)
-        return Tokenizer(f"converted from the Hugging Face tokenizer ({model_name}, pre {pre_name})",
-                         _fields(folder, tokenizer, model_name, pre_name, tokens, scores, types, merges), vocab), []
+        try:
+            return _convert(Path(tmp), model, tokenizer, vocab)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # the tokenizer's files, not us
+            return None, [f"tokenizer: could not convert the Hugging Face tokenizer ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); copy one from a GGUF "
+                          "(tokenizer=PATH.gguf)"]
+
+
+def _convert(folder: Path, model: Any, tokenizer: Any, vocab: int) -> tuple[Tokenizer | None, list[str]]:
+    tokenizer.save_pretrained(folder)
+    if model.config is not None:
+        model.config.to_json_file(folder / "config.json")
+    spec = folder / "tokenizer.json"
+    data = json.loads(spec.read_text(encoding="utf-8")) if spec.is_file() else {}
+    kind = (data.get("model") or {}).get("type")
+    if (folder / "tokenizer.model").is_file() and _has_sentencepiece():
+        built = _sentencepiece(folder)
+    elif kind == "BPE" and data["model"].get("byte_fallback"):
+        built = _llama_from_json(data, getattr(tokenizer, "unk_token", None))
+    elif kind == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel":
+        pre = bpe_pre(data)
+        if pre is None:
+            return None, [f"tokenizer: the byte-level BPE pre-tokenizer {json.dumps(data.get('pre_tokenizer'))[:160]} "
+                          "is not one llama.cpp can be told by name here (known: plain ByteLevel = gpt-2, "
+                          "Llama 3's split = llama-bpe); copy the tokenizer from a GGUF (tokenizer=PATH.gguf)"]
+        built = _bpe(folder, data, pre)
+    else:
+        return None, [f"tokenizer: a {kind or 'non-BPE'} tokenizer without tokenizer.model cannot be converted "
+                      "(SentencePiece and byte-level BPE can); copy one from a GGUF (tokenizer=PATH.gguf)"]
+    model_name, pre_name, tokens, scores, types, merges = built
+    if len(tokens) > vocab:
+        return None, [f"tokenizer: {len(tokens)} tokens but the model's embedding has only {vocab} rows"]
+    for index in range(len(tokens), vocab):  # as llama.cpp's converter pads a short vocabulary
+        tokens.append(f"[PAD{index}]".encode())
+        types.append(_token_type("UNUSED"))
+        if scores is not None:
+            scores.append(0.0)
+    fields = _fields(folder, tokenizer, model_name, pre_name, tokens, scores, types, merges)
+    return Tokenizer(f"converted from the Hugging Face tokenizer ({model_name}, pre {pre_name})", fields, vocab), []
 
 
 def _has_sentencepiece() -> bool:
