@@ -471,3 +471,26 @@ def test_metadata_reader_agrees_with_gguf_py(host, model, tmp_path):
         elif isinstance(got, list):
             got = [item.decode() if isinstance(item, bytes) else item for item in got]
         assert got == reference[key].contents(), key
+
+
+def test_mistral_with_an_untied_head_goes_out_as_llama(host, model, tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                           sliding_window=None, tie_word_embeddings=False)
+    mistral = slimkit.LoadedModel(MistralForCausalLM(config).eval(), model.tokenizer, "tiny-mistral")
+    compress(host, mistral, "quantize.rtn", {"bits": 8, "group_size": 32})
+    result = export_model(mistral, tmp_path / "m.gguf", format="gguf", host=host, params={"float_type": "F32"})
+    tensors = assert_bit_exact(mistral, host, result.path, {"Q8_0"})
+    assert tensors["output.weight"][0] == "F32"
+    assert torch.equal(tensors["output.weight"][1], mistral.model.lm_head.weight.detach())
+    loaded = slimkit.load_model(result.path)
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, mistral.model(ids).logits)
+    windowed = slimkit.LoadedModel(MistralForCausalLM(MistralConfig(**{**config.to_dict(), "sliding_window": 64})),
+                                   model.tokenizer, "windowed")
+    (tmp_path / "w").mkdir()
+    assert "sliding-window attention (window 64" in refused(host, windowed, tmp_path / "w")[0]
