@@ -175,7 +175,10 @@ def build(model: Any, adapter: Any, config: Any) -> Plan:
     if adapter is None:
         return Plan(None, [], [f"architecture: no architecture adapter understands {model.architecture}; "
                                "the gguf exporter writes Llama-family decoders (llama, mistral)"])
-    layout = adapter.layout(model.model)
+    try:
+        layout = adapter.layout(model.model)
+    except Exception as error:  # the adapter's own refusal (an ArchitectureError), as one line
+        return Plan(None, [], [f"architecture: {str(error).splitlines()[0] if str(error) else type(error).__name__}"])
     hyper, problems = read_hyper(model, layout, config.architecture)
     if hyper is None:
         return Plan(None, [], problems)
