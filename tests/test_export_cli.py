@@ -118,7 +118,7 @@ def test_show_of_an_unknown_file_is_one_line(invoke, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["-f", "toy.onnx"], "unknown exporter 'toy.onnx'; installed exporters: toy.anon, toy.dir, toy.st"),
+    (["-f", "toy.onnx"], "unknown exporter 'toy.onnx'; installed exporters: "),
     (["-f", "toy.st", "-p", "bits=4"], "exporter 'toy.st': bits: unknown parameter (got 4); exporter 'toy.st' takes:"),
     (["-f", "toy.st", "-p", "nonsense"], "--param takes FIELD=VALUE, got 'nonsense'"),
     (["-f", "toy.st", "-o", "{taken}"], "taken.st already exists (use --overwrite to replace it)"),

@@ -69,6 +69,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "slimkit.plugins.evaluators.stsb",
     "slimkit.plugins.evaluators.latency",
     "slimkit.plugins.export.compressed_tensors.plugin",
+    "slimkit.plugins.export.gguf.plugin",
 )
 
 FAMILY_HOOKS: dict[str, str] = {

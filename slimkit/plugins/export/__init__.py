@@ -1,1 +1,1 @@
-"""Bundled exporters: formats serving runtimes load."""
+"""Bundled exporters: write slimkit models in the formats serving runtimes load (one package each)."""
