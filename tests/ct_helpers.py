@@ -10,16 +10,16 @@ import torch
 import slimkit
 from slimkit import DEFAULT_PLUGINS, LoadedModel, QuantizedLinear, make_host
 
-PLUGIN = "slimkit.plugins.export.compressed_tensors"
+PLUGIN = "slimkit.plugins.export.compressed_tensors.plugin"
 FORMAT = "compressed-tensors"
 # more than slimkit's KERNEL_MAX_ROWS (16): slimkit's forward dequantizes the weights, as loaders do
 IDS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
 def ct_host():
-    """The bundled plugins plus the exporter (the lead adds it to DEFAULT_PLUGINS at merge)."""
-    names = DEFAULT_PLUGINS if PLUGIN in DEFAULT_PLUGINS else DEFAULT_PLUGINS + (PLUGIN,)
-    return make_host(load_entrypoints=False, default_plugins=names)
+    """The bundled plugins (the exporter among them), no installed ones."""
+    assert PLUGIN in DEFAULT_PLUGINS
+    return make_host(load_entrypoints=False)
 
 
 def tiny_llama(hidden: int = 128, intermediate: int = 256, *, tie: bool = True, seed: int = 0) -> LoadedModel:

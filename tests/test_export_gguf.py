@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import slimkit
-from slimkit import DEFAULT_PLUGINS, ExportError, LowRankLinear, export_model, make_host, set_module
+from slimkit import ExportError, LowRankLinear, export_model, make_host, set_module
 
 gguf = pytest.importorskip("gguf")
 
@@ -21,13 +21,12 @@ from slimkit.plugins.export.gguf.layout import rope_permutation  # noqa: E402
 from slimkit.plugins.export.gguf.plugin import GGUFExporter  # noqa: E402
 from slimkit.plugins.export.gguf.tensors import Codes, q4_1_bound  # noqa: E402
 
-PLUGIN = "slimkit.plugins.export.gguf.plugin"
 NOT_DOWN = ["q", "k", "v", "o", "gate", "up"]  # stories260K's down_proj has 172 inputs: no 32-blocks
 
 
 @pytest.fixture
 def host():
-    return make_host(load_entrypoints=False, default_plugins=DEFAULT_PLUGINS + (PLUGIN,))
+    return make_host(load_entrypoints=False)
 
 
 def compress(host, model, method, params, calibration=None):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import slimkit
-from slimkit import DEFAULT_PLUGINS, TextSource, example_text, export_model, make_host, tokenize
+from slimkit import TextSource, example_text, export_model, make_host, tokenize
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("gguf")
@@ -26,7 +26,6 @@ pytest.importorskip("xllamacpp", reason="llama.cpp checks need xllamacpp (pip in
 
 from slimkit.plugins.export.gguf.runtime import LlamaCpp, perplexity  # noqa: E402
 
-PLUGIN = "slimkit.plugins.export.gguf.plugin"
 NOT_DOWN = ["q", "k", "v", "o", "gate", "up"]
 WINDOW = 128
 NEAR_TIE = 0.25
@@ -34,7 +33,7 @@ NEAR_TIE = 0.25
 
 @pytest.fixture
 def host():
-    return make_host(load_entrypoints=False, default_plugins=DEFAULT_PLUGINS + (PLUGIN,))
+    return make_host(load_entrypoints=False)
 
 
 def compress(host, model, method, params, calibration=None):
@@ -167,7 +166,7 @@ def smollm2(assets):
     source = assets / "smollm2-135m-instruct-q4_1" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not source.is_file():
         pytest.skip(f"{source} is absent")
-    host = make_host(load_entrypoints=False, default_plugins=DEFAULT_PLUGINS + (PLUGIN,))
+    host = make_host(load_entrypoints=False)
     model = compress(host, slimkit.load_model(source), "quantize.rtn", {"bits": 4, "group_size": 32})
     return host, model, source
 
