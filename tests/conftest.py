@@ -1,8 +1,12 @@
-"""Shared fixtures: the plugin host, the bundled example model and the shared assets folder."""
+"""Shared fixtures: the plugin host, the bundled example model, the shared assets folder, and file
+systems that refuse writes (a tmpfs mounted read-only or tiny, a folder made immutable)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -89,3 +93,45 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
         named = any("e2e" in Path(arg.split("::")[0]).parts for arg in config.args)
         return None if named else True
     return None
+
+
+# -- file systems that refuse: shared by the failure tests of runs, saves and exports ----------------
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """``mount_tmpfs(name, options)``: a tmpfs at ``tmp_path/name`` (skips where mounting is not
+    allowed); unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        target = tmp_path / name
+        target.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """``immutable(folder)``: ``chattr +i`` (nothing can be created in it, even by root);
+    undone after the test. Skips where the file system or the user cannot."""
+    marked: list[Path] = []
+
+    def mark(folder: Path) -> None:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True) \
+            if shutil.which("chattr") else None
+        if done is None or done.returncode:
+            pytest.skip(f"chattr +i is not available here: {done.stderr.strip() if done else 'no chattr'}")
+        marked.append(folder)
+
+    yield mark
+    for folder in marked:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)

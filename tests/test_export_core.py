@@ -170,17 +170,32 @@ def test_cheap_refusals_come_before_the_model_loads(toys, cat, tmp_path, make, e
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
-def test_a_read_only_folder_is_refused_before_the_model_loads(toys, cat, tmp_path):
+def test_a_read_only_folder_is_refused_before_the_model_loads(toys, cat, m1, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
         with pytest.raises(OutputError, match=r"cannot write the export .*locked/m.st: Permission denied"):
-            slimkit.export_model(str(tmp_path / "missing-model"), locked / "m.st", format="toy.st", host=toys,
+            slimkit.export_model(str(m1), locked / "m.st", format="toy.st", host=toys,
                                  catalogue=cat)
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+
+
+def test_a_read_only_mount_is_refused_before_the_model_loads(toys, cat, m1, mount_tmpfs):
+    mounted = mount_tmpfs("ro", "ro,size=4m")  # refuses root too, unlike chmod
+    with pytest.raises(OutputError, match=r"cannot write the export .*ro/m.st: Read-only file system"):
+        slimkit.export_model(str(m1), mounted / "m.st", format="toy.st", host=toys,
+                             catalogue=cat)
+    assert list(mounted.iterdir()) == [] and cat.runs() == []
+
+
+def test_a_full_disk_is_refused_before_writing(toys, cat, m1, mount_tmpfs):
+    small = mount_tmpfs("small", "size=1m")
+    with pytest.raises(OutputError, match=r"not enough free space for the result .*small/m.st: about .* MiB needed"):
+        slimkit.export_model(str(m1), small / "m.st", format="toy.st", host=toys, catalogue=cat)
+    assert list(small.iterdir()) == [] and cat.exports() == []
 
 
 def test_a_missing_model_path_is_named_before_the_default_target(toys, cat, tmp_path):

@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -86,49 +86,8 @@ def catalogue(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
-    """``mount_tmpfs(name, options)``: a tmpfs at ``tmp_path/name`` (skips where mounting is not
-    allowed); unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(name: str, options: str) -> Path:
-        target = tmp_path / name
-        target.mkdir()
-        if shutil.which("mount") is None:
-            pytest.skip("no mount command")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-                              capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(target)
-        return target
-
-    yield mount
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], check=True)
-
-
 def remount_read_only(target: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(target)], check=True)
-
-
-@pytest.fixture
-def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
-    """``immutable(folder)``: ``chattr +i`` (nothing can be created in it, even by root);
-    undone after the test. Skips where the file system or the user cannot."""
-    marked: list[Path] = []
-
-    def mark(folder: Path) -> None:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True) \
-            if shutil.which("chattr") else None
-        if done is None or done.returncode:
-            pytest.skip(f"chattr +i is not available here: {done.stderr.strip() if done else 'no chattr'}")
-        marked.append(folder)
-
-    yield mark
-    for folder in marked:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 # -- describing exceptions -------------------------------------------------------------------------

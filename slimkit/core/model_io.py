@@ -17,8 +17,6 @@ import importlib.resources
 import importlib.util
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,6 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ModelLoadError, OutputExistsError, SlimkitError
-from slimkit.core.failures import FileSystemError, describe_os_error, is_os_failure, os_cause
 
 PROVENANCE_FILE = "slimkit.json"
 EXAMPLE_PREFIX = "example:"
@@ -300,42 +297,19 @@ def save_model(
         the temporary folder is gone and an existing ``out`` is as it was.
     """
     target = check_output(out, overwrite)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        blocker = next((p for p in target.parents if p.exists()), None)
-        cause = f"{blocker} is a file, not a folder" if blocker is not None and not blocker.is_dir() \
-            else describe_os_error(error)  # mkdir says "File exists" when a file blocks the way
-        raise FileSystemError(f"cannot save the model to {target}: {cause}") from error
-    token = uuid.uuid4().hex[:8]
-    staging = target.parent / f".{target.name}.partial-{token}"
-    try:
-        from slimkit.core.storage import LEGACY_SECTION, SECTION, has_replaced_modules, save_replaced
+    from slimkit.core.atomic import write_staged
+    from slimkit.core.storage import LEGACY_SECTION, SECTION, has_replaced_modules, save_replaced
 
+    def write(staging: Path) -> None:
         provenance.pop(LEGACY_SECTION, None)  # a record of the parent's files, not this model's
         provenance.pop(SECTION, None)
         if has_replaced_modules(loaded.model):  # quantized / low-rank layers, checksummed: see core.storage
-            staging.mkdir()
             provenance[SECTION] = save_replaced(loaded.model, staging)
         else:
             loaded.model.save_pretrained(staging, safe_serialization=True)
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            retired = target.parent / f".{target.name}.old-{token}"
-            target.rename(retired)
-            try:
-                staging.rename(target)
-            except BaseException:
-                retired.rename(target)  # put the old model back before reporting the failure
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(target)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if is_os_failure(error):  # the staging file's name would only confuse: name the folder
-            raise FileSystemError(f"cannot save the model to {target}: {os_cause(error)}") from error
-        raise
+
+    write_staged(target, "folder", write, what="cannot save the model to")
     return target

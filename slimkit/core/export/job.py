@@ -21,7 +21,7 @@ from slimkit.core.config import MethodConfig, validation_problems
 from slimkit.core.errors import ConfigError, PluginError, SlimkitError
 from slimkit.core.export.contract import ExportContext, ExportSummary
 from slimkit.core.export.result import ExportResult
-from slimkit.core.export.staging import file_digest, write_staged
+from slimkit.core.export.staging import file_digest, stage_export
 from slimkit.core.failures import is_os_failure
 from slimkit.core.identity import guarded, plugin_failure, plugin_label
 from slimkit.core.preflight import check_disk_space
@@ -118,7 +118,7 @@ def write_export(job: ExportJob) -> ExportResult:
         size, sha = file_digest(staging, lambda done, total: job.ctx.report("sha256 (MiB)", done, total))
         return summary, size, sha
 
-    summary, size, sha = write_staged(job.target, info.cls.writes, write)
+    summary, size, sha = stage_export(job.target, info.cls.writes, write)
     return ExportResult(path=job.target.resolve(), format=info.name, exporter_version=info.version,
                         plugin=info.plugin, plugin_version=info.plugin_version,
                         config=job.config.model_dump(mode="json"), content_id=job.ctx.content_id,

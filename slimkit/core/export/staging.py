@@ -2,27 +2,29 @@
 
 :func:`check_target` is the cheap part, before any model is loaded: an existing target without
 ``overwrite``, a folder where a file goes (or the reverse), a target that is (or is inside) a
-model's own folder, a parent that is a file or cannot be written. :func:`write_staged` lets the
+model's own folder, a parent that is a file or cannot be written. :func:`stage_export` lets the
 exporter write to a hidden path beside the target and renames it into place only when the
-exporter returned: an interrupt (Ctrl-C) or a failure removes the staging path and leaves an
-existing target exactly as it was.
+exporter returned (through :func:`slimkit.core.atomic.write_staged`, as models are saved): an
+interrupt (Ctrl-C) or a failure removes the staging path and leaves an existing target exactly as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Literal, TypeVar
+from typing import Callable, Iterable, TypeVar
 
+from slimkit.core.atomic import Writes, write_staged
 from slimkit.core.errors import OutputExistsError
-from slimkit.core.failures import FileSystemError, describe_os_error, is_os_failure, os_cause
 from slimkit.core.preflight import OutputError, check_writable_parent
 
 T = TypeVar("T")
-Writes = Literal["file", "folder"]
+
+
+def stage_export(target: Path, writes: Writes, write: Callable[[Path], T]) -> T:
+    """:func:`~slimkit.core.atomic.write_staged` for an export (failures say "cannot write the export")."""
+    return write_staged(target, writes, write, what="cannot write the export")
 
 
 def check_target(
@@ -57,50 +59,6 @@ def check_target(
             raise OutputError(f"{what}: {path} is {where}; choose another --out")
     check_writable_parent(path, f"the {what}")
     return path
-
-
-def remove(path: Path) -> None:
-    """Remove a file or a folder, if there is one."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def write_staged(target: Path, writes: Writes, write: Callable[[Path], T]) -> T:
-    """``write(staging)`` to a hidden path beside ``target`` (an empty folder when ``writes`` is
-    ``"folder"``), then rename it to ``target``, replacing an existing one only now.
-
-    :raises FileSystemError: the system refused (disk full, permission), naming ``target``; the
-        staging path is gone and an existing ``target`` is as it was.
-    """
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FileSystemError(f"cannot write the export {target}: {describe_os_error(error)}") from error
-    token = uuid.uuid4().hex[:8]
-    staging = target.parent / f".{target.name}.partial-{token}"
-    try:
-        if writes == "folder":
-            staging.mkdir()
-        value = write(staging)
-        if target.exists() or target.is_symlink():
-            retired = target.parent / f".{target.name}.old-{token}"
-            target.rename(retired)
-            try:
-                staging.rename(target)
-            except BaseException:
-                retired.rename(target)  # put the old export back before reporting the failure
-                raise
-            remove(retired)
-        else:
-            staging.rename(target)
-    except BaseException as error:  # Ctrl-C included: nothing half-written stays behind
-        remove(staging)
-        if is_os_failure(error):
-            raise FileSystemError(f"cannot write the export {target}: {os_cause(error)}") from error
-        raise
-    return value
 
 
 def file_digest(path: Path, progress: Callable[[int, int], None] | None = None) -> tuple[int, str]:
