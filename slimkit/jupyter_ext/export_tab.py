@@ -15,7 +15,6 @@ problems, one line each (:func:`~slimkit.jupyter_ext.messages.error_html`), not 
 from __future__ import annotations
 
 import html
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,15 +22,14 @@ import ipywidgets as w
 
 from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import OutputExistsError, SlimkitError
-from slimkit.core.present.format import duration
 from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.messages import error_html
+from slimkit.jupyter_ext.progress import ProgressRow
 from slimkit.jupyter_ext.serial import serialised
 from slimkit.jupyter_ext.tables import export_table
 from slimkit.jupyter_ext.worker import BackgroundRun
 
 EXPORTS_DIR = "exports"  # beside the notebook, for models with no folder of their own (examples, hub ids)
-PROGRESS_INTERVAL_S = 0.1
 
 
 def run_export(model: Any, out: str | Path, *, format: str, params: dict[str, Any], host: Any, catalogue: Any,
@@ -93,7 +91,6 @@ class ExportTab:
         self.last_result: Any = None
         self.form: ConfigForm | None = None
         self._auto_out = ""  # the last default put in the path box: replaced while the user keeps it
-        self._last_push = 0.0
 
         self.model_line = w.HTML()
         names = sorted(host.exporters.names())
@@ -104,14 +101,14 @@ class ExportTab:
         self.overwrite = w.Checkbox(description="overwrite", indent=False)
         self.export_button = w.Button(description="Export", button_style="primary", icon="download")
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="idle")
-        self.progress_text = w.Label()
+        self.progress_row = ProgressRow("slimkit-export-progress", self._on_main,
+                                        lambda: self.run_state is not None and self.run_state.running)
+        self.progress, self.progress_text = self.progress_row.bar, self.progress_row.text
         self.result = w.HTML()
         self.error = w.HTML()
         self.status = w.Label()
         for widget, css in ((self.export_button, "slimkit-export"), (self.cancel_button, "slimkit-export-cancel"),
                             (self.out, "slimkit-export-out"), (self.format, "slimkit-export-format"),
-                            (self.progress, "slimkit-export-progress"),
                             (self.status, "slimkit-export-summary")):
             widget.add_class(css)  # stable handles for styling and browser tests
         self.format.observe(serialised(lambda change: self._build_form(change["new"])), names="value")
@@ -203,9 +200,7 @@ class ExportTab:
             self.error.value = error_html(error)
             self._changed()
             return None
-        self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
-        self.progress.description = "starting"
-        self.progress_text.value = f"{fmt} -> {out}"
+        self.progress_row.start(f"{fmt} -> {out}")
 
         def work(progress: Callable[[ProgressEvent], None]) -> Any:
             from slimkit.core.model_refs import load_model_ref
@@ -217,7 +212,7 @@ class ExportTab:
             return run_export(model, out, format=fmt, params=params, host=self.host, catalogue=self.catalogue,
                               overwrite=overwrite, progress=progress)
 
-        self.run_state = BackgroundRun(work, on_event=self._on_progress,
+        self.run_state = BackgroundRun(work, on_event=self.progress_row.event,
                                        on_finish=lambda run: self._on_main(lambda: self._show_outcome(run)))
         self.run_state.start()
         self._changed()
@@ -226,7 +221,7 @@ class ExportTab:
     def cancel(self) -> None:
         if self.run_state is not None and self.run_state.running:
             self.run_state.cancel()
-            self.progress.description = "cancelling"
+            self.progress_row.cancelling()
 
     def wait(self, timeout: float | None = None) -> str:
         """Wait for the current export to end (scripts and tests); returns its state."""
@@ -237,32 +232,12 @@ class ExportTab:
             self._drain()  # the kernel's loop cannot show the outcome while this cell waits
         return self.run_state.state
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        now = time.monotonic()
-        if now - self._last_push < PROGRESS_INTERVAL_S and event.done < event.total:
-            return  # the front end needs no more than ~10 updates a second
-        self._last_push = now
-        self._on_main(lambda: self._show_progress(event))
-
-    def _show_progress(self, event: ProgressEvent) -> None:
-        if self.run_state is None or not self.run_state.running:
-            return  # a late update of an export that has ended
-        self.progress.max = max(1, event.total)
-        self.progress.value = min(event.done, self.progress.max)
-        self.progress.description = event.stage[:12]
-        self.progress_text.value = f"{event.stage} {event.done}/{event.total} {event.message}"[:120]
-
     def _show_outcome(self, run: BackgroundRun) -> None:
+        self.progress_row.finished(run.state, run.seconds, "nothing was written")
         if run.state == "done":
             self.last_result = run.result
-            self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
-            self.progress.description = "done"
-            self.progress_text.value = f"finished in {duration(run.seconds)}"
             self.result.value = export_table(run.result, run.seconds)
         else:
-            self.progress.bar_style = "danger" if run.state == "failed" else "warning"
-            self.progress.description = run.state
-            self.progress_text.value = f"{run.state} after {duration(run.seconds)}; nothing was written"
             error = run.error or RuntimeError(run.state)
             plain = isinstance(error, SlimkitError) and error.__cause__ is None  # a user's problem: no traceback
             self.error.value = error_html(error, "" if plain else run.details)

@@ -21,18 +21,17 @@ from __future__ import annotations
 import collections
 import html
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import ipywidgets as w
 
-from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import SlimkitError
-from slimkit.core.present.format import duration, number, short_id
+from slimkit.core.present.format import number, short_id
 from slimkit.jupyter_ext.export_tab import ExportTab
 from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.messages import error_html
+from slimkit.jupyter_ext.progress import ProgressRow
 from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
 from slimkit.jupyter_ext.serial import serialised
 from slimkit.jupyter_ext.tables import compare_table, results_table
@@ -42,7 +41,6 @@ from slimkit.jupyter_ext.worker import BackgroundRun
 BUNDLED = "example:stories260K"
 DEFAULT_METHOD = "prune.unstructured"
 DEFAULT_METRICS = ("perplexity", "size")  # size is cheap, and the Pareto plot's natural x axis
-PROGRESS_INTERVAL_S = 0.1  # at most this often a progress update goes to the front end
 
 
 def _kernel_loop() -> Any:
@@ -71,7 +69,6 @@ class Panel:
         self.catalogue = catalogue if isinstance(catalogue, Catalogue) else Catalogue(catalogue)
         self.run_state: BackgroundRun | None = None
         self.last_result: Any = None
-        self._last_push = 0.0
         self._pending: collections.deque[Callable[[], None]] = collections.deque()
         self._loop = _kernel_loop()
 
@@ -114,13 +111,13 @@ class Panel:
         self.name = w.Text(description="Save as", placeholder="name in the catalogue (optional)")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="idle")
-        self.progress_text = w.Label()
+        self.progress_row = ProgressRow("slimkit-run-progress", self._on_main,
+                                        lambda: self.run_state is not None and self.run_state.running)
+        self.progress, self.progress_text = self.progress_row.bar, self.progress_row.text
         self.error = w.HTML()
         self.results = w.HTML()
         for button, css in ((self.run_button, "slimkit-run"), (self.cancel_button, "slimkit-cancel"),
-                            (self.add_step, "slimkit-add-step"), (self.replace_step, "slimkit-replace-step"),
-                            (self.progress, "slimkit-run-progress")):
+                            (self.add_step, "slimkit-add-step"), (self.replace_step, "slimkit-replace-step")):
             button.add_class(css)  # stable handles for styling and browser tests
         self.run_button.on_click(serialised(lambda _: self.run()))
         self.cancel_button.on_click(serialised(lambda _: self.cancel()))
@@ -311,9 +308,7 @@ class Panel:
             self.error.value = error_html(error)
             return None
         steps = " -> ".join(describe_step(s) for s in recipe.model_dump(mode="json")["steps"])
-        self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
-        self.progress.description = "starting"
-        self.progress_text.value = steps
+        self.progress_row.start(steps)
 
         def work(progress):
             from slimkit.core.catalogue.artifacts import new_artifact_path
@@ -325,7 +320,7 @@ class Panel:
             return run_recipe(validated, model, out=out, host=self.host, progress=progress, inplace=True,
                               catalogue=self.catalogue, name=name)
 
-        self.run_state = BackgroundRun(work, on_event=self._on_progress, on_finish=self._on_finish)
+        self.run_state = BackgroundRun(work, on_event=self.progress_row.event, on_finish=self._on_finish)
         self.run_state.start()
         self._changed()
         return self.run_state
@@ -333,7 +328,7 @@ class Panel:
     def cancel(self) -> None:
         if self.run_state is not None and self.run_state.running:
             self.run_state.cancel()
-            self.progress.description = "cancelling"
+            self.progress_row.cancelling()
 
     def wait(self, timeout: float | None = None) -> str:
         """Wait for the current run to end (for scripts and tests); returns its state."""
@@ -367,40 +362,19 @@ class Panel:
                 return
             update()
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        now = time.monotonic()
-        if now - self._last_push < PROGRESS_INTERVAL_S and event.done < event.total:
-            return  # the front end needs no more than ~10 updates a second
-        self._last_push = now
-        self._on_main(lambda: self._show_progress(event))
-
-    def _show_progress(self, event: ProgressEvent) -> None:
-        if self.run_state is None or not self.run_state.running:
-            return  # a late update of a run that has ended
-        self.progress.max = max(1, event.total)
-        self.progress.value = min(event.done, self.progress.max)
-        self.progress.description = event.stage[:12]
-        self.progress_text.value = f"{event.stage} {event.done}/{event.total} {event.message}"[:120]
-
     def _on_finish(self, run: BackgroundRun) -> None:
         self._on_main(lambda: self._show_outcome(run))
 
     def _show_outcome(self, run: BackgroundRun) -> None:
+        self.progress_row.finished(run.state, run.seconds, "the catalogue's models are unchanged")
         if run.state == "done":
             result = self.last_result = run.result
-            self.progress.max, self.progress.value, self.progress.bar_style = 1, 1, "success"
-            self.progress.description = "done"
-            self.progress_text.value = f"finished in {duration(run.seconds)}"
             self.results.value = results_table(result, seconds=run.seconds)
             self.views.focused = result.provenance["content_id"]  # refresh() draws the views once, for it
             self.refresh()
             self.select_model(result.provenance["content_id"])
             self.tabs.selected_index = 3
         else:
-            self.progress.bar_style = "danger" if run.state == "failed" else "warning"
-            self.progress.description = run.state
-            self.progress_text.value = (f"{run.state} after {duration(run.seconds)}; "
-                                        "the catalogue's models are unchanged")
             error = run.error or RuntimeError(run.state)  # a user's problem needs no traceback
             # A plugin's bug arrives as one PluginError line with the original chained: fold its traceback.
             plain = isinstance(error, SlimkitError) and error.__cause__ is None
