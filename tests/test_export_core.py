@@ -337,3 +337,18 @@ def test_gc_keeps_export_folders_and_delete_forgets_exports(toys, cat, m1):
     assert report.removed == [stray] and folder.is_dir()
     assert cat.delete(result.content_id) == [result.content_id]
     assert cat.exports() == [] and folder.is_dir()  # the files stay, as model folders do
+
+
+def test_exported_and_saved_files_get_the_usual_mode_not_safetensors_private_one(toys, m1, tmp_path):
+    # safetensors writes through a 0600 temporary file; a shared folder's users could not read it
+    old = os.umask(0o022)
+    try:
+        result = slimkit.export_model(str(m1), tmp_path / "shared" / "m.st", format="toy.st", host=toys,
+                                      catalogue=False)
+        folder = slimkit.export_model(str(m1), tmp_path / "shared" / "m-dir", format="toy.dir", host=toys,
+                                      catalogue=False)
+    finally:
+        os.umask(old)
+    assert result.path.stat().st_mode & 0o777 == 0o644
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.path.iterdir()} == {
+        "model.safetensors": 0o644, "slimkit.json": 0o644}

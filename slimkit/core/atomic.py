@@ -9,6 +9,7 @@ read-only folder is one :class:`~slimkit.core.failures.FileSystemError` naming t
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -26,6 +27,30 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():  # unlink of a missing path on a read-only mount says EROFS
         path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``os.umask`` sets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_modes(staging: Path) -> None:
+    """Give files written private (``safetensors`` saves through a 0600 temporary file) the mode any
+    new file gets (0644 under the usual umask): a model or an export is for the people who share
+    the folder, as its other files are."""
+    mode = 0o666 & ~_umask()
+    files = [staging] if staging.is_file() else [p for p in staging.rglob("*") if p.is_file()]
+    for file in files:
+        if file.stat().st_mode & 0o777 == 0o600 and mode != 0o600:
+            file.chmod(mode)
 
 
 def write_staged(target: Path, writes: Writes, write: Callable[[Path], T], *, what: str) -> T:
@@ -51,6 +76,7 @@ def write_staged(target: Path, writes: Writes, write: Callable[[Path], T], *, wh
         if writes == "folder":
             staging.mkdir()
         value = write(staging)
+        _usual_modes(staging)
         if target.exists() or target.is_symlink():
             retired = target.parent / f".{target.name}.old-{token}"
             target.rename(retired)
