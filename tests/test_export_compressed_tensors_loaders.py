@@ -87,6 +87,18 @@ def test_asymmetric_grids_load_with_dequantize_true_or_the_transformers_layout(h
     assert_same_model(load_dequantized(tmp_path / "padded"), model)
 
 
+def test_slimkit_loads_any_compressed_tensors_folder_as_its_float_weights(host, tmp_path):
+    # slimkit.load_model takes the path that loads every grid (dequantize=True), as it dequantizes
+    # a GGUF, and drops the quantization marker so the model saves and compresses as float
+    model = apply(host, tiny_llama(), "quantize.rtn", {"bits": 4, "group_size": 32, "symmetric": False})
+    export(host, model, tmp_path / "ct")
+    loaded = slimkit.load_model(tmp_path / "ct")
+    assert_same_model(loaded.model, model)
+    assert not hasattr(loaded.model.config, "quantization_config") and loaded.model.hf_quantizer is None
+    slimkit.save_model(loaded, tmp_path / "resaved", {})
+    assert "quantization_config" not in (tmp_path / "resaved" / "config.json").read_text()
+
+
 def test_pin_plain_from_pretrained_fails_on_packed_asymmetric_zero_points(host, tmp_path):
     """transformers 5.25 + compressed-tensors 0.20.1 allocate each zero point unpacked, [out, groups],
     before loading (their meta-device compression skips packing it), so the packed [out*bits/32,

@@ -17,6 +17,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,13 +185,42 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
     if section is not None:
         model = load_replaced(folder, section, cls, config, dtype)
         return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
+    compressed = _compressed_tensors(config)
     try:
         # safetensors only: a pickle beside them is never read (see pickle_refusal)
-        model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        with warnings.catch_warnings():  # "the model's own quantization_config will be used": as meant
+            warnings.filterwarnings("ignore", message=".*already has a `quantization_config`")
+            model = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True, **compressed)
     except Exception as error:
         raise ModelLoadError(f"could not load the model in {folder}: {_first_line(error)}") from None
+    if compressed:
+        _drop_quantization(model)
     model.eval()
     return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
+
+
+def _compressed_tensors(config: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a compressed-tensors folder (vLLM's format): its weights
+    dequantized on load, as a GGUF's are, by the one path that loads every grid (asymmetric
+    zero points fail transformers' default path: see docs/export_compressed_tensors.md)."""
+    settings = getattr(config, "quantization_config", None)
+    method = settings.get("quant_method") if isinstance(settings, dict) else getattr(settings, "quant_method", None)
+    if str(method) != "compressed-tensors":
+        return {}
+    if importlib.util.find_spec("compressed_tensors") is None:
+        raise ModelLoadError("this folder is in compressed-tensors format: loading it needs "
+                             "pip install 'slimkit[compressed-tensors]'")
+    from transformers import CompressedTensorsConfig
+
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+
+def _drop_quantization(model: Any) -> None:
+    """The weights are float now: drop the loader's quantization marker so the model saves as float."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
 
 
 def _load_gguf(file: Path, source: str, dtype: torch.dtype) -> LoadedModel:
@@ -205,11 +235,7 @@ def _load_gguf(file: Path, source: str, dtype: torch.dtype) -> LoadedModel:
         model = _model_class(config).from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
     except Exception as error:
         raise ModelLoadError(f"could not load GGUF file {file}: {_first_line(error)}") from None
-    # The weights are dequantized now; drop the GGUF quantization marker so the model saves.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    _drop_quantization(model)  # the weights are dequantized now
     model.eval()
     tokenizer = _load_tokenizer(file.parent, gguf_file=file.name)
     if tokenizer is None and (file.parent / "tokenizer").is_dir():
