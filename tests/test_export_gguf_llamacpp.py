@@ -201,3 +201,23 @@ def test_smollm2_converted_bpe_tokenizer_tokenizes_as_hugging_face(smollm2, asse
     text = (assets / "wikitext-2" / "wikitext-2-raw-test.txt").read_text()[:8000]
     with LlamaCpp(result.path) as runner:
         assert runner.tokenize(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_tokens_that_end_inside_a_character_are_scored_too(host, model, tmp_path):
+    """llama.cpp's server withholds the probabilities of a token that ends inside a UTF-8 character
+    (stories260K spells these as byte-fallback pieces); they are read from the whole distribution,
+    and must match slimkit's at exactly those positions."""
+    result = export_model(model, tmp_path / "m.gguf", format="gguf", host=host)
+    text = "Tom said: café, naïve — 日本 ☕ ünd 😀! " + TextSource(example_text()).text()[:400]
+    ids = tokenize(model.tokenizer, text)[:WINDOW]
+    pieces = model.tokenizer.convert_ids_to_tokens(ids.tolist())
+    partial = [t for t in range(1, len(ids)) if pieces[t].startswith("<0x") and pieces[t] != "<0x0A>"]
+    assert len(partial) >= 8, pieces  # the text really has byte pieces
+    mine, _ = slimkit_scores(model.model, ids[None])
+    with LlamaCpp(result.path, n_ctx=2 * WINDOW) as runner:
+        theirs = torch.tensor(runner.logprobs(ids.tolist()))
+    diff = (theirs - mine[0]).abs()
+    at_partial = diff[[t - 1 for t in partial]]
+    print(f"\n{len(partial)} byte pieces: mean |d log p| {float(at_partial.mean()):.4f} (elsewhere "
+          f"{float(diff.mean()):.4f}), max {float(at_partial.max()):.4f}")
+    assert float(at_partial.mean()) < 0.1 and float(at_partial.max()) < 0.5

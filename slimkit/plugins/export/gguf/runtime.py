@@ -7,7 +7,11 @@ and ``bench/export.py`` need:
 * :meth:`LlamaCpp.logprobs`: teacher-forced log-probabilities of a token sequence. llama.cpp's
   completion API scores only what it samples, so each next token is forced with a logit bias of
   +100 and its log-probability read from the *raw* logits (``post_sampling_probs: false``); with
-  ``cache_prompt`` the KV cache is reused, so each request evaluates about one new token;
+  ``cache_prompt`` the KV cache is reused, so each request evaluates about one new token.
+  llama.cpp's server reports no probabilities for a generated token that ends inside a UTF-8
+  character (a byte-fallback or partial BPE piece); there a *complete* token is forced instead and
+  the whole raw distribution asked for, from which the target's log-probability is read (the logits
+  of a position do not depend on the token sampled there);
 * :func:`perplexity` over windows, the same protocol as slimkit's ``perplexity`` evaluator
   (each window scored on its own, ``exp`` of the mean next-token NLL);
 * :meth:`LlamaCpp.greedy` tokens and :meth:`LlamaCpp.decode_speed` (tokens per second);
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 FORCE = 100.0  # logit bias that makes the forced token win every time
+ALL = 1 << 30  # n_probs: llama.cpp returns min(vocabulary, n_probs) entries
 
 
 class LlamaCpp:
@@ -48,6 +53,7 @@ class LlamaCpp:
         params.warmup = False
         params.verbosity = 3 if verbose else 0  # llama.cpp's log is long; ask for it when a file will not load
         self.path = Path(path)
+        self._safe: int | None = None
         try:
             self._server: Any = xllamacpp.Server(params)
         except RuntimeError as error:
@@ -77,15 +83,38 @@ class LlamaCpp:
         out = []
         for t in range(1, len(ids)):
             target = int(ids[t])
-            reply = self._complete({
-                "prompt": [int(i) for i in ids[:t]], "n_predict": 1, "n_probs": 1, "temperature": 0.0,
-                "cache_prompt": True, "logit_bias": [[target, FORCE]], "post_sampling_probs": False,
-            })
-            step = reply["choices"][0]["logprobs"]["content"][0]
-            if step["id"] != target:
-                raise RuntimeError(f"llama.cpp sampled {step['id']} although {target} was forced")
+            step = self._forced(ids[:t], target, 1)
+            if step is None:  # target ends inside a UTF-8 character: read it from the whole distribution
+                step = self._forced(ids[:t], self._complete_token(), ALL)
+                if step is None:
+                    raise RuntimeError(f"llama.cpp reported no probabilities at position {t}")
+                found = [entry["logprob"] for entry in step["top_logprobs"] if entry["id"] == target]
+                if not found:
+                    raise RuntimeError(f"token {target} is not in llama.cpp's vocabulary")
+                step = {"id": target, "logprob": found[0], "top_logprobs": step["top_logprobs"]}
             out.append((float(step["logprob"]), int(step["top_logprobs"][0]["id"])))
         return out
+
+    def _forced(self, prompt: Sequence[int], token: int, n_probs: int) -> dict[str, Any] | None:
+        """One token after ``prompt`` with ``token`` forced: its log-probability and the ``n_probs``
+        most likely tokens, from the raw logits; None where the server withholds them."""
+        reply = self._complete({
+            "prompt": [int(i) for i in prompt], "n_predict": 1, "n_probs": n_probs, "temperature": 0.0,
+            "cache_prompt": True, "logit_bias": [[token, FORCE]], "post_sampling_probs": False,
+        })
+        logprobs = reply["choices"][0].get("logprobs")
+        if not logprobs or not logprobs.get("content"):
+            return None
+        step = logprobs["content"][0]
+        if step["id"] != token:
+            raise RuntimeError(f"llama.cpp sampled {step['id']} although {token} was forced")
+        return step
+
+    def _complete_token(self) -> int:
+        """A token that is whole text on its own (the file's token for ".")."""
+        if self._safe is None:
+            self._safe = self.tokenize(".")[-1]
+        return self._safe
 
     def logprobs(self, ids: Sequence[int]) -> list[float]:
         """``log p(ids[t] | ids[:t])`` for ``t = 1 .. len(ids) - 1`` (teacher forcing)."""
