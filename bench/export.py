@@ -106,7 +106,8 @@ class Row:
     tok_s: dict[int, list[float]] = field(default_factory=dict)
     logprobs: torch.Tensor | None = None  # slimkit's per-token log-probabilities [windows, len - 1]
     hf: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    error: str | None = None  # quantizing, scoring or exporting failed
+    llama_error: str | None = None  # llama.cpp failed on the file
 
 
 def median(values: list[float] | None) -> float | None:
@@ -227,9 +228,10 @@ def run_llamacpp(args, rows: list[Row], windows: torch.Tensor, prompt: list[int]
             with LlamaCpp(row.gguf, n_ctx=n_ctx, threads=args.threads) as runner:
                 row.llama_ppl = perplexity(runner, windows.tolist())["perplexity"]
         except Exception as error:
-            row.error = f"{type(error).__name__}: {error}"[:300]
-        print(f"  {row.spec.key}: llama.cpp ppl {num(row.llama_ppl, '.3f')}", flush=True)
-    ready = [row for row in ready if row.error is None]
+            row.llama_error = f"{type(error).__name__}: {error}"[:300]
+        print(f"  {row.spec.key}: llama.cpp ppl {num(row.llama_ppl, '.3f')}"
+              + (f"  ERROR {row.llama_error}" if row.llama_error else ""), flush=True)
+    ready = [row for row in ready if row.llama_error is None]
     for t in threads:
         runners = [LlamaCpp(row.gguf, n_ctx=n_ctx, threads=t) for row in ready]
         try:
@@ -315,8 +317,9 @@ def report(args, rows: list[Row], base: Row, threads: list[int]) -> tuple[list[s
               f"{num(ratio(tok[1], ref_tok.get(1)), '.2f'):>6}{num(tok[t_hi], '.1f'):>9}"
               f"{num(ratio(tok[t_hi], ref_tok.get(t_hi)), '.2f'):>6}{num(row.quant_s, '.1f'):>8}"
               f"{num(row.export_s, '.1f'):>9}")
-        if row.error:
-            print(f"    ERROR {row.error}")
+        for error in (row.error, row.llama_error):
+            if error:
+                print(f"    ERROR {error}")
     ct_rows = [r for r in [base, *rows] if r.ct is not None]
     if ct_rows:
         hf_threads = args.hf_threads
@@ -452,7 +455,7 @@ def main() -> int:
             run_transformers(args, rows, base, windows)
         met, missed = report(args, rows, base, threads)
     load = os.getloadavg()
-    failed = [row.spec.key for row in rows if row.error or "error" in row.hf]
+    failed = [row.spec.key for row in rows if row.error or row.llama_error or "error" in row.hf]
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (at start {load_start[0]:.2f}); "
           f"total {time.perf_counter() - started:.0f} s")
     print("targets: " + ("all met" if not missed else f"{len(missed)} missed")
@@ -464,7 +467,8 @@ def main() -> int:
                                                    "transformers": base.hf},
             "rows": [{"key": r.spec.key, "type": r.spec.gguf, "llama_ppl": r.llama_ppl, "slimkit_ppl": r.slimkit_ppl,
                       "size": r.size, "tok_s": r.tok_s, "quant_s": r.quant_s, "export_s": r.export_s,
-                      "ct_size": r.ct_size, "transformers": r.hf, "error": r.error} for r in rows]},
+                      "ct_size": r.ct_size, "transformers": r.hf, "error": r.error, "llama_error": r.llama_error}
+                     for r in rows]},
             indent=2, default=str))
     return 0 if not missed and not failed else 1
 
