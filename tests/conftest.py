@@ -1,5 +1,6 @@
-"""Shared fixtures: the plugin host, the bundled example model, the shared assets folder, and file
-systems that refuse writes (a tmpfs mounted read-only or tiny, a folder made immutable)."""
+"""Shared fixtures: the plugin host, the bundled example model, the shared assets folder, file
+systems that refuse writes (a tmpfs mounted read-only or tiny, a folder made immutable), and the
+toy exporters' host and CLI."""
 
 from __future__ import annotations
 
@@ -135,3 +136,28 @@ def immutable(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
     yield mark
     for folder in marked:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.fixture
+def toys(register_plugin):
+    """A host with the bundled plugins and the toy exporters of tests/export_toys.py (plugin 'acme-toys')."""
+    import export_toys
+
+    return register_plugin(export_toys, name="acme-toys")
+
+
+@pytest.fixture
+def toy_cli(toys, tmp_path):
+    """``toy_cli(*args)``: the CLI on the ``toys`` host (click's runner), recording into a private
+    catalogue file (``toy_cli.db``)."""
+    from click.testing import CliRunner
+
+    from slimkit.core.cli import make_cli
+
+    db = tmp_path / "catalogue.db"
+
+    def run(*args: str):
+        return CliRunner().invoke(make_cli(toys), ["--catalogue", str(db), *args], catch_exceptions=False)
+
+    run.db = db  # type: ignore[attr-defined]
+    return run

@@ -12,36 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import export_toys
 from slimkit.core.catalogue import Catalogue
-from slimkit.core.cli import make_cli
 from slimkit.testing import write_distributions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def toys(register_plugin):
-    return register_plugin(export_toys, name="acme-toys")
-
-
-@pytest.fixture
 def m1(tmp_path, stories):
     return Path(shutil.copytree(stories, tmp_path / "models" / "m1"))
-
-
-@pytest.fixture
-def invoke(toys, tmp_path):
-    """``invoke(*args)``: the CLI on the toy host, recording into a private catalogue file."""
-    db = tmp_path / "catalogue.db"
-
-    def run(*args: str):
-        return CliRunner().invoke(make_cli(toys), ["--catalogue", str(db), *args], catch_exceptions=False)
-
-    run.db = db  # type: ignore[attr-defined]
-    return run
 
 
 def one_line_error(result, *fragments: str) -> str:
@@ -53,11 +33,11 @@ def one_line_error(result, *fragments: str) -> str:
     return lines[0]
 
 
-def test_export_prints_what_it_wrote_and_show_finds_a_copy(invoke, m1, tmp_path):
-    result = invoke("export", str(m1), "--format", "toy.st", "-p", "dtype=float16", "--no-progress")
+def test_export_prints_what_it_wrote_and_show_finds_a_copy(toy_cli, m1, tmp_path):
+    result = toy_cli("export", str(m1), "--format", "toy.st", "-p", "dtype=float16", "--no-progress")
     assert result.exit_code == 0, result.output
     written = m1.parent / "m1.st"
-    with Catalogue(str(invoke.db)) as cat:
+    with Catalogue(str(toy_cli.db)) as cat:
         (entry,) = cat.exports()
     for fragment in (str(written), entry.sha256, "48 tensors as float16", "toy.st v2 (plugin acme-toys 0.3.1)",
                      f"{entry.model_id.split(':')[1][:12]} in the catalogue"):
@@ -66,55 +46,55 @@ def test_export_prints_what_it_wrote_and_show_finds_a_copy(invoke, m1, tmp_path)
     copy = tmp_path / "elsewhere" / "model-copy.bin"
     copy.parent.mkdir()
     shutil.copyfile(written, copy)
-    shown = invoke("show", str(copy))
+    shown = toy_cli("show", str(copy))
     assert shown.exit_code == 0, shown.output
     for fragment in (f"exported file {copy}", "the model id it carries", f"export #{entry.id} of",
                      f"at {written}", entry.model_id, "produced by: nothing recorded (a base model)"):
         assert fragment in shown.output
-    data = json.loads(invoke("show", str(copy), "--json").stdout)
+    data = json.loads(toy_cli("show", str(copy), "--json").stdout)
     assert data["file"]["found_by"] == "embedded id" and data["file"]["export"]["path"] == str(written)
     assert data["model"]["id"] == entry.model_id and data["exports"][0]["present"] is True
 
-    model = json.loads(invoke("show", entry.model_id[7:19], "--json").stdout)
+    model = json.loads(toy_cli("show", entry.model_id[7:19], "--json").stdout)
     assert "file" not in model and [(e["format"], e["path"], e["present"]) for e in model["exports"]] == \
         [("toy.st", str(written), True)]
     written.unlink()
-    text = invoke("show", entry.model_id[7:19]).output
+    text = toy_cli("show", entry.model_id[7:19]).output
     assert "exports" in text and "missing" in text and entry.sha256[7:19] in text and "acme-toys 0.3.1" in text
 
 
-def test_export_json_and_params_file(invoke, m1, tmp_path):
+def test_export_json_and_params_file(toy_cli, m1, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("dtype: float16\nrefuse: null\n")
     out = tmp_path / "x.st"
-    result = invoke("export", str(m1), "-f", "toy.st", "-o", str(out), "--params-file", str(params),
+    result = toy_cli("export", str(m1), "-f", "toy.st", "-o", str(out), "--params-file", str(params),
                     "-p", "dtype=float32", "--json")
     data = json.loads(result.stdout)
     assert data["config"]["dtype"] == "float32"  # -p wins over the file
     assert data["path"] == str(out) and data["recorded"] and data["model"]["id"] == data["content_id"]
     params.write_text("- a list\n")
-    one_line_error(invoke("export", str(m1), "-f", "toy.st", "-o", str(tmp_path / "y.st"), "--params-file",
+    one_line_error(toy_cli("export", str(m1), "-f", "toy.st", "-o", str(tmp_path / "y.st"), "--params-file",
                           str(params)), "must hold a mapping")
 
 
-def test_show_of_a_derived_model_export_shows_its_lineage(invoke, tmp_path):
+def test_show_of_a_derived_model_export_shows_its_lineage(toy_cli, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("steps: [{method: prune.unstructured, params: {sparsity: 0.3}}, "
                       "{method: prune.unstructured, params: {sparsity: 0.6}}]\n")
-    assert invoke("run", str(recipe), "-m", "example:stories260K", "-o", str(tmp_path / "p"), "--name", "p36",
+    assert toy_cli("run", str(recipe), "-m", "example:stories260K", "-o", str(tmp_path / "p"), "--name", "p36",
                   "--no-progress").exit_code == 0
-    assert invoke("export", "p36", "-f", "toy.dir", "--no-progress").exit_code == 0  # by catalogue name
-    shown = invoke("show", str(tmp_path / "p-toy.dir"))
+    assert toy_cli("export", "p36", "-f", "toy.dir", "--no-progress").exit_code == 0  # by catalogue name
+    shown = toy_cli("show", str(tmp_path / "p-toy.dir"))
     assert "lineage of p36" in shown.output and shown.output.count("prune.unstructured") == 2
-    data = json.loads(invoke("show", str(tmp_path / "p-toy.dir"), "--json").stdout)
+    data = json.loads(toy_cli("show", str(tmp_path / "p-toy.dir"), "--json").stdout)
     assert [s["method"] for s in data["lineage"]["steps"]] == ["prune.unstructured"] * 2
-    assert json.loads(invoke("show", str(tmp_path / "p"), "--json").stdout)["model"]["name"] == "p36"
+    assert json.loads(toy_cli("show", str(tmp_path / "p"), "--json").stdout)["model"]["name"] == "p36"
 
 
-def test_show_of_an_unknown_file_is_one_line(invoke, tmp_path):
+def test_show_of_an_unknown_file_is_one_line(toy_cli, tmp_path):
     stranger = tmp_path / "notes.txt"
     stranger.write_text("hello")
-    one_line_error(invoke("show", str(stranger)), f"{stranger} is not an export slimkit knows")
+    one_line_error(toy_cli("show", str(stranger)), f"{stranger} is not an export slimkit knows")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -125,19 +105,19 @@ def test_show_of_an_unknown_file_is_one_line(invoke, tmp_path):
     (["-f", "toy.st", "-p", "fail=error"], "exporter 'toy.st' (plugin 'acme-toys' 0.3.1) failed in export: ValueError: "
                                            "the toy exporter broke (--debug shows the traceback)"),
 ], ids=["format", "param", "param-syntax", "exists", "plugin-raises"])
-def test_bad_exports_are_one_line_and_write_nothing(invoke, m1, tmp_path, args, fragment):
+def test_bad_exports_are_one_line_and_write_nothing(toy_cli, m1, tmp_path, args, fragment):
     taken = tmp_path / "taken.st"
     taken.write_bytes(b"mine")
     before = sorted(p.name for p in m1.parent.iterdir()) + sorted(p.name for p in tmp_path.iterdir())
     args = [a.format(taken=taken) for a in args]
-    one_line_error(invoke("export", str(m1), *args, "--no-progress"), fragment)
+    one_line_error(toy_cli("export", str(m1), *args, "--no-progress"), fragment)
     after = sorted(p.name for p in m1.parent.iterdir()) + sorted(p.name for p in tmp_path.iterdir())
     assert [n for n in after if "catalogue" not in n] == [n for n in before if "catalogue" not in n]
     assert taken.read_bytes() == b"mine"
 
 
-def test_check_refusals_are_listed_together(invoke, m1):
-    result = invoke("export", str(m1), "-f", "toy.st", "-p", "refuse=layers.1.self_attn", "--no-progress")
+def test_check_refusals_are_listed_together(toy_cli, m1):
+    result = toy_cli("export", str(m1), "-f", "toy.st", "-p", "refuse=layers.1.self_attn", "--no-progress")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0] == f"Error: cannot export {m1} as toy.st: 4 problems:"
@@ -146,17 +126,17 @@ def test_check_refusals_are_listed_together(invoke, m1):
     assert not (m1.parent / "m1.st").exists()
 
 
-def test_ctrl_c_during_an_export_writes_nothing(invoke, m1):
-    assert invoke("export", str(m1), "-f", "toy.st", "--no-progress").exit_code == 0
+def test_ctrl_c_during_an_export_writes_nothing(toy_cli, m1):
+    assert toy_cli("export", str(m1), "-f", "toy.st", "--no-progress").exit_code == 0
     before = (m1.parent / "m1.st").read_bytes()
-    result = invoke("export", str(m1), "-f", "toy.st", "-p", "fail=interrupt", "--overwrite", "--no-progress")
+    result = toy_cli("export", str(m1), "-f", "toy.st", "-p", "fail=interrupt", "--overwrite", "--no-progress")
     assert result.exit_code == 130 and "Interrupted: nothing was written." in result.stderr
     assert (m1.parent / "m1.st").read_bytes() == before
     assert sorted(p.name for p in m1.parent.iterdir()) == ["m1", "m1.st"]
 
 
-def test_methods_lists_exporters(invoke):
-    listed = json.loads(invoke("methods", "--family", "exporter", "--json").stdout)
+def test_methods_lists_exporters(toy_cli):
+    listed = json.loads(toy_cli("methods", "--family", "exporter", "--json").stdout)
     assert {m["name"] for m in listed} >= {"toy.st", "toy.dir", "toy.anon"}
     assert {m["family"] for m in listed} == {"exporter"}
     toy = next(m for m in listed if m["name"] == "toy.st")

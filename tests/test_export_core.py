@@ -24,12 +24,6 @@ from slimkit.core.provenance import content_id
 
 
 @pytest.fixture
-def toys(register_plugin):
-    """A host with the bundled plugins and the toy exporters (plugin 'acme-toys')."""
-    return register_plugin(export_toys, name="acme-toys")
-
-
-@pytest.fixture
 def cat(tmp_path):
     with Catalogue(str(tmp_path / "catalogue.db")) as opened:
         yield opened

@@ -8,31 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import export_toys
 import slimkit
 from slimkit import ExportError, RecipeError
 from slimkit.core.catalogue import Catalogue
-from slimkit.core.cli import make_cli
 
 PRUNE = "steps: [{method: prune.unstructured, params: {sparsity: 0.5}}]\n"
-
-
-@pytest.fixture
-def toys(register_plugin):
-    return register_plugin(export_toys, name="acme-toys")
-
-
-@pytest.fixture
-def invoke(toys, tmp_path):
-    db = tmp_path / "catalogue.db"
-
-    def run(*args: str):
-        return CliRunner().invoke(make_cli(toys), ["--catalogue", str(db), *args], catch_exceptions=False)
-
-    run.db = db  # type: ignore[attr-defined]
-    return run
 
 
 def recipe(folder: Path, text: str) -> Path:
@@ -42,10 +24,10 @@ def recipe(folder: Path, text: str) -> Path:
     return path
 
 
-def test_slimkit_run_exports_the_saved_model_and_records_it_under_the_run(invoke, tmp_path):
+def test_slimkit_run_exports_the_saved_model_and_records_it_under_the_run(toy_cli, tmp_path):
     path = recipe(tmp_path, "name: p50\n" + PRUNE + "evaluate: [{metric: size}]\nexport:\n"
                   "  - {format: toy.st}\n  - {format: toy.dir, params: {dtype: float16}, out: ../shipped/p50}\n")
-    result = invoke("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p50"), "--json")
+    result = toy_cli("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p50"), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     model_id = data["content_id"]
@@ -54,7 +36,7 @@ def test_slimkit_run_exports_the_saved_model_and_records_it_under_the_run(invoke
     assert second["path"] == str((tmp_path / "shipped" / "p50").resolve())  # relative to the recipe's folder
     assert export_toys.ToyFile.identify(Path(first["path"])) == model_id
     assert export_toys.ToyFolder.identify(Path(second["path"])) == model_id
-    with Catalogue(str(invoke.db)) as cat:
+    with Catalogue(str(toy_cli.db)) as cat:
         recorded = cat.exports(model_id)
         (run,) = cat.runs()
         assert [(e.format, e.path, e.run_id) for e in recorded] == \
@@ -62,7 +44,7 @@ def test_slimkit_run_exports_the_saved_model_and_records_it_under_the_run(invoke
         assert run.status == "done" and data["run_id"] == run.id and recorded[1].config["dtype"] == "float16"
         assert "export:" in (run.recipe_text or "")
         assert cat.model(model_id).location == str((tmp_path / "p50").resolve())
-    text = invoke("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p50"), "--overwrite",
+    text = toy_cli("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p50"), "--overwrite",
                   "--no-progress")
     assert text.exit_code == 0, text.output
     assert f"exported toy.st to {first['path']}" in text.output and f"exported toy.dir to {second['path']}" in text.output
@@ -78,11 +60,11 @@ def test_slimkit_run_exports_the_saved_model_and_records_it_under_the_run(invoke
     ("  - {format: toy.st, out: ../p/inside.st}\n", ["export 1 (toy.st): export: ", "inside.st is inside the model folder"]),
     ("  - {format: toy.st, unknown: 1}\n", ["r.yaml: export 1: unknown: unknown parameter (got 1)"]),
 ], ids=["format-and-params", "exists", "two-to-one-path", "inside-output", "malformed"])
-def test_export_problems_are_refused_before_any_work(invoke, tmp_path, section, fragments):
+def test_export_problems_are_refused_before_any_work(toy_cli, tmp_path, section, fragments):
     (tmp_path / "taken.st").write_bytes(b"mine")
     path = recipe(tmp_path, PRUNE + "export:\n" + section)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = invoke("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p"), "--no-progress")
+    result = toy_cli("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p"), "--no-progress")
     assert result.exit_code == 1, result.output
     created = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("catalogue.db"))
     lines = result.stderr.strip().splitlines()
@@ -90,13 +72,13 @@ def test_export_problems_are_refused_before_any_work(invoke, tmp_path, section, 
     for fragment in fragments:
         assert fragment in lines[0]
     assert created == before  # no model folder, no export (the catalogue was opened: it checks names and folders)
-    with Catalogue(str(invoke.db)) as cat:
+    with Catalogue(str(toy_cli.db)) as cat:
         assert cat.runs() == [] and cat.models() == []
 
 
-def test_validate_checks_the_export_section(invoke, tmp_path):
+def test_validate_checks_the_export_section(toy_cli, tmp_path):
     path = recipe(tmp_path, PRUNE + "export: [{format: toy.onnx}]\n")
-    failed = invoke("validate", str(path))
+    failed = toy_cli("validate", str(path))
     assert failed.exit_code == 1 and "export 1 (toy.onnx): unknown exporter 'toy.onnx'" in failed.stderr
 
 
@@ -120,9 +102,9 @@ def test_without_an_output_folder_exports_go_to_the_catalogues_artifacts(toys, t
         assert result.output is None and cat.model(result.provenance["content_id"]).location is None
 
 
-def test_a_refused_export_fails_the_run_but_keeps_the_model(invoke, tmp_path):
+def test_a_refused_export_fails_the_run_but_keeps_the_model(toy_cli, tmp_path):
     path = recipe(tmp_path, PRUNE + "export:\n  - {format: toy.dir}\n  - {format: toy.st, params: {refuse: layers.0.mlp}}\n")
-    result = invoke("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p"), "--no-progress")
+    result = toy_cli("run", str(path), "-m", "example:stories260K", "-o", str(tmp_path / "p"), "--no-progress")
     assert result.exit_code == 1
     assert f"saved {tmp_path / 'p'} (" in result.output  # the run's report comes first
     lines = result.stderr.strip().splitlines()
@@ -131,7 +113,7 @@ def test_a_refused_export_fails_the_run_but_keeps_the_model(invoke, tmp_path):
     assert all(line.startswith("  - export 2 (toy.st): tensor model.layers.0.mlp.") for line in lines[1:])
     assert (tmp_path / "p" / "slimkit.json").is_file()
     assert not (tmp_path / "p-toy.dir").exists() and not (tmp_path / "p.st").exists()  # neither export was written
-    with Catalogue(str(invoke.db)) as cat:
+    with Catalogue(str(toy_cli.db)) as cat:
         (run,) = cat.runs()
         model_id = json.loads((tmp_path / "p" / "slimkit.json").read_text())["content_id"]
         assert run.status == "failed" and "exporting it failed" in (run.error or "")
