@@ -112,7 +112,21 @@ def test_rtn_codes_land_in_the_blocks_bit_for_bit(host, model, tmp_path, params,
         codes = raw.data.reshape(-1, 34)[:, 2:].view("int8")
         assert codes.min() == -128  # slimkit's grid uses the extra negative code; Q8_0 holds it
     assert result.summary.details["float_projections"] == [f"model.layers.{i}.mlp.down_proj" for i in range(5)]
-    assert "5 block projection(s) went out as float" in result.summary.description
+    assert ("5 block projection(s) went out as float (5 with rows that are not a multiple of 32, which no "
+            "block type holds)") in result.summary.description
+
+
+@pytest.mark.parametrize("requantize", [False, True])
+def test_summary_says_why_projections_went_out_as_float(host, model, tmp_path, requantize):
+    compress(host, model, "quantize.rtn", {"bits": 4, "group_size": 32, "roles": ["q", "k", "v"]})
+    result = export_model(model, tmp_path / "m.gguf", format="gguf", host=host, params={"requantize": requantize})
+    text = result.summary.description
+    if requantize:  # o, gate and up (64 inputs) re-quantized; down (172) cannot be
+        assert "went out as float (5 with rows that are not a multiple of 32" in text
+        assert "left unquantized" not in text
+    else:
+        assert "20 block projection(s) went out as float (15 left unquantized by slimkit; requantize=true would " \
+               "quantize them; 5 with rows that are not a multiple of 32" in text
 
 
 def test_gptq_codes_land_in_q4_0_bit_for_bit(host, model, calibration, tmp_path):

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from slimkit import EXPORT_CONTENT_ID_KEY, BaseExporter, ExportSummary, MethodConfig, hookimpl
 from slimkit.plugins.export.gguf import plan as planning
+from slimkit.plugins.export.gguf.tensors import BLOCK, FLOAT_TYPES
 from slimkit.plugins.export.gguf.layout import write_hyper
 from slimkit.plugins.export.gguf.metadata import read_metadata
 from slimkit.plugins.export.gguf.vocab import resolve
@@ -110,7 +111,7 @@ class GGUFExporter(BaseExporter):
                 ctx.report("tensors", index, len(plan.jobs), job.name)
         finally:
             writer.close()
-        return _summary(plan, tokenizer.source)
+        return _summary(plan, tokenizer.source, config)
 
     def _header(self, writer, model, config, ctx, plan, tokenizer) -> None:
         import gguf
@@ -155,14 +156,21 @@ def _main_type(plan: planning.Plan) -> str:
     return weights.most_common(1)[0][0] if weights else "F32"
 
 
-def _summary(plan: planning.Plan, tokenizer: str) -> ExportSummary:
+def _summary(plan: planning.Plan, tokenizer: str, config: Any) -> ExportSummary:
     hyper = plan.hyper
     assert hyper is not None
     counts = plan.counts()
-    floats = [job.source for job in plan.jobs if job.how == "float" and job.name.startswith("blk.")]
+    float_jobs = [job for job in plan.jobs if job.how == "float" and job.name.startswith("blk.")]
+    floats = [job.source for job in float_jobs]
     parts = ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    float_note = (f"; {len(floats)} block projection(s) went out as float (slimkit left them unquantized; "
-                  "requantize=true would quantize them)" if floats else "")
+    float_note = ""
+    if float_jobs and config.weights not in FLOAT_TYPES:
+        unaligned = sum(1 for job in float_jobs if job.shape[-1] % BLOCK)
+        why = [f"{len(float_jobs) - unaligned} left unquantized by slimkit; requantize=true would quantize them"
+               ] if len(float_jobs) > unaligned else []
+        why += [f"{unaligned} with rows that are not a multiple of {BLOCK}, which no block type holds"
+                ] if unaligned else []
+        float_note = f"; {len(float_jobs)} block projection(s) went out as float ({'; '.join(why)})"
     tied = not any(job.name == "output.weight" for job in plan.jobs)
     return ExportSummary(
         f"wrote {len(plan.jobs)} tensors as {hyper.arch} ({parts}){float_note}; "
