@@ -31,7 +31,10 @@ tokens/s beside the fp32 folder's (measured alternately). transformers decompres
 float ``nn.Linear``, so it runs them at float speed: the gain is in the serving runtimes.
 
 SmolLM2's weights come from a Q4_1 GGUF (4-bit, blocks of 32): group 32 aligns with those blocks,
-which flatters every 4-bit result (the reference Q4_1 all but reproduces the source).
+which flatters every 4-bit result (the reference Q4_1 all but reproduces the source). ``--model
+stories260K`` runs the same rows on the bundled stories260K, whose weights are float as trained:
+TinyStories valid cut in two, the first half calibrates, the second is scored; its ``down_proj``
+(172 inputs, no group of 32) stays F16 in every row.
 
 Usage: .venv/bin/python bench/export.py [--only ref-q4_0,gptq-q4_0] [--no-ct] [--json out.json]
 """
@@ -145,6 +148,21 @@ def quiet():
     return contextlib.redirect_stderr(open(os.devnull, "w"))  # noqa: SIM115 - progress bars
 
 
+def stories_inputs(assets: Path, work: Path) -> tuple[str, Path, Path] | None:
+    """``(model, calibration text, evaluation text)`` for the bundled stories260K: TinyStories valid
+    (blank lines collapsed, as llama2.c trained on it) cut in two at a line, the first half for
+    calibration, the second for evaluation; ``None`` (said on stderr) when the text is absent."""
+    path = assets / "tinystories" / "tinystories-valid-head.txt"
+    if not path.is_file():
+        print(f"needs {path} (../shared/assets)", file=sys.stderr)
+        return None
+    text = path.read_text().replace("\n\n", "\n")
+    cut = text.index("\n", len(text) // 2) + 1
+    (work / "calibration.txt").write_text(text[:cut])
+    (work / "evaluation.txt").write_text(text[cut:])
+    return "example:stories260K", work / "calibration.txt", work / "evaluation.txt"
+
+
 def build_rows(args, specs: list[Spec], inputs, host, work: Path, dense, windows: torch.Tensor
                ) -> tuple[list[Row], Row]:
     """Quantize, score with slimkit and export every row; returns the rows and the fp32 row
@@ -160,7 +178,9 @@ def build_rows(args, specs: list[Spec], inputs, host, work: Path, dense, windows
     base.slimkit_ppl = host.evaluate("perplexity", dense, params=eval_params)["perplexity"]
     base.logprobs = token_logprobs(dense.model, windows)
     print(f"fp32 model: slimkit ppl {base.slimkit_ppl:.3f}", flush=True)
-    gguf_common = {"embedding": args.embedding, "tokenizer": str(source)}
+    gguf_common = {"embedding": args.embedding}
+    if args.model == "smollm2":
+        gguf_common["tokenizer"] = str(source)  # its own vocabulary, copied from the source GGUF
 
     def export(row: Row, model, params: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -194,6 +214,8 @@ def build_rows(args, specs: list[Spec], inputs, host, work: Path, dense, windows
             else:
                 step = {"method": f"quantize.{spec.method}",
                         "params": {"bits": 4, "group_size": 32, "symmetric": spec.symmetric}}
+                if args.model == "stories260K":  # down_proj's 172 inputs hold no group of 32: float, as in ref rows
+                    step["params"]["roles"] = ["q", "k", "v", "o", "gate", "up"]
                 data: dict[str, Any] = {"name": spec.key, "steps": [step]}
                 if spec.calib:
                     data["calibration"] = {"text": str(valid), "n_samples": args.calib_samples,
@@ -274,7 +296,7 @@ def run_transformers(args, rows: list[Row], base: Row, windows: torch.Tensor) ->
         try:
             net = load(row)
             score(row, net)
-            for t in args.hf_threads:
+            for t in (args.hf_threads if args.model == "smollm2" else []):  # as llama.cpp decode
                 torch.set_num_threads(t)
                 hf_decode(net, prompt, 4)
                 hf_decode(dense, prompt, 4)
@@ -297,20 +319,25 @@ def report(args, rows: list[Row], base: Row, threads: list[int]) -> tuple[list[s
     by_key = {row.spec.key: row for row in rows}
     ref = by_key.get(REFERENCE)
     ref_tok = {t: median(ref.tok_s.get(t)) for t in threads} if ref else {}
-    t_hi = threads[-1]
-    print(f"\nGGUF in llama.cpp (xllamacpp): WikiText-2 raw test {args.eval_windows}x{args.eval_len} tokens (slimkit's "
+    t_hi = threads[-1] if threads else 2
+    test, valid = (("WikiText-2 raw test", "WikiText-2 valid") if args.model == "smollm2" else
+                   ("TinyStories valid 2nd half", "TinyStories valid 1st half"))
+    print(f"\n{args.model} GGUF in llama.cpp (xllamacpp): {test} {args.eval_windows}x{args.eval_len} tokens (slimkit's "
           f"tokenizer, ids fed to llama.cpp); embedding {args.embedding} in every row (tied head); calibration "
-          f"WikiText-2 valid {args.calib_samples}x{args.calib_len} seed {args.seed} ({args.precision}); decode: "
+          f"{valid} {args.calib_samples}x{args.calib_len} seed {args.seed} ({args.precision}); decode: "
           f"{PROMPT_TOKENS}-token prompt + {args.decode_tokens} new, median of {args.repeats}, all rows in turn; "
           f"x ref = vs {REFERENCE}; fp32 model slimkit ppl {num(base.slimkit_ppl, '.3f')}")
-    print("note: SmolLM2's weights come from a Q4_1 GGUF (blocks of 32); group 32 aligns with them, which flatters "
-          "every 4-bit row (reference Q4_1 all but reproduces the source)")
+    if args.model == "smollm2":
+        print("note: SmolLM2's weights come from a Q4_1 GGUF (blocks of 32); group 32 aligns with them, which "
+              "flatters every 4-bit row (reference Q4_1 all but reproduces the source)")
+    else:
+        print("note: stories260K (float weights as trained); down_proj (172 inputs) is F16 in every row")
     header = (f"{'row':<16}{'what':<28}{'type':<6}{'ppl llama.cpp':>14}{'ppl slimkit':>12}{'ratio':>7}{'MiB':>7}"
               f"{'tok/s 1t':>9}{'x ref':>6}{f'tok/s {t_hi}t':>9}{'x ref':>6}{'quant s':>8}{'export s':>9}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        tok = {t: median(row.tok_s.get(t)) for t in threads}
+        tok = {t: median(row.tok_s.get(t)) for t in {1, t_hi}}
         print(f"{row.spec.key:<16}{row.spec.label:<28}{row.spec.gguf:<6}{num(row.llama_ppl, '.3f'):>14}"
               f"{num(row.slimkit_ppl, '.3f'):>12}{num(ratio(row.llama_ppl, row.slimkit_ppl), '.4f'):>7}"
               f"{num(row.size and row.size / 2**20, '.1f'):>7}{num(tok[1], '.1f'):>9}"
@@ -382,6 +409,9 @@ def report(args, rows: list[Row], base: Row, threads: list[int]) -> tuple[list[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("smollm2", "stories260K"), default="smollm2",
+                        help="SmolLM2-135M on WikiText-2 (default), or the bundled stories260K, whose weights are "
+                        "float as trained, on TinyStories valid (first half calibrates, second half evaluates)")
     parser.add_argument("--threads", type=int, default=2, help="threads everywhere; decode also at 1 (default 2)")
     add_data_options(parser, "the reference rows have no calibration")
     parser.set_defaults(calib_samples=32, eval_windows=8, eval_len=256)
@@ -409,9 +439,6 @@ def main() -> int:
                      "WikiText-2 raw test (llama.cpp scores ~50 tokens/s here, about 40 s a row); the default run "
                      "takes 15-30 minutes on 2 shared cores.")
     args = parser.parse_args()
-    inputs = smol_inputs(args.assets)
-    if inputs is None:
-        return 2
     specs = SPECS
     if args.only:
         wanted = set(args.only.split(","))
@@ -436,16 +463,21 @@ def main() -> int:
 
     started = time.perf_counter()
     load_start = os.getloadavg()
-    print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
-    host = make_host(load_entrypoints=False)
-    with quiet():
-        dense = load_model(inputs[0])
-    ids = tokenize(dense.tokenizer, TextSource(inputs[2]).text())  # as the perplexity evaluator cuts them
-    count = min(args.eval_windows, ids.numel() // args.eval_len)
-    windows = ids[: count * args.eval_len].view(count, args.eval_len)
-    prompt = windows[0, :PROMPT_TOKENS].tolist()
-    threads = sorted({1, args.threads})
     with tempfile.TemporaryDirectory() as tmp:
+        inputs = smol_inputs(args.assets) if args.model == "smollm2" else stories_inputs(args.assets, Path(tmp))
+        if inputs is None:
+            return 2
+        print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+        host = make_host(load_entrypoints=False)
+        with quiet():
+            dense = load_model(inputs[0])
+        ids = tokenize(dense.tokenizer, TextSource(inputs[2]).text())  # as the perplexity evaluator cuts them
+        count = min(args.eval_windows, ids.numel() // args.eval_len)
+        windows = ids[: count * args.eval_len].view(count, args.eval_len)
+        prompt = windows[0, :PROMPT_TOKENS].tolist()
+        # a 260K-parameter model decodes in a fraction of a millisecond a token: what is timed there is the
+        # server's overhead and the other open files' spinning threads, not the format
+        threads = sorted({1, args.threads}) if args.model == "smollm2" else []
         rows, base = build_rows(args, specs, inputs, host, Path(tmp), dense, windows)
         del dense
         print("llama.cpp:", flush=True)
