@@ -73,3 +73,7 @@ class ExportError(SlimkitError):
         self.result = result
         super().__init__(f"{what}: " + "; ".join(self.problems) if len(self.problems) == 1
                          else f"{what}: {len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class DeviceError(SlimkitError):
+    """A device or precision was asked for that this machine (or this torch build) does not have."""

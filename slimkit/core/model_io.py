@@ -59,6 +59,16 @@ class LoadedModel:
     def config(self) -> Any:
         return getattr(self.model, "config", None)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the model's float weights (float32 if it has none)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (its first parameter's device; the CPU if it has none)."""
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
     def _repr_html_(self) -> str:  # notebooks: architecture, params, source, provenance steps
         from slimkit.core.present.html import loaded_model_html
 
@@ -258,13 +268,31 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model, _load_tokenizer(repo_id), repo_id, None, None)
 
 
-def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
+               device: str | torch.device | None = None) -> LoadedModel:
     """Load a model from a folder, a ``.gguf`` file, ``example:NAME`` or a hub id (``org/name``).
 
     Local paths win over hub ids; a path that does not exist is an error, never a hub lookup,
     when it is clearly a path (starts with ``.``, ``/`` or ``~``, or ends in ``.gguf``).
+
+    :param dtype: ``float32`` (default), ``bfloat16``, ``float16``, a torch dtype, or ``auto``:
+        the checkpoint's own, where the device computes it natively (see :mod:`slimkit.core.runtime`).
+    :param device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``; checked before loading.
     """
+    from slimkit.core.runtime import checkpoint_dtype, resolve
+
     text = str(spec)
+    folder = examples().get(text[len(EXAMPLE_PREFIX):]) if text.startswith(EXAMPLE_PREFIX) else Path(text).expanduser()
+    wanted = resolve(dtype, device, checkpoint=checkpoint_dtype(folder) if dtype == "auto" and folder else None)
+    loaded = _load(text, wanted.dtype)
+    if wanted.device.type != "cpu":
+        loaded.model.to(wanted.device)
+    if wanted.reason:
+        loaded.extras["dtype_reason"] = wanted.reason
+    return loaded
+
+
+def _load(text: str, dtype: torch.dtype) -> LoadedModel:
     if text.startswith(EXAMPLE_PREFIX):
         name = text[len(EXAMPLE_PREFIX) :]
         bundled = examples()

@@ -8,19 +8,25 @@ nothing above it; this module sits above both and asks the catalogue only where 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from slimkit.core.catalogue.migrate import CatalogueError
 from slimkit.core.catalogue.store import Catalogue
-from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, load_model
+from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, load_model as _load
 
 
-def load_model_ref(spec: str, cat: Catalogue | Callable[[], Catalogue] | None) -> LoadedModel:
-    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id.
+def load_model_ref(spec: str, cat: Catalogue | Callable[[], Catalogue] | None, *, dtype: Any = "float32",
+                   device: Any = None) -> LoadedModel:
+    """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id,
+    in ``dtype`` on ``device`` (as :func:`~slimkit.load_model` takes them).
 
     Local paths and examples win; then the catalogue (where the model was saved); then the hub.
     ``cat`` may be a function that opens the catalogue, called only when a name needs it.
     """
+
+    def load_model(where: str) -> LoadedModel:
+        return _load(where, dtype=dtype, device=device)
+
     if cat is None or spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists() \
             or spec.startswith((".", "/", "~")):
         return load_model(spec)

@@ -14,6 +14,7 @@ A recipe is YAML (or the same structure from Python)::
       - format: gguf
         params: {}
         out: m1.gguf       # optional: default beside the saved model folder
+    runtime: {dtype: bfloat16, device: cpu}                              # optional: how the model loads
 
 It is validated completely before any work starts: every problem found is reported at once, each
 naming the step, the method, the field and what is allowed.
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slimkit.core.config import MethodConfig, describe_validation_error, validation_problems
 from slimkit.core.errors import RecipeError, SlimkitError, UnknownMethodError
 from slimkit.core.identity import MethodIdentity, guarded, resolve_uses
+from slimkit.core.runtime import RuntimeSpec
 from slimkit.core.steps import PlannedStep, check_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,6 +95,8 @@ class Recipe(_Strict):
     steps: list[StepSpec] = Field(min_length=1)
     evaluate: list[EvalSpec] = Field(default_factory=list)
     export: list[ExportSpec] = Field(default_factory=list)
+    runtime: RuntimeSpec | None = Field(None, description="How the model is loaded when the recipe loads it: "
+                                        "dtype and device (--dtype/--device override it).")
     base_dir: Path | None = Field(None, exclude=True, description="Folder relative paths are read from.")
 
     @classmethod

@@ -25,6 +25,7 @@ from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, content_id, runtime_versions
+from slimkit.core.runtime import placement_record
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.export.result import ExportResult
@@ -128,7 +129,9 @@ def run_recipe(
         if isinstance(model, LoadedModel):
             loaded = model if inplace else copy.deepcopy(model)
         else:
-            loaded = load_model(model)
+            runtime = validated.recipe.runtime
+            loaded = load_model(model) if runtime is None else load_model(model, dtype=runtime.dtype,
+                                                                          device=runtime.device)
         if target is not None:
             check_disk_space(target, state_bytes(loaded.model))
         calibration = validated.recipe.calibration_data(loaded)
@@ -207,7 +210,7 @@ def _execute(
         records.append(StepEntry(
             id=key, child_id=child_id, parents=tuple((p["model_id"], p["role"]) for p in parents),
             method=step.info.name, family=step.info.family, config=step.serial, plugin=step.info.plugin,
-            plugin_version=step.info.plugin_version, versions=runtime_versions(),
+            plugin_version=step.info.plugin_version, versions={**runtime_versions(), **placement_record(loaded)},
             uses=tuple(use.to_json() for use in step.uses), calibration=calibration_spec,
             # Recorded whenever the step was given calibration data: a compressor may not need it
             # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).

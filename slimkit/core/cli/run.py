@@ -10,17 +10,22 @@ import click
 import yaml
 
 from slimkit.core.cli.render import ProgressBars, print_json, table
+from slimkit.core.cli.runtime_options import runtime_choice, runtime_options
 from slimkit.core.cli.state import get_catalogue_from, get_host_from
 from slimkit.core.errors import ConfigError, ExportError
 from slimkit.core.present.format import comparison, duration, human_bytes, metric_value, short_id
 
 
-def load_model_ref(ctx: click.Context, spec: str) -> Any:
+def load_model_ref(ctx: click.Context, spec: str, runtime: Any = None) -> Any:
     """Load a model given as a path, ``example:NAME``, a catalogue name or id prefix, or a hub id
-    (see :func:`slimkit.core.model_refs.load_model_ref`)."""
+    (see :func:`slimkit.core.model_refs.load_model_ref`), in the ``--dtype``/``--device`` given,
+    else ``runtime``'s (a recipe's ``runtime:`` section), else float32 on the CPU."""
     from slimkit.core.model_refs import load_model_ref as load
 
-    return load(spec, lambda: get_catalogue_from(ctx))
+    chosen = runtime_choice(ctx)
+    dtype = chosen["dtype"] or (runtime.dtype if runtime is not None else "float32")
+    device = chosen["device"] or (runtime.device if runtime is not None else "cpu")
+    return load(spec, lambda: get_catalogue_from(ctx), dtype=dtype, device=device)
 
 
 def show_result(result: Any, title: str) -> None:
@@ -46,6 +51,7 @@ def show_result(result: Any, title: str) -> None:
 @click.option("--name", help="A unique name for the derived model in the catalogue.")
 @click.option("--force", is_flag=True, help="Recompute steps the catalogue already has results for.")
 @click.option("--no-record", is_flag=True, help="Do not record the run in the catalogue.")
+@runtime_options
 @click.pass_context
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
         no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
@@ -70,7 +76,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         out = str(new_artifact_path(catalogue, name or parsed.name))
     # The recipe's exports' targets too (run_recipe checks them again, cheaply).
     plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
-    model = load_model_ref(ctx, model_spec)
+    model = load_model_ref(ctx, model_spec, parsed.runtime)
     try:
         with ProgressBars(enabled=not (no_progress or as_json)) as bars:
             result = run_recipe(validated, model, out=out, overwrite=overwrite, host=host, progress=bars,
@@ -149,6 +155,7 @@ def _parse_params(items: tuple[str, ...], methods: list[str], *, single: bool = 
                    "names it outright (qa.top1:text=x).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--no-record", is_flag=True, help="Do not record the results in the catalogue.")
+@runtime_options
 @click.pass_context
 def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], param_items: tuple[str, ...],
              as_json: bool, no_record: bool) -> None:
@@ -192,6 +199,7 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
 @click.option("--seed", default=0, show_default=True, help="Seed for the windows and the scorer.")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Calibration passes in this precision (bfloat16: faster where the CPU or GPU has it).")
+@runtime_options
 @click.pass_context
 def score(ctx: click.Context, model_spec: str, scorer: str, param_items: tuple[str, ...], out: str,
           overwrite: bool, calibration_text: str | None, samples: int, seq_len: int, seed: int,
