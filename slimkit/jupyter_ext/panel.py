@@ -77,6 +77,10 @@ class Panel:
         self.model_path = w.Text(value=model, description="or path", placeholder="folder, .gguf, hub id, example:…",
                                  layout=w.Layout(width="70%"))
         self.model_list.observe(serialised(self._model_picked), names="value")
+        from slimkit.core.runtime import RuntimeSpec
+
+        self.runtime = ConfigForm(RuntimeSpec, title="Precision and device")
+        self.runtime.on_change(serialised(lambda _: self._changed()))
         self.model_path.observe(serialised(lambda _: self._changed()), names="value")
 
         # method picker and its generated form
@@ -147,7 +151,7 @@ class Panel:
 
         run_row = w.HBox([self.run_button, self.cancel_button, self.progress, self.progress_text])
         tabs = w.Tab(children=[
-            w.VBox([self.model_list, self.model_path]),
+            w.VBox([self.model_list, self.model_path, self.runtime.widget]),
             w.VBox([self.method, self.method_help, self.form_box, w.HBox([self.add_step, self.replace_step])]),
             w.VBox([self.recipe.widget, w.HBox([self.metrics, self.windows]),
                     w.Accordion(children=[self.calibration.widget], titles=("Calibration data",))]),
@@ -191,6 +195,7 @@ class Panel:
         running = self.run_state is not None and self.run_state.running
         form_ok = self.form is not None and self.form.valid
         self.run_button.disabled = (running or not self.model_spec or not self.calibration.valid
+                                    or not self.runtime.valid
                                     or not (self.recipe.steps or form_ok))
         self.add_step.disabled = not form_ok
         self.replace_step.disabled = not form_ok or self.recipe.selected is None
@@ -272,12 +277,18 @@ class Panel:
                     for name in self.metrics.value]  # each evaluator's defaults, but perplexity's length
         if not self.calibration.valid:
             raise SlimkitError("the calibration settings are not valid: " + self.calibration.summary())
-        return {"calibration": self.calibration.params(), "evaluate": evaluate}
+        if not self.runtime.valid:
+            raise SlimkitError("the precision and device are not valid: " + self.runtime.summary())
+        runtime = self.runtime.params()  # only what differs from float32 on the CPU
+        return {"calibration": self.calibration.params(), "evaluate": evaluate, **({"runtime": runtime} if runtime else {})}
 
     def _recipe_changed(self) -> None:
         loaded = self.recipe.sections.pop("calibration", None)
         if loaded is not None:  # a loaded recipe's calibration goes into the calibration form
             self.calibration.set_values(loaded)
+        runtime = self.recipe.sections.pop("runtime", None)
+        if runtime is not None:  # and its runtime into the Model tab's
+            self.runtime.set_values(runtime)
         self._changed()
 
     def recipe_data(self) -> dict[str, Any]:
@@ -301,9 +312,13 @@ class Panel:
             from slimkit.core.preflight import check_name
             from slimkit.core.recipe import Recipe
 
+            from slimkit.core.runtime import RuntimeSpec, resolve_device
+
             recipe = Recipe.from_data(self.recipe_data())
             validated = recipe.resolve(self.host)  # every problem the model does not decide; resolved once
             check_name(self.catalogue, name)  # the same check as the CLI's, before any work
+            runtime = recipe.runtime or RuntimeSpec()
+            resolve_device(runtime.device)  # a GPU that is not here: said now, not after loading
         except SlimkitError as error:
             self.error.value = error_html(error)
             return None
@@ -315,7 +330,7 @@ class Panel:
             from slimkit.core.model_refs import load_model_ref
             from slimkit.core.runner import run_recipe
 
-            model = load_model_ref(spec, self.catalogue)
+            model = load_model_ref(spec, self.catalogue, dtype=runtime.dtype, device=runtime.device)
             out = new_artifact_path(self.catalogue, name or recipe.name or Path(spec).name or "model")
             return run_recipe(validated, model, out=out, host=self.host, progress=progress, inplace=True,
                               catalogue=self.catalogue, name=name)

@@ -248,3 +248,21 @@ def test_any_installed_evaluator_can_be_chosen_and_one_that_does_not_fit_is_repo
     panel.run()
     assert panel.wait(120) == "failed"
     assert "stsb" in panel.error.value and panel.catalogue.models() == []
+
+
+def test_the_model_tab_sets_precision_and_device(panel):
+    import torch
+
+    quick(panel)
+    panel.runtime.set_values({"dtype": "bfloat16"})
+    assert panel.recipe_data()["runtime"] == {"dtype": "bfloat16"}
+    panel.run()
+    assert panel.wait(300) == "done", panel.error.value
+    assert panel.last_result.model.dtype == torch.bfloat16
+    assert panel.last_result.steps[0].versions["dtype"] == "bfloat16"
+    panel.runtime.set_values({"dtype": "float32", "device": "gpu"})  # not a device: Run is off, the field says why
+    assert panel.run_button.disabled and "device" in panel.runtime.errors
+    if not torch.cuda.is_available():
+        panel.runtime.set_values({"device": "cuda"})
+        assert not panel.run_button.disabled
+        assert panel.run() is None and "torch sees no CUDA GPU here" in panel.error.value  # before loading
