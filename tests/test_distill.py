@@ -10,7 +10,8 @@ import torch
 
 from slimkit import Recipe, load_model, run_recipe, save_model
 from slimkit.core.errors import RecipeError
-from slimkit.plugins.distill.losses import HiddenStateLoss, block_map, logit_loss
+from slimkit.plugins.distill.losses import HiddenStateLoss, block_map, chunked_logit_loss, lm_loss, logit_loss
+from slimkit.plugins.distill.training import recomputed
 
 CALIBRATION = {"n_samples": 4, "seq_len": 64, "seed": 0}
 
@@ -34,6 +35,45 @@ def test_logit_loss_is_zero_for_equal_logits_and_positive_otherwise():
     logits = torch.randn(2, 5, 11)
     assert float(logit_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(logit_loss(logits + torch.randn(2, 5, 11), logits, 2.0)) > 0.01
+
+
+@pytest.mark.parametrize("lm_weight", [0.0, 0.3])
+@pytest.mark.parametrize("chunk", [7, 64, 4096])
+def test_chunked_logit_loss_equals_the_whole_one_in_value_and_gradient(lm_weight, chunk):
+    generator = torch.Generator().manual_seed(0)
+    head, teacher_head = torch.nn.Linear(16, 50, bias=False), torch.nn.Linear(16, 50, bias=False)
+    student_hidden = torch.randn(3, 21, 16, generator=generator, requires_grad=True)
+    teacher_hidden = torch.randn(3, 21, 16, generator=generator)
+    ids = torch.randint(0, 50, (3, 21), generator=generator)
+    whole_logits = head(student_hidden)
+    whole = (1 - lm_weight) * logit_loss(whole_logits, teacher_head(teacher_hidden), 2.0) \
+        + lm_weight * lm_loss(whole_logits, ids)
+    expected = torch.autograd.grad(whole, [student_hidden, head.weight])
+    chunked = chunked_logit_loss(student_hidden, teacher_hidden, head, teacher_head, ids, 2.0, lm_weight, chunk)
+    got = torch.autograd.grad(chunked, [student_hidden, head.weight])
+    assert float(chunked.detach()) == pytest.approx(float(whole.detach()), rel=1e-5)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert teacher_head.weight.grad is None  # the teacher does not learn
+
+
+def test_recomputed_blocks_give_the_same_gradients_and_leave_the_blocks_as_they_were(model):
+    ids = torch.arange(40).reshape(2, 20) % 500
+    blocks = list(model.model.model.layers)
+
+    def gradients():
+        model.model.zero_grad(set_to_none=True)
+        model.model(input_ids=ids, use_cache=False).logits.square().mean().backward()
+        return {name: p.grad.clone() for name, p in model.model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    with recomputed(blocks):
+        assert all("forward" in vars(block) for block in blocks)
+        again = gradients()
+    assert not any("forward" in vars(block) for block in blocks)
+    assert plain.keys() == again.keys()
+    for name in plain:
+        torch.testing.assert_close(again[name], plain[name], rtol=1e-5, atol=1e-7)
 
 
 def test_block_map_spreads_student_blocks_over_the_teacher():

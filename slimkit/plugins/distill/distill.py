@@ -17,6 +17,7 @@ records the teacher as the step's second parent.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -30,11 +31,12 @@ from slimkit import (
     ArchitectureError, BaseCompressor, CompressionSummary, ConfigError, MethodConfig, fake_quantize_linears, hookimpl,
     is_causal_lm, requantize_linears,
 )
-from slimkit.plugins.distill.losses import HiddenStateLoss, lm_loss, logit_loss
+from slimkit.plugins.distill.losses import HiddenStateLoss, chunked_logit_loss, lm_loss, logit_loss
 from slimkit.plugins.distill.training import (
     WindowBatches,
     fingerprint,
     load_checkpoint,
+    recomputed,
     save_checkpoint,
     sparsity_masks,
 )
@@ -60,6 +62,20 @@ class DistillConfig(MethodConfig):
     keep_zeros: bool = Field(True, description="Exact zeros stay zero (a pruned student stays pruned; in a "
                              "quantized student, weights on the zero code too).")
     checkpoint_every: int = Field(25, ge=1, description="Steps between checkpoints (resume points).")
+    logit_chunk: int = Field(128, ge=0, description="Tokens whose logits are computed at a time (the full "
+                             "[batch, seq, vocab] float32 logits never exist); 0: all at once.")
+    recompute_blocks: bool = Field(True, description="Recompute each block's activations in the backward pass "
+                                   "instead of keeping them (less memory, about a third more time).")
+
+
+def _plain_head(net) -> bool:
+    """Whether the model's logits are just its output head applied to its base model's last hidden
+    state (no logit scaling or soft-capping, as Gemma 2, Cohere and Granite add)."""
+    config = net.config
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in
+           ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")):
+        return False
+    return net.get_output_embeddings() is not None and getattr(net, "base_model", net) is not net
 
 
 def _vocabulary(model) -> int | None:
@@ -72,7 +88,7 @@ class Distiller(BaseCompressor):
     """Train the model to match its teacher's outputs (logit and hidden-state distillation)."""
 
     name = "distill"
-    version = 1
+    version = 2
     Config = DistillConfig
     teacher_field = "teacher"
 
@@ -142,6 +158,7 @@ class Distiller(BaseCompressor):
         for name, p in student.named_parameters():
             p.requires_grad_(name in params)
         student.eval()  # dropout off: the run is a function of the seed and the step number
+        blocks = [block.module for block in adapter.layout(student).blocks]
         teacher.model.eval()
         reason = "steps"
         try:
@@ -151,9 +168,10 @@ class Distiller(BaseCompressor):
                     break
                 started = time.perf_counter()
                 ids = batches.batch(progress["step"])
-                loss = self._loss(student, teacher.model, ids, config, hidden)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with recomputed(blocks) if config.recompute_blocks else contextlib.nullcontext():
+                    loss = self._loss(student, teacher.model, ids, config, hidden)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 for name, mask in masks.items():
                     params[name].grad.mul_(mask)  # type: ignore[union-attr]
                 torch.nn.utils.clip_grad_norm_(learnable, config.grad_clip)
@@ -220,12 +238,20 @@ class Distiller(BaseCompressor):
     @staticmethod
     def _loss(student, teacher, ids, config, hidden) -> torch.Tensor:
         want_hidden = hidden is not None
-        with torch.no_grad():
-            t = teacher(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
-        s = student(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
-        loss = logit_loss(s.logits, t.logits, config.temperature)
-        if config.lm_weight > 0:
-            loss = (1 - config.lm_weight) * loss + config.lm_weight * lm_loss(s.logits, ids)
+        if config.logit_chunk and _plain_head(student) and _plain_head(teacher):
+            with torch.no_grad():
+                t = teacher.base_model(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
+            s = student.base_model(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
+            loss = chunked_logit_loss(s.last_hidden_state, t.last_hidden_state, student.get_output_embeddings(),
+                                      teacher.get_output_embeddings(), ids, config.temperature, config.lm_weight,
+                                      config.logit_chunk)
+        else:
+            with torch.no_grad():
+                t = teacher(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
+            s = student(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
+            loss = logit_loss(s.logits, t.logits, config.temperature)
+            if config.lm_weight > 0:
+                loss = (1 - config.lm_weight) * loss + config.lm_weight * lm_loss(s.logits, ids)
         if hidden is not None:
             loss = loss + config.hidden_weight * hidden(s.hidden_states, t.hidden_states)
         return loss

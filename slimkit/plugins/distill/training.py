@@ -6,6 +6,10 @@ tokens; epoch ``e`` visits them in the order of a permutation drawn from ``(seed
 of step ``k`` is therefore a function of ``k`` alone: a resumed run sees exactly the batches the
 uninterrupted one would have.
 
+**Recomputed blocks.** :func:`recomputed` runs each block under ``torch.utils.checkpoint``: its
+activations are not kept for the backward pass but computed again there (about a third more
+time), so a batch needs one hidden state per block instead of every intermediate.
+
 **Checkpoints.** Everything the next step depends on is saved: the trainable tensors, the
 optimizer's state, the step and token counts, the time spent and the loss history, with a
 fingerprint of what is being trained (student, teacher, config, data). A checkpoint with another
@@ -14,14 +18,16 @@ fingerprint is ignored (a different run), never loaded into the wrong model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 CHECKPOINT = "distill-state.pt"
 
@@ -87,3 +93,23 @@ def load_checkpoint(folder: Path | None, expected: str) -> dict[str, Any] | None
     except Exception:  # a damaged checkpoint: start over rather than fail
         return None
     return state if isinstance(state, dict) and state.get("fingerprint") == expected else None
+
+
+@contextlib.contextmanager
+def recomputed(blocks: list[nn.Module]) -> Iterator[None]:
+    """Within the block, each of ``blocks`` runs under activation checkpointing (non-reentrant, so
+    keyword arguments and frozen inputs work); their own ``forward`` is back afterwards."""
+    originals = []
+    for block in blocks:
+        original = block.forward
+        originals.append((block, original))
+
+        def forward(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for block, _ in originals:
+            del block.forward  # the instance attribute goes; the class's forward shows again
