@@ -35,9 +35,9 @@ class RuntimeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dtype: DtypeName = Field("float32", description="Weights' precision: float32, bfloat16, float16, or auto "
+    dtype: DtypeName = Field(default="float32", description="Weights' precision: float32, bfloat16, float16, or auto "
                              "(the checkpoint's, where this device computes it natively, else float32).")
-    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
                         description="Where the model runs: cpu, cuda, cuda:N, or auto (a GPU if there is one).")
 
 
