@@ -25,7 +25,7 @@ from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, content_id, runtime_versions
-from slimkit.core.runtime import placement_record
+from slimkit.core.runtime import RuntimeSpec, placement_record
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
 from slimkit.core.export.result import ExportResult
@@ -129,9 +129,8 @@ def run_recipe(
         if isinstance(model, LoadedModel):
             loaded = model if inplace else copy.deepcopy(model)
         else:
-            runtime = validated.recipe.runtime
-            loaded = load_model(model) if runtime is None else load_model(model, dtype=runtime.dtype,
-                                                                          device=runtime.device)
+            runtime = validated.recipe.runtime or RuntimeSpec()
+            loaded = load_model(model, dtype=runtime.dtype, device=runtime.device)
         if target is not None:
             check_disk_space(target, state_bytes(loaded.model))
         calibration = validated.recipe.calibration_data(loaded)

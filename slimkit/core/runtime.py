@@ -30,6 +30,11 @@ DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
 _TORCH = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``."""
+    return str(dtype).removeprefix("torch.")
+
+
 class RuntimeSpec(BaseModel):
     """A recipe's ``runtime:`` section (and what ``--dtype``/``--device`` give)."""
 
@@ -51,11 +56,7 @@ class Placement:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
-
-    def describe(self) -> dict[str, str]:
-        """What a step records."""
-        return {"dtype": self.dtype_name, "device": str(self.device)}
+        return dtype_name(self.dtype)
 
 
 def resolve_device(text: str | torch.device | None) -> torch.device:
@@ -117,12 +118,12 @@ def resolve(dtype: str | torch.dtype | None = "float32", device: str | torch.dev
     native, why = native_on(checkpoint, where)
     chosen = checkpoint if native else torch.float32
     return Placement(chosen, where, f"auto: {'kept' if native else 'float32 instead of'} the checkpoint's "
-                                    f"{str(checkpoint).removeprefix('torch.')}: {why}")
+                                    f"{dtype_name(checkpoint)}: {why}")
 
 
 def placement_record(loaded: Any) -> dict[str, str]:
     """What a step records of where it ran: the model's dtype and device, and the CPU's capability."""
     from slimkit.core.hardware import cpu_capability
 
-    return {"dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+    return {"dtype": dtype_name(loaded.dtype), "device": str(loaded.device),
             "cpu_capability": cpu_capability()}

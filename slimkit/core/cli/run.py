@@ -21,11 +21,11 @@ def load_model_ref(ctx: click.Context, spec: str, runtime: Any = None) -> Any:
     (see :func:`slimkit.core.model_refs.load_model_ref`), in the ``--dtype``/``--device`` given,
     else ``runtime``'s (a recipe's ``runtime:`` section), else float32 on the CPU."""
     from slimkit.core.model_refs import load_model_ref as load
+    from slimkit.core.runtime import RuntimeSpec
 
-    chosen = runtime_choice(ctx)
-    dtype = chosen["dtype"] or (runtime.dtype if runtime is not None else "float32")
-    device = chosen["device"] or (runtime.device if runtime is not None else "cpu")
-    return load(spec, lambda: get_catalogue_from(ctx), dtype=dtype, device=device)
+    chosen, runtime = runtime_choice(ctx), runtime or RuntimeSpec()
+    return load(spec, lambda: get_catalogue_from(ctx), dtype=chosen["dtype"] or runtime.dtype,
+                device=chosen["device"] or runtime.device)
 
 
 def show_result(result: Any, title: str) -> None:
