@@ -85,8 +85,10 @@ def main() -> int:
     import tempfile
 
     load = os.getloadavg()
-    print(f"load average at start {load[0]:.2f}; {args.steps} steps of {args.batch}x{args.seq} tokens, "
-          f"{args.threads} threads", flush=True)
+    import torch
+
+    print(f"load average at start {load[0]:.2f}; CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"{args.steps} steps of {args.batch}x{args.seq} tokens, {args.threads} threads", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for label, params in MODES.items():

@@ -467,7 +467,8 @@ def main() -> int:
         inputs = smol_inputs(args.assets) if args.model == "smollm2" else stories_inputs(args.assets, Path(tmp))
         if inputs is None:
             return 2
-        print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+        print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}; CPU capability "
+              f"{torch.backends.cpu.get_cpu_capability()}, {args.threads} threads", flush=True)
         host = make_host(load_entrypoints=False)
         with quiet():
             dense = load_model(inputs[0])
