@@ -291,6 +291,8 @@ class SequentialCalibration:
         """``batch_size`` samples per forward (default: as many as fit in ``batch_tokens``
         tokens, at least one: a block's transient activations stay small)."""
         self.module: nn.Module = model.model if hasattr(model, "model") and not isinstance(model, nn.Module) else model
+        # a model opened block by block: each block is read when its turn comes and written once done
+        self.stream = getattr(model, "stream", None) if not isinstance(model, nn.Module) else None
         self.layout = adapter.layout(self.module)
         if not self.layout.blocks:
             raise ArchitectureError(f"{type(self.module).__name__} has no blocks to calibrate")
@@ -298,7 +300,7 @@ class SequentialCalibration:
         if batch_size is None:
             batch_size = batch_tokens // max(1, calibration.seq_len)
         self.batch_size = max(1, batch_size)
-        self.device = next(self.module.parameters()).device
+        self.device = self.stream.device if self.stream is not None else next(self.module.parameters()).device
         # bfloat16 calibration: blocks run under autocast (weights stay as they are; the cast
         # copies are cached for one pass over a block), hidden states are kept in bfloat16.
         self.autocast = calibration.precision == "bfloat16"
@@ -375,11 +377,15 @@ class SequentialCalibration:
             self.capture()
             last = len(self.layout.blocks) - 1
             for index, block in enumerate(self.layout.blocks):
+                if self.stream is not None:
+                    self.stream.load_block(block)
                 step = BlockStep(self, block)
                 yield step
                 if index < last:  # nothing reads the last block's outputs
                     step.outputs()  # what the (possibly compressed) block now produces ...
                     self._hidden, self._spare = self._spare, self._hidden  # ... feeds the next one
+                if self.stream is not None:
+                    self.stream.store_block(block)
                 del step
                 release_free_memory()  # the block's statistics and temporaries, back to the system
             self._hidden, self._spare, self._kwargs = torch.empty(0), torch.empty(0), []  # done: free them

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Mapping, Protocol, runtime_checkable
 
 from slimkit.core.config import EmptyConfig, MethodConfig
 
@@ -93,6 +93,20 @@ class MethodContext:
         """Say that ``done`` of ``total`` units of ``stage`` are finished (drives progress bars)."""
         if self.progress is not None:
             self.progress(ProgressEvent(stage, done, total, message))
+
+    def blocks(self, model: "LoadedModel", adapter: "ArchitectureAdapter") -> "Iterator[BlockLayout]":
+        """The model's blocks in order, for a method that changes them one at a time without
+        calibration data (the calibration engine does the same walk for data-aware ones). Walking
+        the model this way is what lets a method run streamed: for a model opened block by block
+        each block is read when the walk reaches it and written when the walk moves on, so a
+        method must not keep references to a block's tensors past its turn."""
+        stream = getattr(model, "stream", None)
+        for block in adapter.layout(model.model).blocks:
+            if stream is not None:
+                stream.load_block(block)
+            yield block
+            if stream is not None:
+                stream.store_block(block)
 
     def require_calibration(self, what: str, why: str = "") -> None:
         """Raise ConfigError unless there is calibration data; ``what`` needs it (``why``: for what)."""
@@ -271,6 +285,14 @@ class BaseCompressor(_MethodBase):
     """
 
     teacher_field: ClassVar[str | None] = None
+
+    def stream_refusal(self, config: Any, ctx: MethodContext) -> str | None:
+        """Why this method cannot run on a model opened block by block with ``config``, or ``None``
+        if it can. It can when it walks the blocks with the calibration engine or
+        :meth:`MethodContext.blocks` only, touches a block's weights only in that block's turn, and
+        leaves what is outside the blocks alone (the token embedding aside). The default refuses:
+        a method must say that it streams."""
+        return "it works on the whole model at once"
 
     def uses(self, config: Any) -> tuple[MethodUse, ...]:
         """The other methods this step will run with ``config``: part of the step's identity.

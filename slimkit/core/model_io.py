@@ -42,6 +42,8 @@ class LoadedModel:
     :ivar source: what the user asked for (path, hub id or ``example:NAME``).
     :ivar path: the local folder or file it was read from, if any.
     :ivar provenance: the parsed ``slimkit.json`` of a derived model, else ``None``.
+    :ivar stream: for a model opened block by block (``model`` is then a skeleton on the meta
+        device), its :class:`~slimkit.core.stream.blocks.BlockStream`; ``None`` for a model in memory.
     """
 
     model: Any  # a transformers PreTrainedModel (an nn.Module with from/save_pretrained)
@@ -50,6 +52,7 @@ class LoadedModel:
     path: Path | None = None
     provenance: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    stream: Any = None
 
     @property
     def architecture(self) -> str:
@@ -67,6 +70,8 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         """Where the model's weights are (its first parameter's device; the CPU if it has none)."""
+        if self.stream is not None:
+            return self.stream.device  # type: ignore[no-any-return]
         return next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
     def _repr_html_(self) -> str:  # notebooks: architecture, params, source, provenance steps
@@ -107,7 +112,7 @@ def example_text(name: str = "tinystories") -> Path:
     return files[0]
 
 
-def _model_class(config: Any) -> Any:
+def model_class(config: Any) -> Any:
     import transformers
 
     for name in getattr(config, "architectures", None) or []:
@@ -127,7 +132,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _load_tokenizer(*args: Any, **kwargs: Any) -> Any:
+def load_tokenizer(*args: Any, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
@@ -187,14 +192,14 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
         raise ModelLoadError(f"{folder}/config.json is not a usable model config: {_first_line(error)}") from None
     if not has_safetensors:
         raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors)")
-    cls = _model_class(config)
+    cls = model_class(config)
     provenance = _read_provenance(folder)
     from slimkit.core.storage import load_replaced, section_of
 
     section = section_of(provenance) if provenance is not None else None
     if section is not None:
         model = load_replaced(folder, section, cls, config, dtype)
-        return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
+        return LoadedModel(model, load_tokenizer(folder), source, folder, provenance)
     compressed = _compressed_tensors(config)
     try:
         # safetensors only: a pickle beside them is never read (see pickle_refusal)
@@ -206,7 +211,7 @@ def _load_folder(folder: Path, source: str, dtype: torch.dtype) -> LoadedModel:
     if compressed:
         _drop_quantization(model)
     model.eval()
-    return LoadedModel(model, _load_tokenizer(folder), source, folder, provenance)
+    return LoadedModel(model, load_tokenizer(folder), source, folder, provenance)
 
 
 def _compressed_tensors(config: Any) -> dict[str, Any]:
@@ -242,14 +247,14 @@ def _load_gguf(file: Path, source: str, dtype: torch.dtype) -> LoadedModel:
 
     try:
         config = AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
-        model = _model_class(config).from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
+        model = model_class(config).from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
     except Exception as error:
         raise ModelLoadError(f"could not load GGUF file {file}: {_first_line(error)}") from None
     _drop_quantization(model)  # the weights are dequantized now
     model.eval()
-    tokenizer = _load_tokenizer(file.parent, gguf_file=file.name)
+    tokenizer = load_tokenizer(file.parent, gguf_file=file.name)
     if tokenizer is None and (file.parent / "tokenizer").is_dir():
-        tokenizer = _load_tokenizer(file.parent / "tokenizer")
+        tokenizer = load_tokenizer(file.parent / "tokenizer")
     return LoadedModel(model, tokenizer, source, file, None, {"gguf_file": file.name})
 
 
@@ -258,14 +263,14 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
 
     try:
         config = AutoConfig.from_pretrained(repo_id)
-        model = _model_class(config).from_pretrained(repo_id, dtype=dtype, use_safetensors=True)
+        model = model_class(config).from_pretrained(repo_id, dtype=dtype, use_safetensors=True)
     except Exception as error:
         raise ModelLoadError(
             f"{repo_id!r} is not a local path and could not be loaded from the Hugging Face hub "
             f"(offline, private, or no safetensors weights): {_first_line(error)}"
         ) from None
     model.eval()
-    return LoadedModel(model, _load_tokenizer(repo_id), repo_id, None, None)
+    return LoadedModel(model, load_tokenizer(repo_id), repo_id, None, None)
 
 
 def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,

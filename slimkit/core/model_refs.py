@@ -24,18 +24,21 @@ def load_model_ref(spec: str, cat: Catalogue | Callable[[], Catalogue] | None, *
     ``cat`` may be a function that opens the catalogue, called only when a name needs it.
     """
 
-    def load_model(where: str) -> LoadedModel:
-        return _load(where, dtype=dtype, device=device)
+    return _load(model_location(spec, cat), dtype=dtype, device=device)
 
+
+def model_location(spec: str, cat: Catalogue | Callable[[], Catalogue] | None) -> str:
+    """What :func:`load_model_ref` loads for ``spec``: a catalogued model's folder for its name or
+    id prefix, else ``spec`` itself (a path, ``example:NAME`` or a hub id)."""
     if cat is None or spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists() \
             or spec.startswith((".", "/", "~")):
-        return load_model(spec)
+        return spec
     if callable(cat):
         cat = cat()
     try:
         entry = cat.resolve(spec)
     except CatalogueError:
-        return load_model(spec)  # not in the catalogue: a hub id, or a clear "no such model" error
+        return spec  # not in the catalogue: a hub id, or a clear "no such model" error
     if not entry.location or not Path(entry.location).exists():
         raise CatalogueError(f"model {entry.label} is in the catalogue but its folder is gone ({entry.location})")
-    return load_model(entry.location)
+    return entry.location

@@ -26,13 +26,19 @@ def content_id(model: nn.Module) -> str:
     digest = hashlib.sha256()
     state = model.state_dict()
     for name in sorted(state):
-        tensor = state[name].detach().contiguous().cpu()
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        if tensor.numel():  # hashlib reads the buffer in place: no copy of the bytes
-            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        add_to_content_id(digest, name, state[name])
     return "sha256:" + digest.hexdigest()
+
+
+def add_to_content_id(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    """Feed one state-dict entry to a content id's hash (see :func:`content_id`: entries go in
+    name order), so that an id can be computed one tensor at a time from files as well."""
+    tensor = tensor.detach().contiguous().cpu()
+    digest.update(name.encode())
+    digest.update(str(tensor.dtype).encode())
+    digest.update(str(tuple(tensor.shape)).encode())
+    if tensor.numel():  # hashlib reads the buffer in place: no copy of the bytes
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]
 
 
 def runtime_versions() -> dict[str, str]:

@@ -21,10 +21,10 @@ from slimkit.core.contracts import CompressionSummary, ProgressCallback
 from slimkit.core.data import CalibrationData
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
-from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model, save_model
+from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
 from slimkit.core.catalogue.entities import StepEntry
-from slimkit.core.provenance import build_provenance, content_id, runtime_versions
+from slimkit.core.provenance import build_provenance, runtime_versions
 from slimkit.core.runtime import RuntimeSpec, placement_record
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
@@ -32,6 +32,8 @@ from slimkit.core.export.result import ExportResult
 from slimkit.core.export.section import export_run_result, plan_exports
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 from slimkit.core.steps import PlannedStep, run_step
+from slimkit.core.stream.steps import InMemory, Streamed
+from slimkit.core.stream.plan import check_streamable
 from slimkit.core.teachers import Teachers, teacher_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,6 +104,7 @@ def run_recipe(
     catalogue: "Catalogue | str | None | Literal[False]" = None,
     force: bool = False,
     name: str | None = None,
+    runtime: RuntimeSpec | None = None,
 ) -> RunResult:
     """Apply ``recipe`` to ``model`` (a :class:`LoadedModel` or anything :func:`load_model` takes).
 
@@ -113,6 +116,8 @@ def run_recipe(
     :param catalogue: record the run there (``None``: the default catalogue; ``False``: nowhere).
     :param force: recompute steps the catalogue already has results for.
     :param name: a unique name for the derived model in the catalogue.
+    :param runtime: precision, device and streaming (default: the recipe's ``runtime:`` section).
+        With ``stream``, ``model`` must be a folder or hub id, and ``out`` or a catalogue is needed.
     :raises RecipeError: before any work, listing every problem with the recipe and the model.
     :raises OutputError: before any work: the output folder, the name or the free space do not do.
     :raises ExportError: after the model was saved and recorded, an export of the recipe's
@@ -120,24 +125,36 @@ def run_recipe(
     """
     host = host or get_host()
     validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
+    runtime = runtime or validated.recipe.runtime or RuntimeSpec()
     cat = open_catalogue(catalogue)
     input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
+    if runtime.stream and out is None and cat is not None:
+        from slimkit.core.catalogue.artifacts import new_artifact_path
+
+        out = new_artifact_path(cat, name or validated.recipe.name)
     target = check_run(cat, out, overwrite, name, input_path)
+    if runtime.stream:
+        check_streamable(host, validated, model, target)
     exports = plan_exports(validated, cat, target, overwrite, input_path)
     with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
+        flow: InMemory | Streamed = InMemory()
         if isinstance(model, LoadedModel):
             loaded = model if inplace else copy.deepcopy(model)
+        elif runtime.stream:
+            assert target is not None
+            flow = Streamed(host, target, runtime.dtype, runtime.device)
+            loaded = flow.open(model)
         else:
-            runtime = validated.recipe.runtime or RuntimeSpec()
             loaded = load_model(model, dtype=runtime.dtype, device=runtime.device)
         if target is not None:
-            check_disk_space(target, state_bytes(loaded.model))
+            check_disk_space(target, loaded.stream.source.nbytes if loaded.stream else state_bytes(loaded.model))
         calibration = validated.recipe.calibration_data(loaded)
         problems = validated.check_model(host, loaded, calibration)
         if problems:
             raise RecipeError(problems, validated.recipe.name)
-        result = _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force, name)
+        result = _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force,
+                          name, flow)
         if exports:  # after the model is saved, evaluated and recorded: it stays whatever happens here
             export_run_result(host, exports, result, cat, run_id, progress)
         return result
@@ -160,9 +177,10 @@ def _execute(
     progress: ProgressCallback | None,
     force: bool,
     name: str | None,
+    flow: "InMemory | Streamed",
 ) -> RunResult:
     recipe = validated.recipe
-    parent_id = content_id(loaded.model)
+    parent_id = flow.identify(loaded)
     # Teachers first: a teacher that cannot be loaded fails the run before any evaluation or step.
     teachers = Teachers([(info, config) for _, info, config in validated.steps], loaded, parent_id)
     before_records = evaluate_all(host, validated, loaded, progress)
@@ -176,7 +194,8 @@ def _execute(
     calibration_spec = _calibration_spec(recipe)
     planned = validated.planned()
 
-    start, reused_model = (0, None) if cat is None or force else _reusable_prefix(cat, planned, parent_id, fingerprint)
+    start, reused_model = (0, None) if cat is None or force else \
+        _reusable_prefix(cat, planned, parent_id, fingerprint, flow)
     records: list[StepEntry] = []
     summaries: list[CompressionSummary] = []
     reused: list[bool] = []
@@ -200,12 +219,12 @@ def _execute(
                 loaded = reused_model
             continue
         work = work_dir(cat, target, key)
+        loaded = flow.begin(loaded, key)
         outcome = run_step(host, step, loaded, calibration=calibration, progress=progress,
                            teacher=teacher[0] if teacher else None, work_dir=work)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)  # the step is done: its checkpoints are not needed
-        loaded.path = None  # the in-memory model no longer matches any file
-        child_id = content_id(loaded.model)
+        child_id = flow.end(loaded)
         records.append(StepEntry(
             id=key, child_id=child_id, parents=tuple((p["model_id"], p["role"]) for p in parents),
             method=step.info.name, family=step.info.family, config=step.serial, plugin=step.info.plugin,
@@ -227,7 +246,7 @@ def _execute(
     if shared is not None:  # an identical run already saved these weights in the catalogue's folder
         target = shared
     elif target is not None:
-        save_model(loaded, target, provenance, overwrite=overwrite)
+        flow.save(loaded, target, provenance, overwrite)
     if target is not None:
         loaded.path = target
     loaded.provenance = provenance
@@ -303,7 +322,7 @@ def work_dir(cat: "Catalogue | None", target: Path | None, key: str) -> Path | N
 
 
 def _reusable_prefix(
-    cat: "Catalogue", planned: list[PlannedStep], parent_id: str, fingerprint: str | None
+    cat: "Catalogue", planned: list[PlannedStep], parent_id: str, fingerprint: str | None, flow: "InMemory | Streamed"
 ) -> tuple[int, LoadedModel | None]:
     """How many leading steps are already in the catalogue with a loadable result.
 
@@ -320,10 +339,11 @@ def _reusable_prefix(
         location = cat.model(current).location
         if location and Path(location, "config.json").is_file():
             try:
-                candidate = load_model(location)
+                candidate = flow.reopen(location)
+                found = flow.identify(candidate)
             except Exception:  # moved, damaged or half-deleted: recompute instead
                 continue
-            if content_id(candidate.model) == current:
+            if found == current:
                 best = (index + 1, candidate)
     return best
 

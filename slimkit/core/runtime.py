@@ -44,6 +44,8 @@ class RuntimeSpec(BaseModel):
                              "(the checkpoint's, where this device computes it natively, else float32).")
     device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
                         description="Where the model runs: cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+    stream: bool = Field(default=False, description="Never hold the whole model: read each block from the "
+                         "input's safetensors shards when its turn comes and write it to the output at once.")
 
 
 @dataclass(frozen=True)
@@ -125,5 +127,7 @@ def placement_record(loaded: Any) -> dict[str, str]:
     """What a step records of where it ran: the model's dtype and device, and the CPU's capability."""
     from slimkit.core.hardware import cpu_capability
 
-    return {"dtype": dtype_name(loaded.dtype), "device": str(loaded.device),
-            "cpu_capability": cpu_capability()}
+    record = {"dtype": dtype_name(loaded.dtype), "device": str(loaded.device), "cpu_capability": cpu_capability()}
+    if getattr(loaded, "stream", None) is not None:
+        record["streamed"] = "block by block"
+    return record

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,9 +29,11 @@ from slimkit.core.errors import ModelLoadError
 from slimkit.core.lowrank import LowRankLinear
 from slimkit.core.quant.formats import QuantGrid
 from slimkit.core.quant.modules import QuantizedEmbedding, QuantizedLinear
+from slimkit.core.stream.skeleton import parameters_on_meta
 
 FORMAT = 2
-FORMATS = (1, 2)  # 1: quantized layers only, in a "quantization" section
+SHARDED_FORMAT = 3  # "files" (several shards, written block by block when streaming) instead of "file"
+FORMATS = (1, 2, 3)  # 1: quantized layers only, in a "quantization" section
 SECTION = "modules"
 LEGACY_SECTION = "quantization"
 WEIGHTS_FILE = "slimkit.safetensors"  # not model.safetensors: plain transformers must not load it
@@ -81,7 +83,7 @@ def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, aliases
 
 
-def _layer_record(module: nn.Module) -> dict[str, Any]:
+def layer_record(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, LowRankLinear):
         return {"kind": "lowrank", "in_features": module.in_features, "out_features": module.out_features,
                 "rank": module.rank, "bias": module.up.bias is not None}
@@ -100,7 +102,7 @@ def save_replaced(model: nn.Module, folder: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     tensors, aliases = _unique_state(model)
-    layers = {name: _layer_record(m) for name, m in replaced_modules(model).items()}
+    layers = {name: layer_record(m) for name, m in replaced_modules(model).items()}
     section = {
         "format": FORMAT,
         "file": WEIGHTS_FILE,
@@ -117,24 +119,6 @@ def save_replaced(model: nn.Module, folder: Path) -> dict[str, Any]:
             generation.save_pretrained(folder)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "slimkit_modules": str(FORMAT)})
     return section
-
-
-@contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Build modules with their parameters on the meta device (no memory, no random init) while
-    buffers (rotary frequencies) are created for real."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
 def _skeleton(record: dict[str, Any], dtype: torch.dtype) -> nn.Module:
@@ -157,11 +141,14 @@ def load_replaced(folder: Path, section: dict[str, Any], model_class: Any, confi
     if section.get("format") not in FORMATS:
         raise ModelLoadError(f"{folder}: slimkit module format {section.get('format')!r} is not one this slimkit "
                              f"reads ({', '.join(map(str, FORMATS))}); upgrade slimkit")
-    file = folder / section.get("file", WEIGHTS_FILE)
-    try:
-        stored = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelLoadError(f"{file} cannot be read (truncated or corrupt?): {error}") from None
+    files = [folder / name for name in section.get("files", [section.get("file", WEIGHTS_FILE)])]
+    file = files[0] if len(files) == 1 else folder
+    stored: dict[str, torch.Tensor] = {}
+    for part in files:
+        try:
+            stored.update(load_file(str(part)))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelLoadError(f"{part} cannot be read (truncated or corrupt?): {error}") from None
     expected = section.get("sha256", {})
     missing = sorted(set(expected) - set(stored))
     if missing:
@@ -175,7 +162,7 @@ def load_replaced(folder: Path, section: dict[str, Any], model_class: Any, confi
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     build = getattr(model_class, "from_config", None) or model_class._from_config
-    with _parameters_on_meta():
+    with parameters_on_meta():
         model = build(config, dtype=dtype)
     layers = section.get("layers", {})
     for name, record in layers.items():  # outermost first: a low-rank layer before its quantized factors

@@ -10,7 +10,7 @@ import click
 import yaml
 
 from slimkit.core.cli.render import ProgressBars, print_json, table
-from slimkit.core.cli.runtime_options import runtime_choice, runtime_options
+from slimkit.core.cli.runtime_options import merged_runtime, runtime_options
 from slimkit.core.cli.state import get_catalogue_from, get_host_from
 from slimkit.core.errors import ConfigError, ExportError
 from slimkit.core.present.format import comparison, duration, human_bytes, metric_value, short_id
@@ -21,11 +21,9 @@ def load_model_ref(ctx: click.Context, spec: str, runtime: Any = None) -> Any:
     (see :func:`slimkit.core.model_refs.load_model_ref`), in the ``--dtype``/``--device`` given,
     else ``runtime``'s (a recipe's ``runtime:`` section), else float32 on the CPU."""
     from slimkit.core.model_refs import load_model_ref as load
-    from slimkit.core.runtime import RuntimeSpec
 
-    chosen, runtime = runtime_choice(ctx), runtime or RuntimeSpec()
-    return load(spec, lambda: get_catalogue_from(ctx), dtype=chosen["dtype"] or runtime.dtype,
-                device=chosen["device"] or runtime.device)
+    chosen = merged_runtime(ctx, runtime)
+    return load(spec, lambda: get_catalogue_from(ctx), dtype=chosen.dtype, device=chosen.device)
 
 
 def show_result(result: Any, title: str) -> None:
@@ -51,10 +49,13 @@ def show_result(result: Any, title: str) -> None:
 @click.option("--name", help="A unique name for the derived model in the catalogue.")
 @click.option("--force", is_flag=True, help="Recompute steps the catalogue already has results for.")
 @click.option("--no-record", is_flag=True, help="Do not record the run in the catalogue.")
+@click.option("--stream", is_flag=True, default=None,
+              help="Never hold the whole model: each block is read from the input's safetensors shards in its "
+                   "turn and written to --out at once (for models larger than memory).")
 @runtime_options
 @click.pass_context
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
-        no_progress: bool, name: str | None, force: bool, no_record: bool) -> None:
+        no_progress: bool, name: str | None, force: bool, no_record: bool, stream: bool | None) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
     from slimkit.core.export.section import plan_exports
     from slimkit.core.preflight import check_run, local_folder
@@ -76,11 +77,17 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         out = str(new_artifact_path(catalogue, name or parsed.name))
     # The recipe's exports' targets too (run_recipe checks them again, cheaply).
     plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
-    model = load_model_ref(ctx, model_spec, parsed.runtime)
+    runtime = merged_runtime(ctx, parsed.runtime, stream=stream or None)
+    if runtime.stream:  # the model is opened block by block inside the run, never loaded here
+        from slimkit.core.model_refs import model_location
+
+        model: Any = model_location(model_spec, lambda: get_catalogue_from(ctx))
+    else:
+        model = load_model_ref(ctx, model_spec, parsed.runtime)
     try:
         with ProgressBars(enabled=not (no_progress or as_json)) as bars:
             result = run_recipe(validated, model, out=out, overwrite=overwrite, host=host, progress=bars,
-                                inplace=True, catalogue=catalogue, force=force, name=name)
+                                inplace=True, catalogue=catalogue, force=force, name=name, runtime=runtime)
     except ExportError as error:  # the model was saved and recorded; an export was not: say both
         if error.result is None:
             raise

@@ -40,3 +40,12 @@ def runtime_choice(ctx: click.Context) -> dict[str, str | None]:
     """``{"dtype": ..., "device": ...}`` as given on the command line (``None``: not given)."""
     chosen = ctx.meta.get(KEY, {})
     return {"dtype": chosen.get("dtype"), "device": chosen.get("device")}
+
+
+def merged_runtime(ctx: click.Context, runtime: Any = None, **overrides: Any) -> Any:
+    """``runtime`` (a recipe's section, default: the defaults) with what the command line gave
+    (``--dtype``, ``--device``, and ``overrides`` that are not ``None``) in its place."""
+    from slimkit.core.runtime import RuntimeSpec
+
+    given = {key: value for key, value in {**runtime_choice(ctx), **overrides}.items() if value is not None}
+    return (runtime or RuntimeSpec()).model_copy(update=given)

@@ -140,6 +140,9 @@ class SparseGPTPruner(BaseCompressor):
                     f"{ref.name} has {ref.in_features} inputs, not a multiple of m={config.m}"
                 )
 
+    def stream_refusal(self, config, ctx):
+        return None  # block by block on the calibration engine
+
     def compress_(self, model, adapter, config, ctx):
         from slimkit import SequentialCalibration, by_shared_input
 

@@ -176,6 +176,13 @@ class _StructuredPruner(BaseCompressor):
 
     granularity: str
 
+    def stream_refusal(self, config, ctx):
+        info = ctx.scorer(config.scorer)
+        if config.sequential and getattr(info.cls, "statistics", ()):
+            return None  # block by block on the calibration engine
+        return f"scorer {config.scorer!r} scores the whole model at once here (a data-aware scorer with " \
+               "sequential: true goes block by block)"
+
     def _check_scorer(self, config, ctx) -> None:
         ctx.require_scorer(config.scorer, self.granularity, self.name)
 

@@ -117,6 +117,16 @@ class ScoredPruner(BaseCompressor):
             params.setdefault("roles", list(config.roles))
         return info, params
 
+    def stream_refusal(self, config, ctx):
+        if getattr(config, "scope", "layer") == "global":
+            return "scope global ranks all layers at once"
+        if getattr(config, "allocation", "uniform") == "owl":
+            return "allocation owl scores the whole dense model before pruning"
+        info = ctx.scorer(config.scorer)
+        if (config.sequential and getattr(info.cls, "statistics", ())) or self._blockwise(info, config):
+            return None
+        return f"scorer {config.scorer!r} scores the whole model at once here (it needs sequential: true)"
+
     def prepare(self, model, adapter, config, ctx) -> None:
         """Work before any weight changes (e.g. per-layer sparsity allocation); default: none."""
 
@@ -150,9 +160,9 @@ class ScoredPruner(BaseCompressor):
     def _data_free_by_block(self, model, adapter, config, ctx, info, params):
         """Score and prune block by block: one block's scores in memory at a time."""
         scorer_config = ctx.host.config(info, params)
-        blocks = adapter.layout(model.model).blocks
+        count = len(adapter.layout(model.model).blocks)
         tally = _Tally()
-        for index, block in enumerate(blocks, start=1):
+        for index, block in enumerate(ctx.blocks(model, adapter), start=1):
             scores = ctx.score_block(info, block, {}, scorer_config)
             for ref in block.linears():
                 if ref.role in config.roles:
@@ -160,7 +170,7 @@ class ScoredPruner(BaseCompressor):
                         raise ConfigError(f"scorer {config.scorer!r} gave no scores for {ref.name}")
                     tally.apply(ref, self.mask(scores[ref.name], config, ref))
             del scores
-            ctx.report("blocks", index, len(blocks), block.name)
+            ctx.report("blocks", index, count, block.name)
         return tally.summary(config, self.describe_mask(config), sequential=False)
 
     def _sequential(self, model, adapter, config, ctx, info, params):

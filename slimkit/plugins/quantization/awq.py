@@ -190,6 +190,9 @@ class AWQQuantizer(BaseCompressor):
         ctx.require_calibration(self.name, "activation magnitudes")
         check_foldable(model, adapter, config, self.name)
 
+    def stream_refusal(self, config, ctx):
+        return None  # block by block on the calibration engine
+
     def compress_(self, model, adapter, config, ctx):
         details = awq_(model, adapter, ctx.calibration, config, seed=ctx.seed,
                        report=lambda i, n, name: ctx.report("blocks", i, n, name))

@@ -123,6 +123,9 @@ class GPTQQuantizer(BaseCompressor):
         _, refs = target_layers(model, adapter, config, self.name)
         require_hessian_data(ctx, refs, self.name)
 
+    def stream_refusal(self, config, ctx):
+        return None  # block by block on the calibration engine
+
     def compress_(self, model, adapter, config, ctx):
         from slimkit import SequentialCalibration, by_shared_input
 

@@ -27,15 +27,24 @@ class RTNQuantizer(BaseCompressor):
     def check(self, model, adapter, config, ctx):
         target_layers(model, adapter, config, self.name)
 
+    def stream_refusal(self, config, ctx):
+        return None  # block by block (ctx.blocks)
+
     def compress_(self, model, adapter, config, ctx):
         layout, refs = target_layers(model, adapter, config, self.name)
+        chosen = {ref.name for ref in refs}
         grid = config.grid()
-        for index, ref in enumerate(refs, start=1):
-            weight = ref.weight_out_in().detach()
-            scale, zero = grid_params(weight, grid)
-            scale = fp16_exact(scale)
-            replace_with_codes(model.model, ref, quantize_weight(weight, scale, zero, grid), scale, zero, grid)
-            ctx.report("layers", index, len(refs), ref.name)
+        done = 0
+        for block in ctx.blocks(model, adapter):
+            for ref in block.linears():
+                if ref.name not in chosen:
+                    continue
+                weight = ref.weight_out_in().detach()
+                scale, zero = grid_params(weight, grid)
+                scale = fp16_exact(scale)
+                replace_with_codes(model.model, ref, quantize_weight(weight, scale, zero, grid), scale, zero, grid)
+                done += 1
+                ctx.report("layers", done, len(refs), ref.name)
         return finish(model, layout, refs, config, "round-to-nearest")
 
 

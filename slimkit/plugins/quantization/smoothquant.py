@@ -29,6 +29,8 @@ its activations carry Llama's largest outliers.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -118,6 +120,13 @@ def check_norm(model: nn.Module, name: str) -> None:
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
         raise ArchitectureError(f"{name} ({type(norm).__name__}) has no per-channel weight to fold scales into")
     generator = torch.Generator().manual_seed(0)
+    if weight.is_meta:  # a model streamed block by block: probe a copy of the norm with weights of its own
+        norm = copy.deepcopy(norm).to_empty(device="cpu")
+        weight, bias = norm.weight, getattr(norm, "bias", None)
+        with torch.no_grad():
+            for p in (weight, bias):
+                if isinstance(p, torch.Tensor):
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=generator))
     x = torch.randn(4, weight.numel(), generator=generator).to(weight)
     s = (0.5 + torch.rand(weight.numel(), generator=generator)).to(weight)
     params = [p for p in (weight, bias) if isinstance(p, torch.Tensor)]

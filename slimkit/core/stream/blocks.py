@@ -1,0 +1,206 @@
+"""A model compressed block by block without ever being whole in memory.
+
+A :class:`BlockStream` is attached to a :class:`~slimkit.core.model_io.LoadedModel` whose
+``model`` is a skeleton (every parameter on the meta device, see
+:mod:`slimkit.core.stream.skeleton`). The parts outside the decoder blocks (embeddings, final
+norm) are filled at once; an output head that is not tied to the embedding is never loaded by a
+compression step (no bundled streaming method changes it) and is copied across when the output
+is finished. Each block is filled from the input's memory-mapped shards when a method's walk
+reaches it (:meth:`load_block`), written to its own output shard as soon as the method is done
+with it, and emptied again (:meth:`store_block`). A block visited a second time is read back
+from what was written, so a method may walk the blocks twice; a block a method never visits is
+copied unchanged. The calibration engine and :meth:`MethodContext.blocks` drive this walk:
+a method that walks the model with either streams without knowing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import ModelLoadError
+from slimkit.core.stream.checkpoint import Checkpoint
+from slimkit.core.stream.skeleton import materialise, missing, release, retie, stored_entries
+from slimkit.core.stream.writer import ShardWriter
+
+
+@dataclass
+class BlockStream:
+    """Input shards, output shards and the skeleton between them (see the module docstring)."""
+
+    model: nn.Module
+    source: Checkpoint
+    writer: ShardWriter | None
+    block_names: tuple[str, ...]
+    dtype: torch.dtype
+    device: torch.device
+    head: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    stored: set[str] = field(default_factory=set)
+    #: what :meth:`finish` wrote: the ``modules`` section when slimkit modules replaced layers
+    section: dict[str, Any] | None = None
+    finished: bool = False
+
+    @property
+    def out(self) -> ShardWriter:
+        if self.writer is None:
+            raise RuntimeError("the stream has no output folder yet (bind() it first)")
+        return self.writer
+
+    @property
+    def output(self) -> Path:
+        return self.out.folder
+
+    def bind(self, folder: Path) -> None:
+        """Write the blocks into ``folder`` (created with the first block)."""
+        self.writer = ShardWriter(folder)
+
+    def _part(self, block_name: str) -> str:
+        return f"block-{self.block_names.index(block_name):05d}"
+
+    def _outer_modules(self) -> list[tuple[str, nn.Module]]:
+        """The smallest submodules holding every tensor outside the blocks (and not the head)."""
+        inside = set(self.block_names) | ({self.head} if self.head else set())
+        found: list[tuple[str, nn.Module]] = []
+
+        def visit(prefix: str, module: nn.Module) -> None:
+            for name, child in module.named_children():
+                path = f"{prefix}{name}"
+                if path in inside:
+                    continue
+                if any(b.startswith(path + ".") for b in inside):
+                    visit(path + ".", child)
+                else:
+                    found.append((path, child))
+
+        visit("", self.model)
+        return found
+
+    def check(self) -> None:
+        """Every tensor the skeleton needs is in the input, with its shape: checked before work."""
+        expected = {name: tuple(t.shape) for name, _, _, t in stored_entries(self.model) if t.is_meta}
+        for alias in self.aliases:
+            expected.pop(alias, None)
+        absent = [name for name in expected if name not in self.source]
+        if absent:
+            raise ModelLoadError(
+                f"{self.source.folder} has no tensor {absent[0]} ({len(absent)} missing): its names do not follow "
+                f"{type(self.model).__name__}'s; load it once without streaming and save it")
+        wrong = [n for n, shape in expected.items() if self.source.tensors[n].shape != shape]
+        if wrong:
+            raise ModelLoadError(f"{self.source.folder}: {wrong[0]} is {self.source.tensors[wrong[0]].shape} in the "
+                                 f"weights but {expected[wrong[0]]} in config.json")
+
+    def load_outer(self) -> None:
+        """Fill everything outside the blocks but the untied head (embeddings, norms)."""
+        for name, module in self._outer_modules():
+            self._fill(module, f"{name}.", self.source)
+        retie(self.model, self.aliases)
+
+    def _fill(self, module: nn.Module, prefix: str, checkpoint: Checkpoint) -> None:
+        keys = [key for key in missing(module, prefix) if key not in self.aliases]
+        materialise(module, prefix, checkpoint.read(keys), self.dtype, self.device)
+
+    def load_block(self, block: Any) -> None:
+        """Fill ``block`` (a :class:`~slimkit.core.architecture.BlockLayout`): from the input, or
+        from what was written for it if a walk stored it before."""
+        if block.name in self.stored:
+            written = Checkpoint.open(self.output, files=[self.out.part_file(self._part(block.name)).name])
+            self._fill(block.module, f"{block.name}.", written)
+        else:
+            self._fill(block.module, f"{block.name}.", self.source)
+
+    def store_block(self, block: Any) -> None:
+        """Write ``block``'s tensors to its output shard, then empty it."""
+        prefix = f"{block.name}."
+        tensors = {prefix + key: value for key, value in block.module.state_dict().items()}
+        self.out.write(self._part(block.name), tensors)
+        self.stored.add(block.name)
+        release(block.module)
+
+    def finish(self) -> dict[str, Any] | None:
+        """Write what the walk did not: blocks never visited (unchanged), the parts outside the
+        blocks and ``config.json``; name the shards. Returns the ``modules`` section if slimkit
+        modules replaced layers (``None``: a plain Hugging Face folder)."""
+        from slimkit.core.storage import SHARDED_FORMAT, has_replaced_modules, layer_record, replaced_modules
+
+        for name in self.block_names:
+            if name not in self.stored:
+                block = self.model.get_submodule(name)
+                self._fill(block, f"{name}.", self.source)
+                tensors = {f"{name}.{key}": value for key, value in block.state_dict().items()}
+                self.out.write(self._part(name), tensors)
+                self.stored.add(name)
+                release(block)
+        outer: dict[str, torch.Tensor] = {}
+        unique, aliases = self.state_keys()
+        block_prefixes = tuple(f"{name}." for name in self.block_names)
+        state = self.model.state_dict()
+        head_keys = [k for k in unique if not k.startswith(block_prefixes) and state[k].is_meta]
+        loaded = {k: v.to(self.dtype) if v.is_floating_point() else v
+                  for k, v in self.source.read(head_keys).items()}
+        for key in unique:
+            if not key.startswith(block_prefixes):
+                outer[key] = loaded.get(key, state[key])
+        self.out.write("outer", outer)
+        replaced = has_replaced_modules(self.model)
+        weight_map = self.out.finish(slimkit_modules=replaced)
+        config: Any = self.model.config
+        config.save_pretrained(self.output)
+        generation = getattr(self.model, "generation_config", None)
+        if generation is not None:
+            try:
+                generation.save_pretrained(self.output)
+            except Exception:  # a generation config that does not validate is not the model's weights
+                pass
+        if replaced:
+            self.section = {
+                "format": SHARDED_FORMAT, "files": sorted(set(weight_map.values())),
+                "layers": {name: layer_record(m) for name, m in replaced_modules(self.model).items()},
+                "aliases": aliases, "sha256": dict(self.out.sha256), "bytes": self.out.total_bytes,
+            }
+        self.finished = True
+        release(self.model)
+        return self.section
+
+    def state_keys(self) -> tuple[list[str], dict[str, str]]:
+        """The skeleton's state-dict keys stored once, and the keys that are another's (tied)."""
+        first: dict[int, str] = {}
+        unique: list[str] = []
+        aliases: dict[str, str] = {}
+        for key, value in self.model.state_dict(keep_vars=True).items():
+            if id(value) in first:
+                aliases[key] = first[id(value)]
+            else:
+                first[id(value)] = key
+                unique.append(key)
+        return unique, aliases
+
+
+def streamed_content_id(model: nn.Module, checkpoint: Checkpoint, dtype: torch.dtype | None) -> str:
+    """The content id (:func:`slimkit.core.provenance.content_id`) of ``model``'s skeleton with the
+    weights in ``checkpoint``, read one tensor at a time (``dtype``: float tensors cast to it, as a
+    load in that precision would): the same id the model would have whole in memory."""
+    import hashlib
+
+    from slimkit.core.provenance import add_to_content_id
+
+    digest = hashlib.sha256()
+    state = model.state_dict(keep_vars=True)
+    source = {id(value): key for key, value in reversed(list(state.items()))}
+    for name in sorted(state):
+        meta = state[name]
+        stored = source[id(meta)]
+        tensor = checkpoint.read([stored])[stored] if stored in checkpoint else meta
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        add_to_content_id(digest, name, tensor)
+    return "sha256:" + digest.hexdigest()
+
+
+def block_names(blocks: Iterable[Any]) -> tuple[str, ...]:
+    return tuple(block.name for block in blocks)

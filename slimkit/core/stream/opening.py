@@ -1,0 +1,95 @@
+"""Opening a model to be compressed block by block (see :mod:`slimkit.core.stream.blocks`).
+
+:func:`open_streamed` takes what :func:`~slimkit.load_model` takes (a folder, ``example:NAME`` or a
+hub id, whose ``*.safetensors`` and ``*.json`` files are fetched into the hub's cache first) and
+returns a :class:`~slimkit.core.model_io.LoadedModel` whose ``model`` is a skeleton: the weights
+stay in the input's shards until a method's walk reaches them. Everything that can be refused
+cheaply is refused here, before any work: a GGUF file or pickle weights (streaming reads
+safetensors), a folder whose layers slimkit replaced (quantized or low-rank: stream the float
+model instead), tensors that are missing or of the wrong shape, a model no adapter knows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimkit.core.errors import ModelLoadError
+from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, examples, load_tokenizer, model_class
+from slimkit.core.stream.blocks import BlockStream, block_names
+from slimkit.core.stream.checkpoint import Checkpoint
+from slimkit.core.stream.skeleton import build_skeleton, stored_entries, tied_groups
+from slimkit.core.stream.writer import ShardWriter
+
+
+def stream_folder(spec: str | os.PathLike[str]) -> Path:
+    """The local folder of a model spec, fetching a hub id's safetensors and JSON files first."""
+    text = str(spec)
+    if text.startswith(EXAMPLE_PREFIX):
+        name = text[len(EXAMPLE_PREFIX):]
+        found = examples().get(name)
+        if found is None:
+            raise ModelLoadError(f"no bundled example {name!r}; bundled: {', '.join(examples())}")
+        return found
+    path = Path(text).expanduser()
+    if path.is_file():
+        kind = "a GGUF file" if path.suffix == ".gguf" else "a file"
+        raise ModelLoadError(f"{path} is {kind}; streaming reads a Hugging Face folder of safetensors shards "
+                             "(run without --stream, or save the model as a folder first)")
+    if path.is_dir():
+        return path
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise ModelLoadError(f"no such model folder: {text}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"]))
+    except Exception as error:
+        raise ModelLoadError(f"{text!r} is not a local folder and could not be fetched from the Hugging Face hub "
+                             f"(offline, private, or no safetensors weights): {str(error).splitlines()[0]}") from None
+
+
+def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = None, *, dtype: Any = "float32",
+                  device: Any = None) -> LoadedModel:
+    """``spec`` as a skeleton whose blocks are read from its shards and written to ``out`` (or
+    where ``loaded.stream.bind`` says later) as a method walks them (``host`` finds the
+    architecture adapter that says where the blocks are)."""
+    from transformers import AutoConfig
+
+    from slimkit.core.model_io import _read_provenance
+    from slimkit.core.runtime import checkpoint_dtype, resolve
+    from slimkit.core.storage import section_of
+
+    folder = stream_folder(spec)
+    provenance = _read_provenance(folder)
+    if provenance is not None and section_of(provenance) is not None:
+        raise ModelLoadError(f"{folder} holds layers slimkit replaced (quantized or low-rank), which cannot be "
+                             "streamed; stream the float model it came from, with quantization as the last step")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a model folder: it has no config.json")
+    wanted = resolve(dtype, device, checkpoint=checkpoint_dtype(folder) if dtype == "auto" else None)
+    source = Checkpoint.open(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as error:
+        raise ModelLoadError(f"{folder}/config.json is not a usable model config: {str(error).splitlines()[0]}") \
+            from None
+    skeleton = build_skeleton(model_class(config), config, wanted.dtype)
+    for name, attribute, owner, tensor in list(stored_entries(skeleton)):
+        if not tensor.is_meta and name in source:  # a persistent buffer the checkpoint holds: read it
+            owner._buffers[attribute] = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+    loaded = LoadedModel(skeleton, load_tokenizer(folder), str(spec), folder, provenance)
+    layout = host.adapter_for(loaded).layout(skeleton)
+    aliases = tied_groups(skeleton)
+    head = layout.lm_head if layout.lm_head and f"{layout.lm_head}.weight" not in aliases else None
+    stream = BlockStream(skeleton, source, ShardWriter(out) if out is not None else None, block_names(layout.blocks), wanted.dtype,
+                         wanted.device, head=head, aliases=aliases)
+    stream.check()
+    stream.load_outer()
+    loaded.stream = stream
+    if wanted.reason:
+        loaded.extras["dtype_reason"] = wanted.reason
+    return loaded
