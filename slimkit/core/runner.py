@@ -153,8 +153,13 @@ def run_recipe(
         problems = validated.check_model(host, loaded, calibration)
         if problems:
             raise RecipeError(problems, validated.recipe.name)
-        result = _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress, force,
-                          name, flow)
+        try:
+            result = _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress,
+                              force, name, flow)
+        except BaseException:
+            if isinstance(flow, Streamed):
+                flow.cleanup()
+            raise
         if exports:  # after the model is saved, evaluated and recorded: it stays whatever happens here
             export_run_result(host, exports, result, cat, run_id, progress)
         return result

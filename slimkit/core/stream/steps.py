@@ -61,6 +61,13 @@ class Streamed:
 
     def __post_init__(self) -> None:
         self._spent: list[Path] = []  # earlier steps' outputs, removed once the next step is done
+        self._folders: list[Path] = []  # every work folder this run wrote into
+
+    def cleanup(self) -> None:
+        """Remove every work folder of this run that was not placed as its output (a failed or
+        interrupted run leaves nothing behind)."""
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def open(self, spec: Any) -> LoadedModel:
         from slimkit.core.stream.opening import open_streamed
@@ -92,6 +99,7 @@ class Streamed:
             stream = loaded.stream
         folder = self.work_folder(key)
         shutil.rmtree(folder, ignore_errors=True)  # a former attempt's parts: this one writes them anew
+        self._folders.append(folder)
         stream.bind(folder)
         return loaded
 
