@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from slimkit.core.contracts import CompressionSummary, ProgressCallback
+from slimkit.core.contracts import CompressionSummary, ProgressCallback, ProgressEvent
 from slimkit.core.data import CalibrationData
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
@@ -33,7 +33,7 @@ from slimkit.core.export.section import export_run_result, plan_exports
 from slimkit.core.recipe import Recipe, ValidatedRecipe
 from slimkit.core.steps import PlannedStep, run_step
 from slimkit.core.stream.steps import InMemory, Streamed
-from slimkit.core.stream.plan import check_streamable
+from slimkit.core.stream.plan import check_streamable, memory_plan
 from slimkit.core.teachers import Teachers, teacher_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,13 +128,18 @@ def run_recipe(
     runtime = runtime or validated.recipe.runtime or RuntimeSpec()
     cat = open_catalogue(catalogue)
     input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
-    if runtime.stream and out is None and cat is not None:
+    target = check_run(cat, out, overwrite, name, input_path)
+    plan = memory_plan(host, validated, model, target, runtime)
+    if plan.stream and not runtime.stream:
+        runtime = runtime.model_copy(update={"stream": True})
+    if runtime.stream and target is None and cat is not None:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
-        out = new_artifact_path(cat, name or validated.recipe.name)
-    target = check_run(cat, out, overwrite, name, input_path)
+        target = check_run(cat, new_artifact_path(cat, name or validated.recipe.name), overwrite, name, input_path)
     if runtime.stream:
         check_streamable(host, validated, model, target)
+    if plan.note and progress is not None:
+        progress(ProgressEvent("plan", 0, 0, plan.note))
     exports = plan_exports(validated, cat, target, overwrite, input_path)
     with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
@@ -143,7 +148,7 @@ def run_recipe(
             loaded = model if inplace else copy.deepcopy(model)
         elif runtime.stream:
             assert target is not None
-            flow = Streamed(host, target, runtime.dtype, runtime.device)
+            flow = Streamed(host, target, runtime.dtype, runtime.device, progress)
             loaded = flow.open(model)
         else:
             loaded = load_model(model, dtype=runtime.dtype, device=runtime.device)

@@ -46,6 +46,9 @@ class RuntimeSpec(BaseModel):
                         description="Where the model runs: cpu, cuda, cuda:N, or auto (a GPU if there is one).")
     stream: bool = Field(default=False, description="Never hold the whole model: read each block from the "
                          "input's safetensors shards when its turn comes and write it to the output at once.")
+    max_memory: str | None = Field(default=None, description="Memory budget, e.g. 6GiB (default: what the machine "
+                                   "has available). A run that would not fit in memory streams; one that would "
+                                   "not fit streamed is refused before it starts.")
 
 
 @dataclass(frozen=True)

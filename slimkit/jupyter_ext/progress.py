@@ -40,13 +40,16 @@ class ProgressRow:
     def event(self, event: ProgressEvent) -> None:
         """Called on the worker thread for every event."""
         now = time.monotonic()
-        if now - self._last_push < PROGRESS_INTERVAL_S and event.done < event.total:
+        if now - self._last_push < PROGRESS_INTERVAL_S and event.done < event.total and event.total:
             return  # the front end needs no more than ~10 updates a second
         self._last_push = now
         self._on_main(lambda: self._show(event))
 
     def _show(self, event: ProgressEvent) -> None:
         if not self._running():
+            return
+        if event.total == 0:  # a note (a run's expected cost, its first block's measure): text only
+            self.text.value = f"{event.stage}: {event.message}"[:160]
             return
         self.bar.max = max(1, event.total)
         self.bar.value = min(event.done, self.bar.max)

@@ -64,6 +64,10 @@ class ProgressBars:
         self._progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.total == 0:  # a note (what a run expects to cost, how it went so far): a line of its own
+            if event.message:
+                self._progress.console.print(f"{event.stage}: {event.message}", highlight=False)
+            return
         task = self._tasks.get(event.stage)
         if task is None or event.done < self._done.get(event.stage, 0):  # a new pass of the stage
             task = self._progress.add_task(event.stage, total=event.total)

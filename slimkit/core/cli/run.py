@@ -52,10 +52,14 @@ def show_result(result: Any, title: str) -> None:
 @click.option("--stream", is_flag=True, default=None,
               help="Never hold the whole model: each block is read from the input's safetensors shards in its "
                    "turn and written to --out at once (for models larger than memory).")
+@click.option("--max-memory", metavar="SIZE",
+              help="Memory budget, e.g. 6GiB (default: what the machine has available): a run that would not fit "
+                   "streams, one that would not fit streamed is refused before it starts.")
 @runtime_options
 @click.pass_context
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
-        no_progress: bool, name: str | None, force: bool, no_record: bool, stream: bool | None) -> None:
+        no_progress: bool, name: str | None, force: bool, no_record: bool, stream: bool | None,
+        max_memory: str | None) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
     from slimkit.core.export.section import plan_exports
     from slimkit.core.preflight import check_run, local_folder
@@ -77,11 +81,18 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         out = str(new_artifact_path(catalogue, name or parsed.name))
     # The recipe's exports' targets too (run_recipe checks them again, cheaply).
     plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
-    runtime = merged_runtime(ctx, parsed.runtime, stream=stream or None)
-    if runtime.stream:  # the model is opened block by block inside the run, never loaded here
-        from slimkit.core.model_refs import model_location
+    from slimkit.core.model_refs import model_location
+    from slimkit.core.stream.cost import parse_bytes
+    from slimkit.core.stream.plan import memory_plan
 
-        model: Any = model_location(model_spec, lambda: get_catalogue_from(ctx))
+    if max_memory is not None:
+        parse_bytes(max_memory)  # a malformed size: said now
+    runtime = merged_runtime(ctx, parsed.runtime, stream=stream or None, max_memory=max_memory)
+    location = model_location(model_spec, lambda: get_catalogue_from(ctx))
+    if not runtime.stream and memory_plan(host, validated, location, Path(out), runtime).stream:
+        runtime = runtime.model_copy(update={"stream": True})  # too big for memory: run_recipe says so
+    if runtime.stream:  # the model is opened block by block inside the run, never loaded here
+        model: Any = location
     else:
         model = load_model_ref(ctx, model_spec, parsed.runtime)
     try:

@@ -44,6 +44,9 @@ class BlockStream:
     #: what :meth:`finish` wrote: the ``modules`` section when slimkit modules replaced layers
     section: dict[str, Any] | None = None
     finished: bool = False
+    #: called with a note once the first block is done (its time and the run's peak memory so far)
+    progress: Any = None
+    _started: float | None = None
 
     @property
     def out(self) -> ShardWriter:
@@ -108,6 +111,10 @@ class BlockStream:
     def load_block(self, block: Any) -> None:
         """Fill ``block`` (a :class:`~slimkit.core.architecture.BlockLayout`): from the input, or
         from what was written for it if a walk stored it before."""
+        if self._started is None:
+            import time
+
+            self._started = time.perf_counter()
         if block.name in self.stored:
             written = Checkpoint.open(self.output, files=[self.out.part_file(self._part(block.name)).name])
             self._fill(block.module, f"{block.name}.", written)
@@ -119,8 +126,25 @@ class BlockStream:
         prefix = f"{block.name}."
         tensors = {prefix + key: value for key, value in block.module.state_dict().items()}
         self.out.write(self._part(block.name), tensors)
+        first = not self.stored
         self.stored.add(block.name)
         release(block.module)
+        if first and self._started is not None and self.progress is not None:
+            self._measured()
+
+    def _measured(self) -> None:
+        """Say what the first block took and what the whole walk will take at that pace."""
+        import time
+
+        from slimkit.core.contracts import ProgressEvent
+        from slimkit.core.memory import peak_rss_bytes
+        from slimkit.core.stream.cost import gib
+
+        seconds = time.perf_counter() - (self._started or 0.0)
+        total = seconds * len(self.block_names)
+        pace = f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s"
+        self.progress(ProgressEvent("measured", 0, 0, f"first block {seconds:.1f} s, peak {gib(peak_rss_bytes())} "
+                                                      f"resident: about {pace} for {len(self.block_names)} blocks"))
 
     def finish(self) -> dict[str, Any] | None:
         """Write what the walk did not: blocks never visited (unchanged), the parts outside the

@@ -53,10 +53,11 @@ def stream_folder(spec: str | os.PathLike[str]) -> Path:
 
 
 def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = None, *, dtype: Any = "float32",
-                  device: Any = None) -> LoadedModel:
+                  device: Any = None, fill: bool = True) -> LoadedModel:
     """``spec`` as a skeleton whose blocks are read from its shards and written to ``out`` (or
     where ``loaded.stream.bind`` says later) as a method walks them (``host`` finds the
-    architecture adapter that says where the blocks are)."""
+    architecture adapter that says where the blocks are). ``fill=False`` leaves the parts outside
+    the blocks empty too (to look at the model's shapes, e.g. for a cost estimate)."""
     from transformers import AutoConfig
 
     from slimkit.core.model_io import _read_provenance
@@ -88,7 +89,8 @@ def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = No
     stream = BlockStream(skeleton, source, ShardWriter(out) if out is not None else None, block_names(layout.blocks), wanted.dtype,
                          wanted.device, head=head, aliases=aliases)
     stream.check()
-    stream.load_outer()
+    if fill:
+        stream.load_outer()
     loaded.stream = stream
     if wanted.reason:
         loaded.extras["dtype_reason"] = wanted.reason

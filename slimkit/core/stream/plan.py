@@ -1,18 +1,21 @@
-"""Whether a recipe can run streamed, decided before anything is loaded.
+"""Whether a recipe can run streamed, and whether it must, decided before anything is loaded.
 
 Every step's compressor says whether it can run on a model opened block by block with its config
 (:meth:`~slimkit.BaseCompressor.stream_refusal`); a recipe whose evaluations or exports need the
 whole model in memory is refused too, each problem on its own line, so that a long run never
-starts only to fail at its end.
+starts only to fail at its end. :func:`memory_plan` weighs the run's expected peak memory against
+the budget and decides between memory and streaming (see :mod:`slimkit.core.stream.cost`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit.core.errors import RecipeError
 from slimkit.core.identity import guarded
+from slimkit.core.stream.cost import CostEstimate, available_bytes, estimate, gib, parse_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.host import Host
@@ -49,3 +52,79 @@ def check_streamable(host: "Host", validated: "ValidatedRecipe", model: Any, tar
     problems = stream_problems(host, validated, model, target)
     if problems:
         raise RecipeError(problems, validated.recipe.name)
+
+
+@dataclass
+class MemoryPlan:
+    """How a run will hold its model: ``stream`` or not, under ``budget``, and the line that says
+    so (``note``); ``cost`` is ``None`` where nothing could be estimated (a GGUF file, a hub id)."""
+
+    stream: bool
+    budget: int
+    cost: CostEstimate | None = None
+    note: str = ""
+
+
+def _needs_hessian(host: "Host", validated: "ValidatedRecipe") -> bool:
+    for planned in validated.planned():
+        if planned.info.cls.needs_calibration:
+            return True
+        for use in planned.uses:
+            if use.family == "scorer" and "hessian" in getattr(host.scorers.get(use.name).cls, "statistics", ()):
+                return True
+    return False
+
+
+def _suggestions(runtime: Any, cost: CostEstimate) -> str:
+    ideas = ["a larger --max-memory"]
+    if cost.parts.get("calibration states", 0) > cost.block_bytes:
+        ideas.insert(0, "fewer calibration samples (n_samples) or shorter ones (seq_len)")
+    if runtime.dtype == "float32":
+        ideas.insert(0, "--dtype bfloat16 (half the weights' memory)")
+    return ", or ".join(ideas)
+
+
+def memory_plan(host: "Host", validated: "ValidatedRecipe", model: Any, target: Path | None, runtime: Any) -> MemoryPlan:
+    """Decide, before anything is loaded, whether the run holds ``model`` in memory or streams it,
+    from :func:`~slimkit.core.stream.cost.estimate` against the budget. Raises :class:`RecipeError`
+    when neither fits (or the model must stay in memory and does not fit), saying what would."""
+    from slimkit.core.errors import SlimkitError
+    from slimkit.core.model_io import LoadedModel
+
+    budget = parse_bytes(runtime.max_memory) if runtime.max_memory else available_bytes()
+    where = f"the budget {gib(budget)}" + ("" if runtime.max_memory else " (the memory available now)")
+    if isinstance(model, LoadedModel):
+        return MemoryPlan(False, budget)
+    folder = Path(str(model)).expanduser()
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not runtime.stream and files and 3 * sum(f.stat().st_size for f in files) + 2**30 < budget:
+        return MemoryPlan(False, budget)  # far within the budget: no need to look closer
+    try:
+        from slimkit.core.stream.opening import open_streamed
+
+        if not runtime.stream and not (Path(str(model)).expanduser().is_dir() or str(model).startswith("example:")):
+            return MemoryPlan(False, budget)  # a GGUF file or a hub id: nothing to estimate from
+        skeleton = open_streamed(model, host, dtype=runtime.dtype, fill=False)
+    except SlimkitError:
+        if runtime.stream:
+            raise
+        return MemoryPlan(False, budget)  # the loader will say what is wrong with it
+    stream = skeleton.stream
+    cost = estimate(stream.source, skeleton.config, stream.block_names, stream.dtype, validated.recipe.calibration,
+                    _needs_hessian(host, validated))
+    name = validated.recipe.name
+    if runtime.stream:
+        if cost.streamed > budget:
+            raise RecipeError([f"a streamed run needs {cost.describe(True)}, more than {where}: try "
+                               f"{_suggestions(runtime, cost)}"], name)
+        return MemoryPlan(True, budget, cost, f"streamed block by block: expected peak {cost.describe(True)}, "
+                                              f"within {where}")
+    if cost.in_memory <= budget:
+        return MemoryPlan(False, budget, cost, f"in memory: expected peak {cost.describe(False)}, within {where}")
+    problems = stream_problems(host, validated, model, target)
+    if cost.streamed > budget or problems:
+        why = "; ".join(problems) if problems else f"streamed it would need {cost.describe(True)} too"
+        raise RecipeError([f"the run needs {cost.describe(False)} in memory, more than {where}, and cannot "
+                           f"stream instead ({why}); try {_suggestions(runtime, cost)}"], name)
+    return MemoryPlan(True, budget, cost, f"the model needs {gib(cost.in_memory)} in memory, more than {where}: "
+                                          f"streaming it block by block instead (expected peak {gib(cost.streamed)})")

@@ -57,6 +57,7 @@ class Streamed:
     target: Path
     dtype: Any = "float32"
     device: Any = None
+    progress: Any = None
     streamed = True
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class Streamed:
         shutil.rmtree(folder, ignore_errors=True)  # a former attempt's parts: this one writes them anew
         self._folders.append(folder)
         stream.bind(folder)
+        stream.progress = self.progress
         return loaded
 
     def end(self, loaded: LoadedModel) -> str:
