@@ -179,9 +179,15 @@ def _weights_version(module: nn.Module) -> tuple[tuple[int, int, tuple[int, ...]
 class BlockStep:
     """One block of the sequential pass: collect statistics, let the caller change it, move on."""
 
-    def __init__(self, engine: "SequentialCalibration", block: BlockLayout) -> None:
+    def __init__(self, engine: "SequentialCalibration", block: BlockLayout, *, restored: dict[str, Any] | None = None) -> None:
         self.engine = engine
         self.block = block
+        #: a block a resumed streamed run finished before it was interrupted: its weights are on disk,
+        #: not in the module; the method skips it, taking from :attr:`record` what it noted then
+        self.restored = restored is not None
+        #: what the method notes about this block for its summary (JSON values): kept with the block's
+        #: checkpoint in a streamed run, handed back in a resumed one
+        self.record: dict[str, Any] = dict(restored or {})
         self._ready = False  # whether engine._spare holds this block's outputs for its weights
         self._version = _weights_version(block.module)
 
@@ -376,7 +382,14 @@ class SequentialCalibration:
         try:
             self.capture()
             last = len(self.layout.blocks) - 1
+            stream: Any = self.stream
+            skip = stream.restorable() if stream is not None else 0
+            if skip:  # a resumed streamed run: the first unfinished block's inputs were saved
+                self._hidden.copy_(stream.hidden())
             for index, block in enumerate(self.layout.blocks):
+                if index < skip:
+                    yield BlockStep(self, block, restored=stream.restore_block(block))
+                    continue
                 if self.stream is not None:
                     self.stream.load_block(block)
                 step = BlockStep(self, block)
@@ -385,7 +398,7 @@ class SequentialCalibration:
                     step.outputs()  # what the (possibly compressed) block now produces ...
                     self._hidden, self._spare = self._spare, self._hidden  # ... feeds the next one
                 if self.stream is not None:
-                    self.stream.store_block(block)
+                    self.stream.store_block(block, step.record, self._hidden if index < last else None)
                 del step
                 release_free_memory()  # the block's statistics and temporaries, back to the system
             self._hidden, self._spare, self._kwargs = torch.empty(0), torch.empty(0), []  # done: free them

@@ -285,6 +285,11 @@ class BaseCompressor(_MethodBase):
     """
 
     teacher_field: ClassVar[str | None] = None
+    #: whether a streamed run of this method that was killed mid-model resumes at its first
+    #: unfinished block: set it when :meth:`compress_` walks the calibration engine, skips the
+    #: steps it hands back as ``step.restored`` and builds its summary from what it noted in each
+    #: step's ``step.record`` (kept with the block's checkpoint)
+    resumable: ClassVar[bool] = False
 
     def stream_refusal(self, config: Any, ctx: MethodContext) -> str | None:
         """Why this method cannot run on a model opened block by block with ``config``, or ``None``

@@ -148,7 +148,7 @@ def run_recipe(
             loaded = model if inplace else copy.deepcopy(model)
         elif runtime.stream:
             assert target is not None
-            flow = Streamed(host, target, runtime.dtype, runtime.device, progress)
+            flow = Streamed(host, target, runtime.dtype, runtime.device, progress, cat, run_id)
             loaded = flow.open(model)
         else:
             loaded = load_model(model, dtype=runtime.dtype, device=runtime.device)
@@ -229,7 +229,7 @@ def _execute(
                 loaded = reused_model
             continue
         work = work_dir(cat, target, key)
-        loaded = flow.begin(loaded, key)
+        loaded = flow.begin(loaded, key, step.info.cls.resumable)
         outcome = run_step(host, step, loaded, calibration=calibration, progress=progress,
                            teacher=teacher[0] if teacher else None, work_dir=work)
         if work is not None:

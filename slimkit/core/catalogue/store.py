@@ -30,7 +30,9 @@ from slimkit.core.catalogue.migrate import (
     open_error,
     to_url,
 )
-from slimkit.core.catalogue.schema import EvaluationRow, ModelRow, RunRow, StepParentRow, StepRow, StepUseRow
+from slimkit.core.catalogue.schema import (
+    EvaluationRow, ExportRow, ModelRow, RunRow, StepParentRow, StepRow, StepUseRow,
+)
 from slimkit.core.present.format import short_id
 
 
@@ -112,6 +114,21 @@ class Catalogue(ExportsMixin):
             if row is None:
                 raise CatalogueError(f"no run {run_id}")
             row.status, row.error, row.ended = status, error, utcnow()
+
+    def absorb_run(self, interrupted: str, into: str) -> bool:
+        """Make the work of ``interrupted`` (a run killed mid-way) part of the run ``into`` that
+        resumed it: the interrupted run's row goes, so the catalogue holds the work as one run.
+        Only a failed run (a killed one is marked failed when the catalogue is next opened) that
+        recorded nothing is absorbed; returns whether it was."""
+        with self.session() as session, session.begin():
+            row = session.get(RunRow, interrupted)
+            if row is None or row.status != "failed" or interrupted == into:
+                return False
+            for table in (StepRow, EvaluationRow, ExportRow):
+                if session.scalar(select(table.run_id).where(table.run_id == interrupted).limit(1)) is not None:
+                    return False
+            session.delete(row)
+            return True
 
     def runs(self, status: str | None = None) -> list[RunEntry]:
         with self.session() as session:

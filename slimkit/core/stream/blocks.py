@@ -47,6 +47,13 @@ class BlockStream:
     #: called with a note once the first block is done (its time and the run's peak memory so far)
     progress: Any = None
     _started: float | None = None
+    #: per-block checkpoints (see :mod:`slimkit.core.stream.resume`): the step's key, whether its
+    #: method can resume, and what ``progress.json`` says of the blocks finished so far
+    key: str | None = None
+    resumable: bool = False
+    done: dict[str, Any] = field(default_factory=dict)
+    hidden_after: str | None = None
+    run_id: str | None = None
 
     @property
     def out(self) -> ShardWriter:
@@ -58,9 +65,53 @@ class BlockStream:
     def output(self) -> Path:
         return self.out.folder
 
-    def bind(self, folder: Path) -> None:
-        """Write the blocks into ``folder`` (created with the first block)."""
+    def bind(self, folder: Path, key: str | None = None, *, resumable: bool = False,
+             run_id: str | None = None) -> str | None:
+        """Write the blocks into ``folder`` (created with the first block). With ``resumable`` and a
+        ``progress.json`` of the same step ``key`` there, the blocks it lists are kept (a resumed
+        run starts after them): returns the id of the run that wrote them. Else the folder is
+        emptied first and ``None`` returned."""
+        import shutil
+
+        from slimkit.core.stream.resume import read_progress
+
         self.writer = ShardWriter(folder)
+        self.key, self.resumable, self.run_id = key, resumable, run_id
+        progress = read_progress(folder, key) if resumable and key else None
+        if progress is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        self.done = dict(progress.get("blocks", {}))
+        self.hidden_after = progress.get("hidden_after")
+        for name in self.done:  # their shards are whole (progress.json is written after them)
+            part = self._part(name)
+            written = Checkpoint.open(folder, files=[self.writer.part_file(part).name])
+            self.writer.record(part, written.read(list(written.tensors)))
+        return str(progress.get("run_id") or "") or None
+
+    def restorable(self) -> int:
+        """How many leading blocks a resumed calibration walk can skip: those finished, up to the
+        one whose outputs were saved as the next block's inputs (0 when nothing can be skipped)."""
+        if self.hidden_after not in self.block_names:
+            return 0
+        count = self.block_names.index(self.hidden_after) + 1
+        return count if all(name in self.done for name in self.block_names[:count]) else 0
+
+    def restore_block(self, block: Any) -> dict[str, Any]:
+        """Take a finished block as written (its layers' shapes; weights stay on disk) and return
+        what the method noted about it."""
+        from slimkit.core.stream.resume import restore_structure
+
+        entry = self.done[block.name]
+        restore_structure(block.module, entry.get("shape", {}), self.dtype)
+        self.stored.add(block.name)
+        return dict(entry.get("record", {}))
+
+    def hidden(self) -> torch.Tensor:
+        """The saved inputs of the first block a resumed walk computes."""
+        from slimkit.core.stream.resume import load_hidden
+
+        return load_hidden(self.output)
 
     def _part(self, block_name: str) -> str:
         return f"block-{self.block_names.index(block_name):05d}"
@@ -121,11 +172,22 @@ class BlockStream:
         else:
             self._fill(block.module, f"{block.name}.", self.source)
 
-    def store_block(self, block: Any) -> None:
-        """Write ``block``'s tensors to its output shard, then empty it."""
+    def store_block(self, block: Any, record: dict[str, Any] | None = None, hidden: torch.Tensor | None = None) -> None:
+        """Write ``block``'s tensors to its output shard, then empty it. For a resumable step,
+        ``record`` (what the method noted about the block) and ``hidden`` (the next block's inputs)
+        go into its checkpoint."""
         prefix = f"{block.name}."
         tensors = {prefix + key: value for key, value in block.module.state_dict().items()}
         self.out.write(self._part(block.name), tensors)
+        if self.resumable and self.key is not None:
+            from slimkit.core.stream.resume import save_hidden, structure, write_progress
+
+            if hidden is not None:
+                save_hidden(self.output, hidden)
+                self.hidden_after = block.name
+            self.done[block.name] = {"record": record or {}, "shape": structure(block.module)}
+            write_progress(self.output, {"key": self.key, "run_id": self.run_id, "blocks": self.done,
+                                         "hidden_after": self.hidden_after})
         first = not self.stored
         self.stored.add(block.name)
         release(block.module)
@@ -171,6 +233,10 @@ class BlockStream:
             if not key.startswith(block_prefixes):
                 outer[key] = loaded.get(key, state[key])
         self.out.write("outer", outer)
+        from slimkit.core.stream.resume import HIDDEN_FILE, PROGRESS_FILE
+
+        for checkpoint_file in (HIDDEN_FILE, PROGRESS_FILE):  # the step is done: not part of the model
+            (self.output / checkpoint_file).unlink(missing_ok=True)
         replaced = has_replaced_modules(self.model)
         weight_map = self.out.finish(slimkit_modules=replaced)
         config: Any = self.model.config

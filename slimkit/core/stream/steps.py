@@ -38,7 +38,7 @@ class InMemory:
     def reopen(self, location: str) -> LoadedModel:
         return load_model(location)
 
-    def begin(self, loaded: LoadedModel, key: str) -> LoadedModel:
+    def begin(self, loaded: LoadedModel, key: str, resumable: bool = False) -> LoadedModel:
         return loaded
 
     def end(self, loaded: LoadedModel) -> str:
@@ -58,6 +58,8 @@ class Streamed:
     dtype: Any = "float32"
     device: Any = None
     progress: Any = None
+    cat: Any = None
+    run_id: str | None = None
     streamed = True
 
     def __post_init__(self) -> None:
@@ -86,9 +88,10 @@ class Streamed:
         digest = key.rpartition(":")[2]
         return self.target.parent / f".{self.target.name}.stream-{digest[:16]}"
 
-    def begin(self, loaded: LoadedModel, key: str) -> LoadedModel:
+    def begin(self, loaded: LoadedModel, key: str, resumable: bool = False) -> LoadedModel:
         """The model the step with ``key`` works on: ``loaded`` if nothing wrote it yet, else the
-        previous step's output reopened."""
+        previous step's output reopened. A ``resumable`` step finds the blocks an interrupted run of
+        it finished in its work folder and starts after them; that run becomes part of this one."""
         stream = loaded.stream
         if stream.finished:
             if stream.section is not None:
@@ -99,10 +102,18 @@ class Streamed:
             loaded.tokenizer, loaded.source = previous.tokenizer, previous.source
             stream = loaded.stream
         folder = self.work_folder(key)
-        shutil.rmtree(folder, ignore_errors=True)  # a former attempt's parts: this one writes them anew
-        self._folders.append(folder)
-        stream.bind(folder)
+        if not resumable:
+            self._folders.append(folder)  # removed if the run fails: there is nothing to resume
+        interrupted = stream.bind(folder, key, resumable=resumable, run_id=self.run_id)
         stream.progress = self.progress
+        if interrupted is not None:
+            if self.progress is not None:
+                from slimkit.core.contracts import ProgressEvent
+
+                self.progress(ProgressEvent("resume", 0, 0, f"{len(stream.done)} of {len(stream.block_names)} blocks "
+                                                            f"were finished by an interrupted run: resuming after them"))
+            if self.cat is not None and self.run_id is not None and interrupted != self.run_id:
+                self.cat.absorb_run(interrupted, self.run_id)
         return loaded
 
     def end(self, loaded: LoadedModel) -> str:
@@ -120,6 +131,7 @@ class Streamed:
 
         stream = loaded.stream
         folder = stream.output
+        self._folders.append(folder)  # if saving fails, nothing of it stays behind
         provenance.pop(LEGACY_SECTION, None)
         provenance.pop(SECTION, None)
         if stream.section is not None:

@@ -140,6 +140,8 @@ class SparseGPTPruner(BaseCompressor):
                     f"{ref.name} has {ref.in_features} inputs, not a multiple of m={config.m}"
                 )
 
+    resumable = True
+
     def stream_refusal(self, config, ctx):
         return None  # block by block on the calibration engine
 
@@ -150,8 +152,14 @@ class SparseGPTPruner(BaseCompressor):
         pruned = total = 0
         per_layer = {}
         for index, step in enumerate(engine, start=1):
+            if step.restored:  # finished by an interrupted streamed run: its figures were noted
+                pruned, total = pruned + step.record["pruned"], total + step.record["total"]
+                per_layer.update(step.record["per_layer"])
+                ctx.report("blocks", index, len(engine), step.block.name)
+                continue
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             stats = step.collect(refs, ("hessian",), outputs=False)  # the block changes next
+            before = (pruned, total)
             for group in by_shared_input(refs, stats):  # q/k/v, gate/up: one sweep on their shared H
                 stacked = group.stacked_weight()
                 mask = sparsegpt_prune_(
@@ -166,6 +174,8 @@ class SparseGPTPruner(BaseCompressor):
                     count = int(mask[rows].sum())
                     pruned, total = pruned + count, total + mask[rows].numel()
                     per_layer[ref.name] = round(count / mask[rows].numel(), 6)
+            step.record.update(pruned=pruned - before[0], total=total - before[1],
+                               per_layer={ref.name: per_layer[ref.name] for ref in refs})
             ctx.report("blocks", index, len(engine), step.block.name)
         pattern = f"{config.n}:{config.m} pattern" if config.n else f"{config.sparsity:.0%} per layer"
         achieved = pruned / total if total else 0.0

@@ -186,11 +186,15 @@ class _StructuredPruner(BaseCompressor):
     def _check_scorer(self, config, ctx) -> None:
         ctx.require_scorer(config.scorer, self.granularity, self.name)
 
+    resumable = True  # what each block lost is noted with its checkpoint (see _prune_blocks)
+
     def _prune_blocks(
-        self, model, adapter, config, ctx, apply: Callable[[BlockLayout, torch.Tensor, dict[str, Any]], None]
+        self, model, adapter, config, ctx, apply: Callable[[BlockLayout, torch.Tensor, dict[str, Any]], None],
+        removed: dict[str, list[int]],
     ) -> bool:
         """Call ``apply(block, scores, extras)`` for every block (``extras``: the scorer's other
-        outputs for that block, keyed ``"<block>::<what>"``); returns whether it went sequentially."""
+        outputs for that block, keyed ``"<block>::<what>"``), which notes what it removed in
+        ``removed[block name]``; returns whether it went sequentially."""
         info = ctx.scorer(config.scorer)
         if config.sequential and getattr(info.cls, "statistics", ()):
             from slimkit import SequentialCalibration
@@ -198,12 +202,17 @@ class _StructuredPruner(BaseCompressor):
             scorer, scorer_config = info.create(), ctx.host.config(info, config.scorer_params)
             engine = SequentialCalibration(model, adapter, ctx.calibration)
             for index, step in enumerate(engine, start=1):
+                if step.restored:  # finished by an interrupted streamed run: what it removed was noted
+                    removed[step.block.name] = step.record["removed"]
+                    ctx.report("blocks", index, len(engine), step.block.name)
+                    continue
                 roles = scorer.roles(scorer_config)
                 refs = [ref for ref in step.block.linears() if roles is None or ref.role in roles]
                 stats = step.collect(refs, scorer.statistics, outputs=False)  # the block shrinks next
                 values = ctx.score_block(info, step.block, stats, scorer_config)
                 apply(step.block, _finite(values[step.block.name], step.block, config.scorer),
                       _extras(values, step.block.name))
+                step.record["removed"] = removed.get(step.block.name, [])
                 ctx.report("blocks", index, len(engine), step.block.name)
             return True
         scores = ctx.score(config.scorer, model, adapter, config.scorer_params)
@@ -251,7 +260,7 @@ class NeuronPruner(_StructuredPruner):
                 shrink_mlp_(block.mlp, keep)
                 removed[block.name] = drop.tolist()
 
-            sequential = self._prune_blocks(model, adapter, config, ctx, apply)
+            sequential = self._prune_blocks(model, adapter, config, ctx, apply, removed)
             adapter.rewrite_config(model.model.config, intermediate_size=before_size - count)
         else:
             sequential = False
@@ -346,7 +355,7 @@ class HeadPruner(_StructuredPruner):
                 shrink_attention_(block.attention, keep)
                 removed[block.name] = drop.tolist()
 
-            sequential = self._prune_blocks(model, adapter, config, ctx, apply)
+            sequential = self._prune_blocks(model, adapter, config, ctx, apply, removed)
             adapter.rewrite_config(
                 model.model.config, num_heads=(kv_heads - count) * group, num_kv_heads=kv_heads - count
             )

@@ -117,6 +117,8 @@ class ScoredPruner(BaseCompressor):
             params.setdefault("roles", list(config.roles))
         return info, params
 
+    resumable = True  # block by block on the engine, each block's figures noted (see _sequential)
+
     def stream_refusal(self, config, ctx):
         if getattr(config, "scope", "layer") == "global":
             return "scope global ranks all layers at once"
@@ -182,11 +184,17 @@ class ScoredPruner(BaseCompressor):
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         tally = _Tally()
         for index, step in enumerate(engine, start=1):
+            if step.restored:  # finished by an interrupted streamed run: its figures were noted
+                tally.merge(step.record)
+                ctx.report("blocks", index, len(engine), step.block.name)
+                continue
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             stats = step.collect(refs, scorer.statistics, outputs=False)  # the block changes next
             scores = ctx.score_block(info, step.block, stats, scorer_config)
+            since = (tally.pruned, tally.total)
             for ref in refs:
                 tally.apply(ref, self.mask(scores[ref.name], config, ref))
+            step.record.update(tally.record(since, refs))
             ctx.report("blocks", index, len(engine), step.block.name)
         return tally.summary(config, self.describe_mask(config), sequential=True)
 
@@ -205,6 +213,17 @@ class _Tally:
         self.pruned += count
         self.total += mask.numel()
         self.per_layer[ref.name] = round(count / mask.numel(), 6)
+
+    def record(self, since: tuple[int, int], refs) -> dict:
+        """What changed since ``since`` (``(pruned, total)`` then) in ``refs``: a block's figures."""
+        return {"pruned": self.pruned - since[0], "total": self.total - since[1],
+                "per_layer": {ref.name: self.per_layer[ref.name] for ref in refs}}
+
+    def merge(self, record: dict) -> None:
+        """Add a block's figures noted by an interrupted run (see :meth:`record`)."""
+        self.pruned += record["pruned"]
+        self.total += record["total"]
+        self.per_layer.update(record["per_layer"])
 
     def summary(self, config, how: str, sequential: bool) -> CompressionSummary:
         achieved = self.pruned / self.total if self.total else 0.0

@@ -123,6 +123,8 @@ class GPTQQuantizer(BaseCompressor):
         _, refs = target_layers(model, adapter, config, self.name)
         require_hessian_data(ctx, refs, self.name)
 
+    resumable = True  # its summary comes from the layout, not from per-block figures
+
     def stream_refusal(self, config, ctx):
         return None  # block by block on the calibration engine
 
@@ -134,6 +136,9 @@ class GPTQQuantizer(BaseCompressor):
         grid = config.grid()
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         for index, step in enumerate(engine, start=1):
+            if step.restored:  # finished by an interrupted streamed run: on disk already
+                ctx.report("blocks", index, len(engine), step.block.name)
+                continue
             block_refs = [ref for ref in step.block.linears() if ref.name in chosen]
             stats = step.collect(block_refs, ("hessian",), outputs=False)  # the block changes next
             for group in by_shared_input(block_refs, stats):  # layers fed one input: rows stacked, one H
