@@ -33,7 +33,7 @@ def deep(tmp_path_factory):
 
 
 def _recipe(name: str):
-    return recipe(METHODS[name], calibration={"n_samples": 48, "seq_len": 128})
+    return recipe(METHODS[name], calibration={"n_samples": 16, "seq_len": 128})
 
 
 def _progress(out: Path) -> int:
