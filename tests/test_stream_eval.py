@@ -14,7 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from slimkit import BlockStream, ConfigError, ModelLoadError, Recipe, load_model, open_streamed
+from slimkit import (
+    BlockStream, ConfigError, DataError, ModelLoadError, Recipe, load_model, open_streamed, streamed_hidden_states,
+)
 from slimkit.core.cli import make_cli
 from slimkit.core.provenance import content_id
 from slimkit.core.stream.plan import stream_problems
@@ -48,6 +50,16 @@ def tiny_opt(folder: Path, tokenizer, **extra) -> Path:
     return folder
 
 
+def tiny_gpt2(folder: Path, tokenizer) -> Path:
+    """A 2-block GPT-2 (fused q/k/v in Conv1D layers, learned positions, tied head)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(2)
+    GPT2LMHeadModel(GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=4, n_positions=256)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, stories):
     tokenizer = load_model(stories).tokenizer
@@ -57,6 +69,7 @@ def folders(tmp_path_factory, stories):
         "llama-untied": tiny_llama(root / "llama", tokenizer),
         "llama-sharded": tiny_llama(root / "llama-sharded", tokenizer, shard="100KB"),
         "opt": tiny_opt(root / "opt", tokenizer),
+        "gpt2": tiny_gpt2(root / "gpt2", tokenizer),
     }
 
 
@@ -68,7 +81,7 @@ def test_the_sharded_llama_has_several_shards_and_an_untied_head(folders, host):
     assert streamed.stream.head == "lm_head" and streamed.model.lm_head.weight.is_meta
 
 
-@pytest.mark.parametrize("name", ["stories260K", "llama-untied", "llama-sharded", "opt"])
+@pytest.mark.parametrize("name", ["stories260K", "llama-untied", "llama-sharded", "opt", "gpt2"])
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_streamed_perplexity_equals_in_memory(host, folders, name, batch_size):
     params = {**PARAMS, "batch_size": batch_size}
@@ -81,6 +94,21 @@ def test_streamed_perplexity_equals_in_memory(host, folders, name, batch_size):
     assert stream.writer is None and not stream.stored  # read only: nothing written
     assert all(p.is_meta for block in stream.block_names
                for p in streamed_model.model.get_submodule(block).parameters())
+
+
+def test_hidden_states_of_a_model_in_memory_and_streamed(host, folders):
+    model, streamed = load_model(folders["llama-sharded"]), open_streamed(folders["llama-sharded"], host)
+    ids = torch.randint(0, 512, (5, 32), generator=torch.Generator().manual_seed(0))
+    adapter = host.adapter_for(model)
+    reports: list[tuple[int, int]] = []
+    hidden = streamed_hidden_states(streamed, adapter, ids, batch_size=5, report=lambda *done: reports.append(done))
+    assert hidden.shape == (5, 32, 64) and reports == [(1, 3), (2, 3), (3, 3)]
+    assert torch.equal(hidden, streamed_hidden_states(model, adapter, ids, batch_size=5))
+    with torch.no_grad():
+        whole = model.model.model(input_ids=ids, use_cache=False).last_hidden_state  # after the final norm
+        assert torch.equal(model.model.model.norm(hidden), whole)
+    with pytest.raises(DataError, match=r"takes token windows \[N, L\], got a tensor of shape \(32,\)"):
+        streamed_hidden_states(streamed, adapter, ids[0])
 
 
 def test_max_windows_and_a_second_evaluation_of_the_same_stream(host, folders):
