@@ -91,6 +91,11 @@ _TOPICS: dict[str, dict[str, str]] = {
         "tokenize": "slimkit.core.data",
         "sha256_bytes": "slimkit.core.data",
     },
+    "Streamed models": {
+        "open_streamed": "slimkit.core.stream.opening",
+        "streamed_hidden_states": "slimkit.core.stream.forward",
+        "BlockStream": "slimkit.core.stream.blocks",
+    },
     "Quantization": {
         "QuantGrid": "slimkit.core.quant.formats",
         "QUANT_BITS": "slimkit.core.quant.formats:BITS",
@@ -246,6 +251,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
         replaced_modules as replaced_modules,
         to_dense as to_dense,
     )
+    from slimkit.core.stream.blocks import BlockStream as BlockStream
+    from slimkit.core.stream.forward import streamed_hidden_states as streamed_hidden_states
+    from slimkit.core.stream.opening import open_streamed as open_streamed
 
 _LAZY: dict[str, str] = {name: where for names in _TOPICS.values() for name, where in names.items()}
 

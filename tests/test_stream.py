@@ -296,3 +296,25 @@ def test_cli_stream(source, tmp_path, monkeypatch):
                                         "--stream", "--out", str(tmp_path / "out2"), "--no-progress"])
     assert refused.exit_code != 0
     assert "no such model folder" in refused.output and "Traceback" not in refused.output
+
+
+def test_a_streamed_run_evaluates_its_result_streamed(source, tmp_path, host):
+    evaluate = [{"metric": "perplexity", "params": {"seq_len": 64, "max_windows": 4}}]
+    for name in ("magnitude", "gptq"):
+        method, params = METHODS[name]
+        memory = run_recipe(recipe((method, params), evaluate=evaluate), source, catalogue=False, host=host)
+        streamed = run_recipe(recipe((method, params), evaluate=evaluate), source, out=tmp_path / name,
+                              catalogue=False, host=host, runtime=STREAM)
+        assert streamed.before == memory.before and streamed.after == memory.after
+        assert streamed.after["perplexity"]["perplexity"] != streamed.before["perplexity"]["perplexity"]
+
+
+def test_a_fully_reused_streamed_run_copies_the_catalogued_result(source, tmp_path, host):
+    with Catalogue(str(tmp_path / "catalogue.db")) as cat:
+        first = run_recipe(recipe(METHODS["rtn"]), source, out=tmp_path / "a", catalogue=cat, host=host,
+                           runtime=STREAM)
+        again = run_recipe(recipe(METHODS["rtn"]), source, out=tmp_path / "b", catalogue=cat, host=host,
+                           runtime=STREAM)
+        assert again.reused == [True]
+    assert content_id(slimkit.load_model(tmp_path / "b").model) == first.steps[0].child_id
+    assert (tmp_path / "a").is_dir() and leftovers(tmp_path) == []

@@ -13,12 +13,16 @@ Use::
         stats = step.collect(step.block.linears(), ("hessian",))
         ...change step.block's weights...
     # each step's outputs are recomputed only if the block's weights were changed
+
+:meth:`SequentialCalibration.final_hidden_states` walks the blocks without changing them and
+keeps the last block's outputs: the forward pass of an evaluation on a model opened block by
+block (:mod:`slimkit.core.stream.forward`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -375,6 +379,34 @@ class SequentialCalibration:
                     del output
                 if between_batches is not None:
                     between_batches()
+
+    def final_hidden_states(self, report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Every block run in turn over all samples, nothing changed: the last block's outputs,
+        ``[samples, seq_len, hidden]`` (before the final norm). A model opened block by block has
+        each block filled for its turn and emptied after it, nothing written
+        (:meth:`~slimkit.core.stream.blocks.BlockStream.visit_block`). ``report(done, total)``
+        is called after each block."""
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            self.capture()
+            total = len(self.layout.blocks)
+            for index, block in enumerate(self.layout.blocks, start=1):
+                if self.stream is not None:
+                    self.stream.visit_block(block)
+                try:
+                    self._run_block(block.module, write=True)
+                finally:
+                    if self.stream is not None:
+                        self.stream.release_block(block)
+                self._hidden, self._spare = self._spare, self._hidden
+                release_free_memory()  # the block's temporaries, back to the system
+                if report is not None:
+                    report(index, total)
+            return self._hidden
+        finally:  # the caller holds the result; the spare buffer and the batches' arguments go
+            self._hidden, self._spare, self._kwargs = torch.empty(0), torch.empty(0), []
+            self.module.train(was_training)
 
     def __iter__(self) -> Iterator[BlockStep]:
         was_training = self.module.training

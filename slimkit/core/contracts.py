@@ -322,6 +322,13 @@ class BaseCompressor(_MethodBase):
 class BaseEvaluator(_MethodBase):
     """Base class for evaluators: set ``name`` and ``Config``; implement ``evaluate``."""
 
+    #: Whether :meth:`evaluate` can run on a model opened block by block (``model.stream`` is
+    #: set and ``model.model`` is a skeleton on the meta device): it reaches the blocks' weights
+    #: only through :func:`~slimkit.streamed_hidden_states` and an untied head only inside
+    #: ``model.stream.head_loaded()``. A streamed run and ``slimkit eval --stream`` refuse an
+    #: evaluator that does not say it streams.
+    streams: ClassVar[bool] = False
+
     def check(self, model, config, ctx) -> None:
         """Raise a :class:`~slimkit.SlimkitError` if the metric does not apply."""
 

@@ -13,6 +13,7 @@ from slimkit.core.identity import guarded, plugin_label
 from slimkit.core.model_io import LoadedModel
 from slimkit.core.provenance import content_id, now_iso
 from slimkit.core.registry import MethodInfo
+from slimkit.core.stream.plan import check_evaluator_streams
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue
@@ -34,6 +35,18 @@ def run_evaluation(
             "metrics": metrics, "dataset_fingerprint": ";".join(ctx.data_fingerprints) or None, "time": now_iso()}
 
 
+def model_id(model: LoadedModel) -> str:
+    """The content id of ``model``'s weights; for a model opened block by block, read from its
+    shards one tensor at a time (the id it would have in memory)."""
+    stream = model.stream
+    if stream is None:
+        return content_id(model.model)
+    from slimkit.core.stream.blocks import streamed_content_id
+
+    stream.check_open("identify the weights")
+    return streamed_content_id(model.model, stream.source)
+
+
 def evaluate_model(
     model: LoadedModel,
     evaluations: Mapping[str, Mapping[str, Any] | None],
@@ -51,6 +64,7 @@ def evaluate_model(
     plan = []
     for name, params in evaluations.items():
         info = host.evaluators.get(name)
+        check_evaluator_streams(name, info, model)
         config = host.config(info, params)
         plan.append((name, info, config))
     for _, info, config in plan:
@@ -59,5 +73,5 @@ def evaluate_model(
     with recorded_run(cat, "eval") as run_id:
         records = [run_evaluation(host, name, info, config, model, progress) for name, info, config in plan]
         if cat is not None:
-            record_input(cat, describe_input(model, content_id(model.model), records), run_id)
+            record_input(cat, describe_input(model, model_id(model), records), run_id)
     return {record["evaluator"]: record["metrics"] for record in records}

@@ -260,7 +260,10 @@ def _execute(
     if target is not None:
         loaded.path = target
     loaded.provenance = provenance
-    after_records = evaluate_all(host, validated, loaded, progress)
+    # a streamed result is read again from its folder (block by block) to be evaluated
+    evaluated = flow.reopen(str(target)) if flow.streamed and target is not None and validated.evaluations \
+        else loaded
+    after_records = evaluate_all(host, validated, evaluated, progress)
     provenance["evaluations"] = after_records
     if target is not None and after_records and shared is None:
         _rewrite_json(target / PROVENANCE_FILE, provenance)

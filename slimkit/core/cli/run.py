@@ -173,24 +173,34 @@ def _parse_params(items: tuple[str, ...], methods: list[str], *, single: bool = 
                    "names it outright (qa.top1:text=x).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--no-record", is_flag=True, help="Do not record the results in the catalogue.")
+@click.option("--stream", is_flag=True,
+              help="Never hold the whole model: all windows go through one block at a time, each read from "
+                   "MODEL's safetensors shards in its turn (for models larger than memory; evaluators that "
+                   "stream only, such as perplexity, which is then the default).")
 @runtime_options
 @click.pass_context
 def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], param_items: tuple[str, ...],
-             as_json: bool, no_record: bool) -> None:
+             as_json: bool, no_record: bool, stream: bool) -> None:
     """Evaluate MODEL with one or more evaluators."""
     from slimkit.core.evaluation import evaluate_model
     from slimkit.core.model_io import is_causal_lm
 
     host = get_host_from(ctx)
     for metric in metrics:
-        host.evaluators.get(metric)  # unknown names fail before the model loads
+        info = host.evaluators.get(metric)  # unknown names fail before the model loads
+        if stream and not info.cls.streams:  # so do evaluators that need the whole model
+            raise ConfigError(f"eval --stream: evaluator {metric!r} needs the model in memory; run it without "
+                              "--stream")
     chosen = list(metrics)
     params = _parse_params(param_items, chosen) if chosen else {}  # so do bad --param items
-    model = load_model_ref(ctx, model_spec)
+    model = _open_streamed(ctx, model_spec) if stream else load_model_ref(ctx, model_spec)
     if not chosen:
-        chosen = ["size"]
+        chosen = [] if stream else ["size"]  # size counts non-zero weights: it needs them in memory
         if model.tokenizer is not None and is_causal_lm(model.model):
             chosen.append("perplexity")
+        if not chosen:
+            raise ConfigError(f"eval --stream: {model_spec} is not a causal language model with a tokenizer, and "
+                              "perplexity is the only default evaluator that streams; name one with --metric")
         params = _parse_params(param_items, chosen)
     catalogue: Any = False if no_record else get_catalogue_from(ctx)
     with ProgressBars(enabled=not as_json) as bars:
@@ -200,6 +210,17 @@ def evaluate(ctx: click.Context, model_spec: str, metrics: tuple[str, ...], para
         return
     table(str(model_spec), ["metric", "value"],
           [(f"{m}.{k}", metric_value(k, v)) for m, values in results.items() for k, v in values.items()])
+
+
+def _open_streamed(ctx: click.Context, spec: str) -> Any:
+    """``spec`` (a path, ``example:NAME``, a catalogue name or id prefix, or a hub id) opened block by
+    block, in the ``--dtype``/``--device`` given."""
+    from slimkit.core.model_refs import model_location
+    from slimkit.core.stream.opening import open_streamed
+
+    chosen = merged_runtime(ctx)
+    location = model_location(spec, lambda: get_catalogue_from(ctx))
+    return open_streamed(location, get_host_from(ctx), dtype=chosen.dtype, device=chosen.device)
 
 
 @click.command()

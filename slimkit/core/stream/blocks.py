@@ -11,13 +11,18 @@ with it, and emptied again (:meth:`store_block`). A block visited a second time 
 from what was written, so a method may walk the blocks twice; a block a method never visits is
 copied unchanged. The calibration engine and :meth:`MethodContext.blocks` drive this walk:
 a method that walks the model with either streams without knowing it.
+
+An evaluation reads the model without changing it: :meth:`visit_block` fills a block for its
+turn and :meth:`release_block` empties it again, writing nothing; :meth:`load_head` fills the
+untied head for the computation that needs it (see :mod:`slimkit.core.stream.forward`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -30,7 +35,8 @@ from slimkit.core.stream.writer import ShardWriter
 
 @dataclass
 class BlockStream:
-    """Input shards, output shards and the skeleton between them (see the module docstring)."""
+    """A model opened block by block: the input's shards, the output's, and the skeleton between
+    them whose blocks are filled in their turn (``LoadedModel.stream``; see the module docstring)."""
 
     model: nn.Module
     source: Checkpoint
@@ -157,7 +163,7 @@ class BlockStream:
 
     def _fill(self, module: nn.Module, prefix: str, checkpoint: Checkpoint) -> None:
         keys = [key for key in missing(module, prefix) if key not in self.aliases]
-        materialise(module, prefix, checkpoint.read(keys), self.dtype, self.device)
+        materialise(module, prefix, checkpoint.read(keys), self.device)
 
     def load_block(self, block: Any) -> None:
         """Fill ``block`` (a :class:`~slimkit.core.architecture.BlockLayout`): from the input, or
@@ -171,6 +177,49 @@ class BlockStream:
             self._fill(block.module, f"{block.name}.", written)
         else:
             self._fill(block.module, f"{block.name}.", self.source)
+
+    def visit_block(self, block: Any) -> None:
+        """Fill ``block`` to read it, not to change it (an evaluation's walk): as :meth:`load_block`
+        does, from what was written for it if a walk stored it; :meth:`release_block` empties it
+        again and writes nothing."""
+        self.check_open("read a block")
+        self.load_block(block)
+
+    def release_block(self, block: Any) -> None:
+        """Empty ``block`` (after :meth:`visit_block`) without writing anything."""
+        release(block.module)
+
+    def load_head(self) -> nn.Module | None:
+        """Fill the untied output head from the input and return it (``None`` when there is none
+        to fill: a head tied to the embedding was filled at open). No compression step changes it,
+        so the input's tensors are the head's whatever was written. :meth:`release_head` empties it."""
+        self.check_open("read the output head")
+        if self.head is None:
+            return None
+        module = self.model.get_submodule(self.head)
+        self._fill(module, f"{self.head}.", self.source)
+        return module
+
+    def release_head(self) -> None:
+        """Put the untied output head back on the meta device (after :meth:`load_head`)."""
+        if self.head is not None:
+            release(self.model.get_submodule(self.head))
+
+    @contextlib.contextmanager
+    def head_loaded(self) -> Iterator[None]:
+        """The untied output head filled inside the ``with`` block only (see :meth:`load_head`)."""
+        self.load_head()
+        try:
+            yield
+        finally:
+            self.release_head()
+
+    def check_open(self, what: str) -> None:
+        """Raise a clear :class:`ModelLoadError` (``what``: the operation refused) if :meth:`finish`
+        already emptied the skeleton."""
+        if self.finished:  # finish() emptied the skeleton and the parts were renamed into the output
+            raise ModelLoadError(f"cannot {what} of the streamed model from {self.source.folder}: its walk was "
+                                 "finished and its output saved; open the saved folder streamed again to read it")
 
     def store_block(self, block: Any, record: dict[str, Any] | None = None, hidden: torch.Tensor | None = None) -> None:
         """Write ``block``'s tensors to its output shard, then empty it. For a resumable step,
@@ -271,10 +320,10 @@ class BlockStream:
         return unique, aliases
 
 
-def streamed_content_id(model: nn.Module, checkpoint: Checkpoint, dtype: torch.dtype | None) -> str:
+def streamed_content_id(model: nn.Module, checkpoint: Checkpoint) -> str:
     """The content id (:func:`slimkit.core.provenance.content_id`) of ``model``'s skeleton with the
-    weights in ``checkpoint``, read one tensor at a time (``dtype``: float tensors cast to it, as a
-    load in that precision would): the same id the model would have whole in memory."""
+    weights in ``checkpoint``, read one tensor at a time (float tensors cast to the skeleton's
+    dtypes, as a load in that precision would): the same id the model would have whole in memory."""
     import hashlib
 
     from slimkit.core.provenance import add_to_content_id
@@ -286,8 +335,8 @@ def streamed_content_id(model: nn.Module, checkpoint: Checkpoint, dtype: torch.d
         meta = state[name]
         stored = source[id(meta)]
         tensor = checkpoint.read([stored])[stored] if stored in checkpoint else meta
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+        if tensor.is_floating_point() and tensor.dtype != meta.dtype:
+            tensor = tensor.to(meta.dtype)  # as a load would give it (the skeleton has the loaded dtypes)
         add_to_content_id(digest, name, tensor)
     return "sha256:" + digest.hexdigest()
 

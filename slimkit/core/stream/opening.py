@@ -21,7 +21,7 @@ from slimkit.core.errors import ModelLoadError
 from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, examples, load_tokenizer, model_class
 from slimkit.core.stream.blocks import BlockStream, block_names
 from slimkit.core.stream.checkpoint import Checkpoint
-from slimkit.core.stream.skeleton import build_skeleton, stored_entries, tied_groups
+from slimkit.core.stream.skeleton import build_skeleton, retie, stored_entries, tied_groups
 from slimkit.core.stream.writer import ShardWriter
 
 
@@ -53,11 +53,13 @@ def stream_folder(spec: str | os.PathLike[str]) -> Path:
 
 
 def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = None, *, dtype: Any = "float32",
-                  device: Any = None, fill: bool = True) -> LoadedModel:
+                  device: Any = None, fill: bool = True, replaced: bool = False) -> LoadedModel:
     """``spec`` as a skeleton whose blocks are read from its shards and written to ``out`` (or
     where ``loaded.stream.bind`` says later) as a method walks them (``host`` finds the
     architecture adapter that says where the blocks are). ``fill=False`` leaves the parts outside
-    the blocks empty too (to look at the model's shapes, e.g. for a cost estimate)."""
+    the blocks empty too (to look at the model's shapes, e.g. for a cost estimate). ``replaced``
+    admits a folder in which slimkit replaced layers (quantized, low-rank), to be read (evaluated)
+    streamed: no streaming method changes such layers."""
     from transformers import AutoConfig
 
     from slimkit.core.model_io import _read_provenance
@@ -66,28 +68,41 @@ def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = No
 
     folder = stream_folder(spec)
     provenance = _read_provenance(folder)
-    if provenance is not None and section_of(provenance) is not None:
+    section = section_of(provenance) if provenance is not None else None
+    if section is not None and not replaced:
         raise ModelLoadError(f"{folder} holds layers slimkit replaced (quantized or low-rank), which cannot be "
                              "streamed; stream the float model it came from, with quantization as the last step")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a model folder: it has no config.json")
     wanted = resolve(dtype, device, checkpoint=checkpoint_dtype(folder) if dtype == "auto" else None)
-    source = Checkpoint.open(folder)
+    files = None if section is None else list(section.get("files") or [section.get("file", "slimkit.safetensors")])
+    source = Checkpoint.open(folder, files=files)
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as error:
         raise ModelLoadError(f"{folder}/config.json is not a usable model config: {str(error).splitlines()[0]}") \
             from None
+    if hasattr(config, "quantization_config") and section is not None:
+        del config.quantization_config
     skeleton = build_skeleton(model_class(config), config, wanted.dtype)
+    aliases = tied_groups(skeleton)
+    if section is not None:  # slimkit's own layers in place of the float ones, on the meta device
+        from slimkit.core.architecture import set_module
+        from slimkit.core.storage import _skeleton
+
+        for name, record in section.get("layers", {}).items():
+            set_module(skeleton, name, _skeleton(record, wanted.dtype).to("meta"))
+        aliases = {**tied_groups(skeleton), **section.get("aliases", {})}
+        retie(skeleton, aliases)
     for name, attribute, owner, tensor in list(stored_entries(skeleton)):
         if not tensor.is_meta and name in source:  # a persistent buffer the checkpoint holds: read it
             owner._buffers[attribute] = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
     loaded = LoadedModel(skeleton, load_tokenizer(folder), str(spec), folder, provenance)
     layout = host.adapter_for(loaded).layout(skeleton)
-    aliases = tied_groups(skeleton)
-    head = layout.lm_head if layout.lm_head and f"{layout.lm_head}.weight" not in aliases else None
-    stream = BlockStream(skeleton, source, ShardWriter(out) if out is not None else None, block_names(layout.blocks), wanted.dtype,
-                         wanted.device, head=head, aliases=aliases)
+    tied_head = layout.lm_head is not None and any(a.startswith(f"{layout.lm_head}.") for a in aliases)
+    head = layout.lm_head if layout.lm_head and not tied_head else None
+    stream = BlockStream(skeleton, source, ShardWriter(out) if out is not None else None, block_names(layout.blocks),
+                         wanted.dtype, wanted.device, head=head, aliases=aliases)
     stream.check()
     if fill:
         stream.load_outer()

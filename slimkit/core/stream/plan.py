@@ -1,10 +1,11 @@
 """Whether a recipe can run streamed, and whether it must, decided before anything is loaded.
 
 Every step's compressor says whether it can run on a model opened block by block with its config
-(:meth:`~slimkit.BaseCompressor.stream_refusal`); a recipe whose evaluations or exports need the
-whole model in memory is refused too, each problem on its own line, so that a long run never
-starts only to fail at its end. :func:`memory_plan` weighs the run's expected peak memory against
-the budget and decides between memory and streaming (see :mod:`slimkit.core.stream.cost`).
+(:meth:`~slimkit.BaseCompressor.stream_refusal`); a recipe with an evaluation that does not
+stream (:attr:`~slimkit.BaseEvaluator.streams`) or an export, which need the whole model in
+memory, is refused too, each problem on its own line, so that a long run never starts only to
+fail at its end. :func:`memory_plan` weighs the run's expected peak memory against the budget and
+decides between memory and streaming (see :mod:`slimkit.core.stream.cost`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimkit.core.errors import RecipeError
+from slimkit.core.errors import ConfigError, RecipeError
 from slimkit.core.identity import guarded
 from slimkit.core.stream.cost import CostEstimate, available_bytes, estimate, gib, parse_bytes
 
@@ -39,9 +40,10 @@ def stream_problems(host: "Host", validated: "ValidatedRecipe", model: Any, targ
                           lambda: compressor.stream_refusal(planned.config, ctx))  # noqa: B023
         if refusal:
             problems.append(f"step {index} ({planned.info.name}) cannot run streamed: {refusal}")
-    for index, (spec, _, _) in enumerate(validated.evaluations, start=1):
-        problems.append(f"evaluate {index} ({spec.metric}) needs the model in memory; drop it from a streamed "
-                        "run and evaluate the result afterwards")
+    for index, (spec, info, _) in enumerate(validated.evaluations, start=1):
+        if not getattr(info.cls, "streams", False):
+            problems.append(f"evaluate {index} ({spec.metric}) needs the model in memory; drop it from a streamed "
+                            "run and evaluate the result afterwards")
     if validated.recipe.export:
         problems.append("export: a streamed run does not export yet; export the result afterwards with slimkit export")
     return problems
@@ -52,6 +54,14 @@ def check_streamable(host: "Host", validated: "ValidatedRecipe", model: Any, tar
     problems = stream_problems(host, validated, model, target)
     if problems:
         raise RecipeError(problems, validated.recipe.name)
+
+
+def check_evaluator_streams(name: str, info: Any, model: Any) -> None:
+    """Raise :class:`ConfigError` if ``model`` was opened block by block and the evaluator
+    ``name`` (its registry entry ``info``) does not stream (:attr:`~slimkit.BaseEvaluator.streams`)."""
+    if getattr(model, "stream", None) is not None and not getattr(info.cls, "streams", False):
+        raise ConfigError(f"evaluator {name!r} needs the model in memory, and {model.source} was opened streamed "
+                          f"(block by block); load it whole to run {name}")
 
 
 @dataclass

@@ -85,10 +85,9 @@ def _put(owner: nn.Module, attribute: str, tensor: torch.Tensor, *, parameter: b
         owner._buffers[attribute] = tensor
 
 
-def materialise(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                device: torch.device) -> None:
+def materialise(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
     """Give every meta parameter and buffer under ``module`` its tensor from ``tensors`` (keyed by
-    ``prefix`` + local name), floating point ones cast to ``dtype``, all moved to ``device``."""
+    ``prefix`` + local name), floating point ones cast to the skeleton's dtype, all moved to ``device``."""
     for name, attribute, owner, tensor in list(stored_entries(module)):
         if not tensor.is_meta:
             continue
@@ -96,7 +95,7 @@ def materialise(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]
         if value is None:  # tied to a tensor filled elsewhere (retie() joins them)
             continue
         if value.is_floating_point() and tensor.is_floating_point():
-            value = value.to(dtype)
+            value = value.to(tensor.dtype)  # the skeleton's dtype: the model's, or a layer's own (fp16 scales)
         _put(owner, attribute, value.to(device), parameter=attribute in owner._parameters)
 
 
@@ -115,10 +114,13 @@ def retie(model: nn.Module, aliases: dict[str, str]) -> None:
         owner_name, _, attribute = alias.rpartition(".")
         source_owner, _, source_attribute = source.rpartition(".")
         source_module = model.get_submodule(source_owner)
-        param = source_module._parameters.get(source_attribute)
         owner = model.get_submodule(owner_name)
+        param = source_module._parameters.get(source_attribute)
         if param is not None and attribute in owner._parameters:
             owner._parameters[attribute] = param
+        buffer = source_module._buffers.get(source_attribute)  # slimkit's tied int8 tables are buffers
+        if buffer is not None and attribute in owner._buffers:
+            owner._buffers[attribute] = buffer
 
 
 def missing(module: nn.Module, prefix: str) -> list[str]:

@@ -79,10 +79,13 @@ class Streamed:
 
     def identify(self, loaded: LoadedModel) -> str:
         stream = loaded.stream
-        return streamed_content_id(loaded.model, stream.source, stream.dtype)
+        return streamed_content_id(loaded.model, stream.source)
 
     def reopen(self, location: str) -> LoadedModel:
-        return self.open(location)
+        """A saved result, streamed to be read: its quantized or low-rank layers admitted."""
+        from slimkit.core.stream.opening import open_streamed
+
+        return open_streamed(location, self.host, dtype=self.dtype, device=self.device, replaced=True)
 
     def work_folder(self, key: str) -> Path:
         digest = key.rpartition(":")[2]
@@ -120,22 +123,27 @@ class Streamed:
         stream = loaded.stream
         stream.finish()
         written = Checkpoint.open(stream.output, files=stream.out.files)
-        child = streamed_content_id(loaded.model, written, None)
+        child = streamed_content_id(loaded.model, written)
         for folder in self._spent:
             shutil.rmtree(folder, ignore_errors=True)
         self._spent.clear()
         return child
 
     def save(self, loaded: LoadedModel, target: Path, provenance: dict[str, Any], overwrite: bool) -> None:
-        from slimkit.core.storage import LEGACY_SECTION, SECTION
+        from slimkit.core.storage import LEGACY_SECTION, SECTION, section_of
 
         stream = loaded.stream
-        folder = stream.output
+        if not stream.finished:  # every step was reused: copy the catalogued result
+            folder = self.target.parent / f".{self.target.name}.copy-{uuid.uuid4().hex[:8]}"
+            shutil.copytree(str(loaded.path), folder)
+        else:
+            folder = stream.output
         self._folders.append(folder)  # if saving fails, nothing of it stays behind
         provenance.pop(LEGACY_SECTION, None)
         provenance.pop(SECTION, None)
-        if stream.section is not None:
-            provenance[SECTION] = stream.section
+        section = stream.section if stream.finished else section_of(loaded.provenance or {})
+        if section is not None:
+            provenance[SECTION] = section
         try:
             if loaded.tokenizer is not None:
                 loaded.tokenizer.save_pretrained(folder)
