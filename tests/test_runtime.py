@@ -153,3 +153,19 @@ def test_cli_dtype_overrides_the_recipe(tmp_path, host):
     assert slimkit.load_model(tmp_path / "a", dtype="auto").config.dtype == torch.bfloat16
     assert json.loads((tmp_path / "a" / "slimkit.json").read_text())["steps"][0]["versions"]["dtype"] == "bfloat16"
     assert json.loads((tmp_path / "b" / "slimkit.json").read_text())["steps"][0]["versions"]["dtype"] == "float32"
+
+
+def test_export_loads_in_the_dtype_asked_for(tmp_path):
+    """``slimkit export --dtype bfloat16``: the export is of the bfloat16 weights, under their id."""
+    from click.testing import CliRunner
+
+    from slimkit.core.cli import make_cli
+    from slimkit.core.provenance import content_id
+
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(make_cli(), ["export", "example:stories260K", "-f", "gguf", "-p", "float_type=BF16",
+                                             "--dtype", "bfloat16", "--no-record", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.output[result.output.index("{"):])
+    half = content_id(slimkit.load_model("example:stories260K", dtype="bfloat16").model)
+    assert written["content_id"] == half != content_id(slimkit.load_model("example:stories260K").model)

@@ -330,10 +330,18 @@ class Panel:
             from slimkit.core.model_refs import load_model_ref
             from slimkit.core.runner import run_recipe
 
-            model = load_model_ref(spec, self.catalogue, dtype=runtime.dtype, device=runtime.device)
+            from slimkit.core.model_refs import model_location
+            from slimkit.core.stream.plan import memory_plan
+
             out = new_artifact_path(self.catalogue, name or recipe.name or Path(spec).name or "model")
+            location = model_location(spec, self.catalogue)
+            chosen = runtime
+            if not chosen.stream and memory_plan(self.host, validated, location, out, chosen).stream:
+                chosen = chosen.model_copy(update={"stream": True})  # too big for memory: the run says so
+            model = location if chosen.stream else \
+                load_model_ref(spec, self.catalogue, dtype=runtime.dtype, device=runtime.device)
             return run_recipe(validated, model, out=out, host=self.host, progress=progress, inplace=True,
-                              catalogue=self.catalogue, name=name)
+                              catalogue=self.catalogue, name=name, runtime=chosen)
 
         self.run_state = BackgroundRun(work, on_event=self.progress_row.event, on_finish=self._on_finish)
         self.run_state.start()

@@ -266,3 +266,16 @@ def test_the_model_tab_sets_precision_and_device(panel):
         panel.runtime.set_values({"device": "cuda"})
         assert not panel.run_button.disabled
         assert panel.run() is None and "torch sees no CUDA GPU here" in panel.error.value  # before loading
+
+
+def test_the_model_tab_streams_a_run(panel):
+    quick(panel)
+    panel.metrics.value = ("perplexity",)
+    panel.runtime.set_values({"stream": True})
+    assert panel.recipe_data()["runtime"] == {"stream": True}
+    panel.run()
+    assert panel.wait(300) == "done", panel.error.value
+    result = panel.last_result
+    assert result.steps[0].versions["streamed"] == "block by block"
+    assert (result.output / "model.safetensors.index.json").is_file() or list(result.output.glob("slimkit-*"))
+    assert "perplexity" in result.after

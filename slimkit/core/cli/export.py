@@ -9,6 +9,7 @@ from typing import Any
 import click
 import yaml
 
+from slimkit.core.cli.runtime_options import merged_runtime, runtime_options
 from slimkit.core.cli.render import ProgressBars, print_json, table
 from slimkit.core.cli.run import _parse_params
 from slimkit.core.cli.exports_view import model_label
@@ -64,6 +65,7 @@ def _reference(ctx: click.Context, spec: str, no_record: bool) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
 @click.option("--no-record", is_flag=True, help="Do not record the export in the catalogue.")
+@runtime_options
 @click.pass_context
 def export(ctx: click.Context, model_spec: str, format_name: str, out: str | None, param_items: tuple[str, ...],
            params_file: str | None, overwrite: bool, as_json: bool, no_progress: bool, no_record: bool) -> None:
@@ -83,8 +85,10 @@ def export(ctx: click.Context, model_spec: str, format_name: str, out: str | Non
               **_parse_params(param_items, [format_name], single=True, kind="exporter")[format_name]}
     catalogue: Any = False if no_record else get_catalogue_from(ctx)
     with ProgressBars(enabled=not (no_progress or as_json)) as bars:
+        runtime = merged_runtime(ctx)
         result = export_model(_reference(ctx, model_spec, no_record), out, format=format_name, params=params,
-                              host=host, catalogue=catalogue, overwrite=overwrite, progress=bars)
+                              host=host, catalogue=catalogue, overwrite=overwrite, progress=bars,
+                              dtype=runtime.dtype, device=runtime.device)
     model = catalogue.model(result.content_id) if result.recorded else None
     if as_json:
         print_json({**result.to_dict(), "model": model.to_dict() if model is not None else None,

@@ -42,6 +42,8 @@ def export_model(
     catalogue: "Catalogue | str | None | Literal[False]" = None,
     overwrite: bool = False,
     progress: "ProgressCallback | None" = None,
+    dtype: Any = "float32",
+    device: Any = None,
 ) -> ExportResult:
     """Write ``model`` to ``out`` in ``format`` (an installed exporter's name) with ``params``.
 
@@ -52,6 +54,9 @@ def export_model(
     :param catalogue: record the export there (``None``: the default catalogue; ``False``: nowhere).
     :param overwrite: replace an existing ``out`` (only once the new export is complete).
     :param progress: receives the exporter's progress events (and the hashing's).
+    :param dtype: the precision a reference is loaded in (as :func:`~slimkit.load_model` takes it);
+        another than the weights' own makes the export one of the rounded weights, under their id.
+    :param device: where a reference is loaded (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
     :raises UnknownMethodError, ConfigError, OutputExistsError, OutputError: before the model loads.
     :raises ExportError: every reason the exporter gives for not writing the model; nothing written.
     :raises PluginError: the exporter's own code failed (naming it and its plugin); nothing written.
@@ -71,7 +76,8 @@ def export_model(
     target = check_target(target, info.cls.writes, overwrite, models=owned)
     with recorded_run(cat, "export") as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
-        loaded = model if isinstance(model, LoadedModel) else load_model_ref(str(model), cat)
+        loaded = model if isinstance(model, LoadedModel) else \
+            load_model_ref(str(model), cat, dtype=dtype, device=device)
         job, problems = prepare_export(host, info, config, loaded, target, progress=progress)
         if problems:
             raise ExportError(problems, f"cannot export {label or 'the model'} as {format}")

@@ -39,14 +39,22 @@ def parse_bytes(text: str | int) -> int:
     return int(float(found.group(1)) * _UNITS[unit])
 
 
+def _proc_bytes(file: str, field: str) -> int | None:
+    """A ``field: N kB`` line of a /proc file, in bytes (``None`` where it cannot be read)."""
+    try:
+        for line in Path(file).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_bytes() -> int:
     """The memory this machine has available now (``MemAvailable``), else its total."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    found = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
     import os
 
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -54,13 +62,7 @@ def available_bytes() -> int:
 
 def resident_bytes() -> int:
     """What this process holds now (``VmRSS``; 0 where it cannot be read)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 def gib(count: float) -> str:

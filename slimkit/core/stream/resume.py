@@ -13,7 +13,6 @@ temporary name and renamed, ``progress.json`` last: what it lists is always on d
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,14 @@ import torch
 from torch import nn
 
 from slimkit.core.architecture import set_module
-from slimkit.core.failures import FileSystemError, is_os_failure, os_cause
+from slimkit.core.atomic import write_staged
 
 PROGRESS_FILE = "progress.json"
 HIDDEN_FILE = "hidden.safetensors"
 
 
 def _replace(file: Path, write: Any) -> None:
-    staging = file.with_name(f".{file.name}.tmp")
-    try:
-        write(staging)
-        os.replace(staging, file)
-    except BaseException as error:
-        staging.unlink(missing_ok=True)
-        if is_os_failure(error):
-            raise FileSystemError(f"cannot write {file}: {os_cause(error)}") from error
-        raise
+    write_staged(file, "file", write, what="cannot write")
 
 
 def read_progress(folder: Path, key: str) -> dict[str, Any] | None:

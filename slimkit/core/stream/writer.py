@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from slimkit.core.failures import FileSystemError, is_os_failure, os_cause
+from slimkit.core.atomic import write_staged
+from slimkit.core.failures import FileSystemError, os_cause
 
 PART_PREFIX = "part-"
 
@@ -47,18 +48,9 @@ class ShardWriter:
         """Write ``tensors`` as the part called ``part`` (whole or not at all)."""
         from safetensors.torch import save_file
 
-        file = self.part_file(part)
-        staging = file.with_name(f".{file.name}.tmp")
         stored = {key: t.detach().contiguous().cpu() for key, t in tensors.items()}
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            save_file(stored, str(staging), metadata={"format": "pt"})
-            os.replace(staging, file)
-        except BaseException as error:
-            staging.unlink(missing_ok=True)
-            if is_os_failure(error):
-                raise FileSystemError(f"cannot write {file}: {os_cause(error)}") from error
-            raise
+        write_staged(self.part_file(part), "file", lambda path: save_file(stored, str(path), metadata={"format": "pt"}),
+                     what="cannot write")
         self.record(part, stored)
 
     def record(self, part: str, tensors: dict[str, torch.Tensor]) -> None:
