@@ -151,6 +151,46 @@ def test_one_block_at_a_time_has_weights(source, tmp_path, register_plugin):
     assert _Watcher.seen == [1, 1, 1]
 
 
+class _Replacer(BaseCompressor):
+    """Replaces every linear by a copy as quantizers do, keeping the references to the old ones (as
+    their lists of layers do): what a finished block's old layers hold is checked at every turn."""
+
+    name = "test.replace"
+    held: list[int] = []
+
+    def stream_refusal(self, config, ctx):
+        return None
+
+    def compress_(self, model, adapter, config, ctx):
+        from slimkit.core.architecture import set_module
+
+        old = [ref for _, ref in adapter.layout(model.model).linears()]
+        for block in ctx.blocks(model, adapter):
+            type(self).held.append(sum(not ref.module.weight.is_meta for ref in old))
+            for ref in block.linears():
+                copy = torch.nn.Linear(ref.in_features, ref.out_features, bias=False)
+                with torch.no_grad():
+                    copy.weight.copy_(ref.module.weight)
+                set_module(model.model, ref.name, copy)
+        return CompressionSummary("replaced")
+
+
+class _ReplacePlugin:
+    @hookimpl
+    def register_compressors(self, register):
+        register(_Replacer)
+
+
+def test_layers_a_method_replaced_are_emptied_with_their_block(source, tmp_path, register_plugin):
+    """A quantizer replaces a block's linears and keeps a list of the old ones: their weights must
+    not stay in memory (they did: a streamed 8B RTN run peaked at 16 GiB, the whole model)."""
+    host = register_plugin(_ReplacePlugin(), "replacer")
+    _Replacer.held.clear()
+    run_recipe(recipe(("test.replace", {})), source, out=tmp_path / "out", catalogue=False, host=host,
+               runtime=STREAM)
+    assert _Replacer.held == [7, 7, 7]  # the present block's seven, never an earlier block's
+
+
 class _Truncator(BaseCompressor):
     """Cuts the input's last shard short while the walk is at the first block."""
 

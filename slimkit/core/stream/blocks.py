@@ -53,6 +53,7 @@ class BlockStream:
     #: called with a note once the first block is done (its time and the run's peak memory so far)
     progress: Any = None
     _started: float | None = None
+    _filled: dict[int, list[nn.Module]] = field(default_factory=dict)  # block module id -> modules filled
     #: per-block checkpoints (see :mod:`slimkit.core.stream.resume`): the step's key, whether its
     #: method can resume, and what ``progress.json`` says of the blocks finished so far
     key: str | None = None
@@ -163,7 +164,14 @@ class BlockStream:
 
     def _fill(self, module: nn.Module, prefix: str, checkpoint: Checkpoint) -> None:
         keys = [key for key in missing(module, prefix) if key not in self.aliases]
-        materialise(module, prefix, checkpoint.read(keys), self.device)
+        self._filled.setdefault(id(module), []).extend(materialise(module, prefix, checkpoint.read(keys), self.device))
+
+    def _empty(self, module: nn.Module) -> None:
+        """Release ``module`` and every module filled under it, also those a method took out of
+        the model (a replaced linear a list of layer references still holds on to)."""
+        release(module)
+        for owner in self._filled.pop(id(module), []):
+            release(owner)
 
     def load_block(self, block: Any) -> None:
         """Fill ``block`` (a :class:`~slimkit.core.architecture.BlockLayout`): from the input, or
@@ -187,7 +195,7 @@ class BlockStream:
 
     def release_block(self, block: Any) -> None:
         """Empty ``block`` (after :meth:`visit_block`) without writing anything."""
-        release(block.module)
+        self._empty(block.module)
 
     def load_head(self) -> nn.Module | None:
         """Fill the untied output head from the input and return it (``None`` when there is none
@@ -239,7 +247,7 @@ class BlockStream:
                                          "hidden_after": self.hidden_after})
         first = not self.stored
         self.stored.add(block.name)
-        release(block.module)
+        self._empty(block.module)
         if first and self._started is not None and self.progress is not None:
             self._measured()
 
@@ -270,7 +278,7 @@ class BlockStream:
                 tensors = {f"{name}.{key}": value for key, value in block.state_dict().items()}
                 self.out.write(self._part(name), tensors)
                 self.stored.add(name)
-                release(block)
+                self._empty(block)
         outer: dict[str, torch.Tensor] = {}
         unique, aliases = self.state_keys()
         block_prefixes = tuple(f"{name}." for name in self.block_names)

@@ -85,9 +85,14 @@ def _put(owner: nn.Module, attribute: str, tensor: torch.Tensor, *, parameter: b
         owner._buffers[attribute] = tensor
 
 
-def materialise(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+def materialise(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor],
+                device: torch.device) -> list[nn.Module]:
     """Give every meta parameter and buffer under ``module`` its tensor from ``tensors`` (keyed by
-    ``prefix`` + local name), floating point ones cast to the skeleton's dtype, all moved to ``device``."""
+    ``prefix`` + local name), floating point ones cast to the skeleton's dtype, all moved to
+    ``device``. Returns the modules that were filled (to be emptied even if a method has taken
+    them out of the model since, e.g. a linear replaced by a quantized one that something still
+    refers to)."""
+    filled: list[nn.Module] = []
     for name, attribute, owner, tensor in list(stored_entries(module)):
         if not tensor.is_meta:
             continue
@@ -97,6 +102,9 @@ def materialise(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]
         if value.is_floating_point() and tensor.is_floating_point():
             value = value.to(tensor.dtype)  # the skeleton's dtype: the model's, or a layer's own (fp16 scales)
         _put(owner, attribute, value.to(device), parameter=attribute in owner._parameters)
+        if not filled or filled[-1] is not owner:
+            filled.append(owner)
+    return filled
 
 
 def release(module: nn.Module) -> None:
