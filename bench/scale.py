@@ -16,8 +16,9 @@ compress, write; the median of blocks 2..N); setup (open, content id, calibratio
 block) and finish (unvisited head copied, content id of the output, rename).
 Beside it, on the 1B shape, llm-compressor 0.14 (``oneshot``: QuantizationModifier W4A16 for
 RTN, WandaPruningModifier, GPTQModifier W4A16; same windows, the model loaded whole in bf16)
-in ``.venv-bench`` (``make .venv-bench/.installed``): its time is the load plus ``oneshot``
-(nothing saved), its peak RSS holds the whole model.
+in ``.venv-bench`` (``make .venv-bench/.installed``): its time is the load, ``oneshot`` and
+``save_pretrained(save_compressed=True)`` (as slimkit's includes reading and writing the
+shards), its peak RSS holds the whole model.
 
 Default plan (``make bench-scale``): every method on the whole 1B shape; RTN on the whole 3B and
 8B; Wanda and GPTQ on the 3B and 8B truncated to their first 4 blocks (``--layers``; peak memory
@@ -156,7 +157,15 @@ def peer_child(job: dict) -> dict:
                 max_seq_length=job["calib_len"])
     else:
         oneshot(model=model, recipe=recipe)
-    return {"started": started, "total_s": time.time() - started, "load_s": loaded, "block_done": []}
+    compressed = time.time() - started
+    saved: dict = {}
+    try:  # what slimkit's run does besides: write the result (packed int4 / sparse), not held twice
+        model.save_pretrained(job["out"], save_compressed=True)
+        saved["save_s"] = time.time() - started - compressed
+    except Exception as error:  # the peer's own save failing is reported, not the benchmark's failure
+        saved["save_error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return {"started": started, "total_s": time.time() - started, "load_s": loaded, "oneshot_s": compressed - loaded,
+            "block_done": [], **saved}
 
 
 def check_forward_child(job: dict) -> dict:
@@ -249,7 +258,8 @@ def summarise(row: dict) -> None:
         gaps = [b - a for a, b in zip(done, done[1:])]
         row["s_per_block"] = statistics.median(gaps)
         row["block_s"] = [round(g, 2) for g in gaps]
-        row["setup_s"] = done[0] - row["s_per_block"]
+        row["first_block_at_s"] = done[0]
+        row["setup_s"] = max(0.0, done[0] - row["s_per_block"])  # before the first block, estimated
         row["finish_s"] = row["total_s"] - done[-1]
         peak_at = row.get("polled_peak_at_s")
         if peak_at is not None:
@@ -288,6 +298,17 @@ def print_tables(rows: list[dict], header: str) -> None:
               f"{r['peak_rss'] / GIB:>9.2f}{r['total_s']:>9.1f}{fmt(r.get('s_per_block'), '.2f'):>9}"
               f"{fmt(per100m, '.2f'):>8}{fmt(r.get('setup_s'), '.1f'):>8}{fmt(r.get('finish_s'), '.1f'):>9}  {ratio}")
     ours = [r for r in rows if r["tool"] == "slimkit" and "error" not in r]
+    for method in METHODS:
+        mine = sorted((r for r in ours if r["method"] == method and r.get("s_per_block")),
+                      key=lambda r: r["block_params"])
+        if len(mine) < 2:
+            continue
+        per = [r["s_per_block"] / (r["block_params"] / 1e8) for r in mine]
+        peaks = [r["peak_rss"] / GIB for r in mine]
+        print(f"{method}: s per 100M block parameters " + ", ".join(f"{r['shape']} {p:.2f}" for r, p in zip(mine, per))
+              + f" (largest/smallest {max(per) / min(per):.2f}: 1.00 is linear in size); peak GiB "
+              + ", ".join(f"{r['shape']} {p:.2f}" for r, p in zip(mine, peaks))
+              + f" ({max(peaks) / min(peaks):.2f}x from smallest to largest)")
     verdicts = []
     for r in ours:
         if r["shape"] == "8b":
