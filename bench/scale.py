@@ -318,6 +318,19 @@ def print_tables(rows: list[dict], header: str) -> None:
         print("target: " + "; ".join(verdicts))
 
 
+def print_markdown(rows: list[dict]) -> None:
+    print("\n| shape | blocks run | method | tool | peak RSS GiB | total s | s/block | s/100M block params "
+          "| setup s | finish s | load |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            continue
+        per100m = r["s_per_block"] / (r["block_params"] / 1e8) if r.get("s_per_block") else None
+        blocks = f"{r['blocks']}/{r['layers']}" + ("" if r["blocks"] == r["layers"] else " (truncated)")
+        print(f"| {r['shape']} | {blocks} | {r['method']} | {r['tool']} | {r['peak_rss'] / GIB:.2f} | "
+              f"{r['total_s']:.0f} | {fmt(r.get('s_per_block'), '.1f')} | {fmt(per100m, '.1f')} | "
+              f"{fmt(r.get('setup_s'), '.0f')} | {fmt(r.get('finish_s'), '.0f')} | {r['load_before']:.1f} |")
+
+
 def parse_layers(text: str | None) -> dict[str, int]:
     """``4`` (every method) or ``wanda=4,gptq=4`` -> method -> blocks."""
     if not text:
@@ -365,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--append", action="store_true", help="keep the JSON's rows from other runs (same "
                         "shape, blocks, method and tool: replaced)")
     parser.add_argument("--dry-run", action="store_true", help="check the options and print the plan only")
+    parser.add_argument("--report", action="store_true", help="run nothing: print the JSON's rows as the tables "
+                        "and as a Markdown table (for docs/bench_scale.md)")
     return parser.parse_args(argv)
 
 
@@ -390,6 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as error:
         print(f"bench/scale.py: {error}", file=sys.stderr)
         return 2
+    if args.report:
+        data = json.loads(args.json.read_text())
+        order = {name: i for i, name in enumerate([*SHAPES, *METHODS])}
+        data["rows"].sort(key=lambda r: (order[r["shape"]], order[r["method"]], r["tool"] != "slimkit"))
+        for row in data["rows"]:
+            summarise(row)  # derived figures as this version computes them
+        calibration = data["calibration"]
+        print_tables(data["rows"], f"from {args.json}: calibration {calibration['calib_samples']} x "
+                                   f"{calibration['calib_len']} tokens; budget {data['max_memory']}")
+        print_markdown(data["rows"])
+        return 0
     runs = plan(args)
     peer_ok = not args.no_peer and "1b" in args.shapes and Path(args.peer_python).is_file()
     print("plan: " + ", ".join(f"{s} {m} {b}/{SHAPES[s].layers} blocks" for s, b, m in runs)
