@@ -26,8 +26,10 @@ import shutil
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: --dry-run and --report stay quick
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "slimkit" / "examples" / "stories260K"
@@ -103,6 +105,8 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """bf16 N(0, STD) (ones for a norm's weight), from a generator seeded by ``seed`` and ``name``."""
+    import torch
+
     if len(shape) == 1:
         return torch.ones(shape, dtype=torch.bfloat16)
     out = torch.empty(shape, dtype=torch.bfloat16)
