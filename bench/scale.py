@@ -8,9 +8,10 @@ Methods: RTN int4 g128 (``quantize.rtn``), Wanda 50% per row (``prune.unstructur
 8B's widest input, down_proj's 14,336) of the bundled TinyStories sample through the stories260K
 tokenizer the model folders carry, run in bfloat16 autocast (``calibration: {precision: bfloat16}``).
 
-Measured per run: the child's peak RSS as the kernel counts it (``ru_maxrss`` from ``wait4`` on
-that very child: its whole life, imports included), also polled from ``/proc/<pid>/status``
-(VmRSS every 0.2 s, to place the peak in the run's phases); the wall time of ``run_recipe``;
+Measured per run: the child's peak RSS, the larger of the kernel's count (``ru_maxrss`` from
+``wait4`` on that very child; slimkit resets that high-water mark as its step starts, so it covers
+the step and what follows) and VmRSS polled from ``/proc/<pid>/status`` every 0.2 s over the
+child's whole life (which also places the peak in a phase); the wall time of ``run_recipe``;
 time per block from the method's progress events (the time between two blocks' events: read,
 compress, write; the median of blocks 2..N); setup (open, content id, calibration capture, first
 block) and finish (unvisited head copied, content id of the output, rename).
@@ -238,7 +239,11 @@ def run_child(kind: str, job: dict, python: str, log: Path) -> dict:
         tail = "\n".join(text.splitlines()[-15:])
         return {"error": f"exit {child.returncode}: {tail}"}
     result = json.loads(line[7:])
-    result["peak_rss"] = usage.ru_maxrss * 1024
+    # ru_maxrss is the kernel's high-water mark, which slimkit resets as each step starts (to
+    # record the step's own peak): it covers the step and what follows; the polled samples cover
+    # the whole life (at 0.2 s). The peak reported is the larger.
+    result["wait4_peak_rss"] = usage.ru_maxrss * 1024
+    result["peak_rss"] = max(result["wait4_peak_rss"], max((s[1] for s in samples), default=0))
     if samples:
         at, peak = max(samples, key=lambda s: s[1])
         result["polled_peak_rss"] = peak
