@@ -41,6 +41,7 @@ def test_a_bad_option_is_one_line_and_exit_2(scale, capsys):
         assert err.count("\n") == 1 and all(word in err for word in words), err
 
 
+@pytest.mark.slow
 def test_tiny_shape_streams_and_is_measured(tmp_path):
     out = tmp_path / "scale.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--shapes", "tiny", "--methods", "rtn", "--no-peer",
