@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimkit-installed
 
-.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization bench-export clean
+.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization bench-export bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ bench-quantization: $(BENCH_VENV)/.installed $(STAMP)
 # compressed-tensors exports in transformers; .venv has both runtimes (the test extras).
 bench-export: $(STAMP)
 	$(BIN)/python bench/export.py
+
+# Streamed compression at scale: synthetic Llama-3 1B/3B/8B shapes (random bf16, ~25 GB written
+# once under SLIMKIT_SCALE_ROOT, default ~/.cache/slimkit/scale), RTN/Wanda/GPTQ each in its own
+# process, llm-compressor beside it on the 1B shape; about an hour on 2 cores (docs/bench_scale.md).
+bench-scale: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs build *.egg-info
