@@ -106,6 +106,10 @@ def memory_plan(host: "Host", validated: "ValidatedRecipe", model: Any, target: 
     if isinstance(model, LoadedModel):
         return MemoryPlan(False, budget)
     folder = Path(str(model)).expanduser()
+    if str(model).startswith("example:"):
+        from slimkit.core.model_io import examples
+
+        folder = examples().get(str(model).removeprefix("example:"), folder)
     files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not runtime.stream and files and 3 * sum(f.stat().st_size for f in files) + 2**30 < budget:
         return MemoryPlan(False, budget)  # far within the budget: no need to look closer
@@ -129,8 +133,9 @@ def memory_plan(host: "Host", validated: "ValidatedRecipe", model: Any, target: 
                                f"{_suggestions(runtime, cost)}"], name)
         return MemoryPlan(True, budget, cost, f"streamed block by block: expected peak {cost.describe(True)}, "
                                               f"within {where}")
-    if cost.in_memory <= budget:
-        return MemoryPlan(False, budget, cost, f"in memory: expected peak {cost.describe(False)}, within {where}")
+    if cost.in_memory <= budget:  # said only when it is close: a run well within the budget is not news
+        note = f"in memory: expected peak {cost.describe(False)}, within {where}" if 2 * cost.in_memory > budget else ""
+        return MemoryPlan(False, budget, cost, note)
     problems = stream_problems(host, validated, model, target)
     if cost.streamed > budget or problems:
         why = "; ".join(problems) if problems else f"streamed it would need {cost.describe(True)} too"
