@@ -107,6 +107,9 @@ class MethodContext:
             yield block
             if stream is not None:
                 stream.store_block(block)
+                from slimkit.core.memory import release_free_memory
+
+                release_free_memory()  # the block's temporaries, back to the system (as the engine does)
 
     def require_calibration(self, what: str, why: str = "") -> None:
         """Raise ConfigError unless there is calibration data; ``what`` needs it (``why``: for what)."""
