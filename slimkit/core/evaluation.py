@@ -13,7 +13,7 @@ from slimkit.core.identity import guarded, plugin_label
 from slimkit.core.model_io import LoadedModel
 from slimkit.core.provenance import content_id, now_iso
 from slimkit.core.registry import MethodInfo
-from slimkit.core.stream.plan import check_evaluator_streams
+from slimkit.core.stream.guard import check_evaluator_streams
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue

@@ -324,7 +324,7 @@ class Host:
         context: MethodContext | None = None,
     ) -> dict[str, float]:
         """Run the evaluator ``name`` on ``model`` and return its metrics."""
-        from slimkit.core.stream.plan import check_evaluator_streams
+        from slimkit.core.stream.guard import check_evaluator_streams
 
         info = self.evaluators.get(name)
         check_evaluator_streams(name, info, model)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimkit.core.errors import ConfigError, RecipeError
+from slimkit.core.errors import RecipeError
 from slimkit.core.identity import guarded
 from slimkit.core.stream.cost import CostEstimate, available_bytes, estimate, gib, parse_bytes
 
@@ -54,14 +54,6 @@ def check_streamable(host: "Host", validated: "ValidatedRecipe", model: Any, tar
     problems = stream_problems(host, validated, model, target)
     if problems:
         raise RecipeError(problems, validated.recipe.name)
-
-
-def check_evaluator_streams(name: str, info: Any, model: Any) -> None:
-    """Raise :class:`ConfigError` if ``model`` was opened block by block and the evaluator
-    ``name`` (its registry entry ``info``) does not stream (:attr:`~slimkit.BaseEvaluator.streams`)."""
-    if getattr(model, "stream", None) is not None and not getattr(info.cls, "streams", False):
-        raise ConfigError(f"evaluator {name!r} needs the model in memory, and {model.source} was opened streamed "
-                          f"(block by block); load it whole to run {name}")
 
 
 @dataclass
