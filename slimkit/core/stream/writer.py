@@ -10,7 +10,6 @@ or, when slimkit replaced layers by its own modules (quantized, low-rank), names
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,15 +19,9 @@ import torch
 
 from slimkit.core.atomic import write_staged
 from slimkit.core.failures import FileSystemError, os_cause
+from slimkit.core.storage import _digest as tensor_digest
 
 PART_PREFIX = "part-"
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes (as :mod:`slimkit.core.storage` records them)."""
-    data = tensor.detach().contiguous().cpu()
-    raw = data.reshape(-1).view(torch.uint8).numpy()
-    return hashlib.sha256(memoryview(raw) if data.numel() else b"").hexdigest()  # type: ignore[arg-type]
 
 
 @dataclass
@@ -57,7 +50,7 @@ class ShardWriter:
         """Note ``part``'s tensors as written (also when a resumed run finds it on disk)."""
         for key, tensor in tensors.items():
             self.weight_map[key] = self.part_file(part).name
-            self.sha256[key] = tensor_digest(tensor)
+            self.sha256[key] = tensor_digest(tensor)  # what storage records and checks on load
             self.nbytes[key] = tensor.numel() * tensor.element_size()
         if part not in self.parts:
             self.parts.append(part)
