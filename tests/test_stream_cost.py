@@ -52,6 +52,16 @@ def test_the_estimate_counts_the_blocks_weights(wide):
     assert cost.in_memory - cost.streamed == total - block
 
 
+@pytest.fixture
+def steady(monkeypatch):
+    """The process's own memory held at one figure: the budget below sits ~14 MB from either estimate, and a
+    long test session's resident size moves by more than that between two plans (CI saw it)."""
+    from slimkit.core.stream import cost
+
+    held = cost.resident_bytes()
+    monkeypatch.setattr(cost, "resident_bytes", lambda: held)
+
+
 def _between(host, wide, steps):
     """A budget between the streamed and the in-memory estimate of ``steps`` on ``wide``."""
     plan = memory_plan(host, recipe(*steps).resolve(host), str(wide), None, RuntimeSpec(stream=True, max_memory="1TiB"))
@@ -59,7 +69,7 @@ def _between(host, wide, steps):
     return str((plan.cost.in_memory + plan.cost.streamed) // 2)
 
 
-def test_a_run_too_big_for_memory_streams(wide, tmp_path, host):
+def test_a_run_too_big_for_memory_streams(wide, tmp_path, host, steady):
     budget = _between(host, wide, [METHODS["wanda"]])
     notes = []
     result = run_recipe(recipe(METHODS["wanda"]), wide, out=tmp_path / "out", catalogue=False, host=host,
@@ -72,7 +82,7 @@ def test_a_run_too_big_for_memory_streams(wide, tmp_path, host):
     assert memory.steps[0].child_id == result.steps[0].child_id
 
 
-def test_a_run_that_cannot_stream_and_does_not_fit_is_refused(wide, tmp_path, host):
+def test_a_run_that_cannot_stream_and_does_not_fit_is_refused(wide, tmp_path, host, steady):
     steps = [("prune.blocks", {"count": 1, "scorer": "blocks.cosine"})]
     budget = _between(host, wide, steps)
     with pytest.raises(RecipeError, match=r"more than the budget .* cannot stream instead \(step 1 \(prune.blocks\) "
