@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slimkit.core import linalg
-from slimkit.core.linalg import inverse_cholesky_upper, reverse_square_
+from slimkit.core.linalg import cholesky_lower_, invert_lower_, inverse_cholesky_upper, narrow_, reverse_square_
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
@@ -48,3 +48,39 @@ def test_inverse_cholesky_upper_accepts_float32_without_touching_it():
     U, _ = inverse_cholesky_upper(H, 0.01, overwrite=True)  # not float64: a copy is made anyway
     assert U.dtype == torch.float64
     assert torch.equal(H, original)
+
+
+@pytest.mark.parametrize("size,block", [(4, 4), (7, 3), (40, 8), (300, 256), (513, 256)])
+def test_invert_lower_in_place_matches_the_triangular_solve(size, block):
+    L = torch.linalg.cholesky(_hessian(size, 2 * size + 5, seed=size)[:size, :size] + torch.eye(size, dtype=torch.float64))
+    expected = torch.linalg.solve_triangular(L, torch.eye(size, dtype=torch.float64), upper=False)
+    got = invert_lower_(L.clone(), block=block)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(got, got.tril())
+
+
+def test_cholesky_lower_works_in_the_matrix_itself():
+    H = _hessian(30, 90)
+    H[3, 3] = 1.0
+    expected = torch.linalg.cholesky(H)
+    pointer = H.data_ptr()
+    L = cholesky_lower_(H)
+    assert L.data_ptr() == pointer and torch.allclose(L, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(torch.linalg.LinAlgError, match="not positive definite"):
+        cholesky_lower_(-torch.eye(4, dtype=torch.float64))
+
+
+def test_a_float32_factor_lives_in_the_overwritten_hessian():
+    H = _hessian(64, 256)
+    reference, _ = inverse_cholesky_upper(H.clone(), 0.01)
+    pointer = H.data_ptr()
+    U, _ = inverse_cholesky_upper(H, 0.01, overwrite=True, dtype=torch.float32)
+    assert U.dtype == torch.float32 and U.data_ptr() == pointer  # no second [d, d] matrix
+    assert torch.equal(U, reference.to(torch.float32))  # the same rounding as a plain conversion
+
+
+@pytest.mark.parametrize("rows,columns", [(1, 1), (5, 3), (600, 2000)])
+def test_narrow_converts_over_its_own_memory(rows, columns):
+    matrix = torch.randn(rows, columns, dtype=torch.float64)
+    expected = matrix.to(torch.float32)
+    assert torch.equal(narrow_(matrix, torch.float32), expected)

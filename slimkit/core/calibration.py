@@ -103,6 +103,14 @@ class LinearStatistics:
         self._partial.zero_()
         self._partial_tokens = 0
 
+    def take_hessian(self) -> torch.Tensor:
+        """Hand the Hessian over and keep none: a method that may destroy it (``overwrite_hessian``)
+        then holds the only reference, so its memory goes the moment that method is done with it."""
+        if self.hessian is None:
+            raise ValueError("hessian was not collected (or was taken already)")
+        hessian, self.hessian = self.hessian, None
+        return hessian
+
     @property
     def input_norm(self) -> torch.Tensor:
         """L2 norm of every input feature over all calibration tokens (float64)."""

@@ -59,7 +59,8 @@ def sparsegpt_prune_(
     ``row_groups``: sizes of consecutive row ranges that are separate layers stacked to share
     one sweep (``q``/``k``/``v`` share their input, hence ``H``); the unstructured mask is then
     chosen within each layer's rows, exactly as if each were pruned on its own.
-    ``overwrite_hessian``: a float64 ``hessian`` may be destroyed (one ``[in, in]`` matrix less).
+    ``overwrite_hessian``: a float64 ``hessian`` may be destroyed (its memory then holds ``U``: no
+    second ``[in, in]`` matrix).
 
     ``H⁻¹`` and its Cholesky factor are computed in float64; the column sweep runs in the weight's
     precision, at least float32 (float32 for a float32 model, as in the reference implementation).
@@ -74,10 +75,9 @@ def sparsegpt_prune_(
     groups = list(row_groups) if row_groups is not None else [rows]
     if sum(groups) != rows:
         raise ValueError(f"row_groups {groups} do not add up to the weight's {rows} rows")
-    U64, dead = inverse_cholesky_upper(hessian, dampening, overwrite=overwrite_hessian)
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    U = U64.to(dtype)
-    del U64
+    U, dead = inverse_cholesky_upper(hessian, dampening, overwrite=overwrite_hessian, dtype=dtype)
+    del hessian  # U is its memory when overwritten; otherwise the caller's
     W = weight.detach().to(dtype, copy=True)
     W[:, dead] = 0.0
     mask = torch.zeros(rows, columns, dtype=torch.bool)
@@ -163,11 +163,10 @@ class SparseGPTPruner(BaseCompressor):
             for group in by_shared_input(refs, stats):  # q/k/v, gate/up: one sweep on their shared H
                 stacked = group.stacked_weight()
                 mask = sparsegpt_prune_(
-                    stacked, group.statistics.hessian, sparsity=config.sparsity, n=config.n, m=config.m,
+                    stacked, group.statistics.take_hessian(), sparsity=config.sparsity, n=config.n, m=config.m,
                     block_size=config.block_size, dampening=config.dampening,
                     row_groups=[ref.out_features for ref in group.refs], overwrite_hessian=True,
                 )
-                group.statistics.hessian = None  # used up (overwritten): free it before the next sweep
                 for ref, rows in group.rows():
                     with torch.no_grad():
                         ref.weight_out_in().copy_(stacked[rows])

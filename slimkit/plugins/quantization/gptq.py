@@ -50,7 +50,8 @@ def gptq_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes, scale, zero)`` for ``weight`` (``[out, in]``, not changed) given its inputs'
     ``hessian`` (``[in, in]``): codes ``uint8 [out, in]``, scale/zero ``[out, groups]`` (scales
-    float16-exact). ``overwrite_hessian``: a float64 ``hessian`` may be destroyed."""
+    float16-exact). ``overwrite_hessian``: a float64 ``hessian`` may be destroyed (its memory then
+    holds the inverse's factor: no second ``[in, in]`` matrix; see :func:`inverse_cholesky_upper`)."""
     rows, columns = weight.shape
     groups = grid.groups(columns)
     width = grid.group_width(columns)
@@ -66,14 +67,13 @@ def gptq_quantize(
     perm = None
     if act_order:
         perm = torch.argsort(torch.diag(hessian), descending=True)
-        hessian = hessian[perm][:, perm]
+        hessian = hessian[perm.unsqueeze(1), perm]  # one copy; the caller's goes if it handed it over
         overwrite_hessian = True  # the permuted copy is ours
         W = W[:, perm]
         if zeros_mask is not None:
             zeros_mask = zeros_mask[:, perm]
-    U64, dead = inverse_cholesky_upper(hessian, dampening, overwrite=overwrite_hessian)
-    U = U64.to(torch.float32)
-    del U64
+    U, dead = inverse_cholesky_upper(hessian, dampening, overwrite=overwrite_hessian, dtype=torch.float32)
+    del hessian  # U is its memory when overwritten; otherwise the caller's
     W[:, dead] = 0.0
     group_of = torch.arange(columns) // width if perm is None else perm // width  # group of each swept column
     codes = torch.empty(rows, columns, dtype=torch.uint8)
@@ -143,11 +143,10 @@ class GPTQQuantizer(BaseCompressor):
             stats = step.collect(block_refs, ("hessian",), outputs=False)  # the block changes next
             for group in by_shared_input(block_refs, stats):  # layers fed one input: rows stacked, one H
                 codes, scale, zero = gptq_quantize(
-                    group.stacked_weight(), group.statistics.hessian, grid, block_size=config.block_size,
+                    group.stacked_weight(), group.statistics.take_hessian(), grid, block_size=config.block_size,
                     dampening=config.dampening, act_order=config.act_order, keep_sparsity=config.keep_sparsity,
                     overwrite_hessian=True,
                 )
-                group.statistics.hessian = None  # used up: free it before the next sweep
                 for ref, rows in group.rows():
                     replace_with_codes(model.model, ref, codes[rows], scale[rows], zero[rows], grid)
             ctx.report("blocks", index, len(engine), step.block.name)
