@@ -5,6 +5,8 @@ batches and seed.
 The student is SmolLM2 with 50% of its block weights pruned by magnitude, the teacher the dense
 model (both float32, loaded from the shared Q4_1 GGUF); ``--steps`` AdamW steps on ``--batch`` x
 ``--seq`` tokens of WikiText-2 valid, logit KL at T=2, the blocks trained (106 M parameters).
+Each mode but one runs with slimkit's fixed 1 MiB mmap threshold (`slimkit.core.memory.lean_heap`); the
+"glibc's own heap" row leaves glibc's dynamic threshold, as slimkit did before.
 Reported: the RSS once both models are loaded, the peak during the step above it, seconds per
 training step, and the loss at every step (the two paths must give the same curve: the chunked
 sums are reordered, so float rounding differs slightly).
@@ -25,6 +27,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 MODES = {"whole logits, kept activations (before)": {"logit_chunk": 0, "recompute_blocks": False},
          "chunked logits only": {"recompute_blocks": False},
+         "chunked + recomputed, glibc's own heap": {"_glibc_heap": True},
          "chunked logits + recomputed blocks (default)": {}}
 
 
@@ -40,6 +43,10 @@ def child(args: argparse.Namespace, params: dict) -> dict:
     from slimkit.core.memory import peak_rss_bytes, release_free_memory, reset_peak
 
     torch.set_num_threads(args.threads)
+    if params.pop("_glibc_heap", False):  # as before slimkit fixed glibc's mmap threshold (lean_heap)
+        from slimkit.core import memory
+
+        memory._lean = True  # lean_heap() then believes it ran, and leaves glibc's dynamic threshold
     inputs = smol_inputs(args.assets)
     if inputs is None:
         raise SystemExit(2)

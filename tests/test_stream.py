@@ -175,6 +175,49 @@ class _Replacer(BaseCompressor):
         return CompressionSummary("replaced")
 
 
+class _TableWatcher(BaseCompressor):
+    """Walks the blocks on calibration data (the engine captures the first block's inputs through the
+    token embedding) and notes, at each block, whether the embedding and the head hold weights."""
+
+    name = "test.watch_tables"
+    needs_calibration = True
+    seen: list[tuple[bool, bool]] = []
+
+    def stream_refusal(self, config, ctx):
+        return None
+
+    def compress_(self, model, adapter, config, ctx):
+        from slimkit import SequentialCalibration
+
+        tables = (model.model.get_input_embeddings(), model.model.get_output_embeddings())
+        for step in SequentialCalibration(model, adapter, ctx.calibration):
+            step.collect(list(step.block.linears())[:1], ("input_sq_sum",))
+            type(self).seen.append(tuple(not t.weight.is_meta for t in tables))
+        with model.stream.head_loaded():
+            assert torch.equal(tables[1].weight, model.stream.source.read(["lm_head.weight"])["lm_head.weight"]
+                               if "lm_head.weight" in model.stream.source else tables[0].weight)
+            type(self).seen.append(tuple(not t.weight.is_meta for t in tables))
+        return CompressionSummary("watched")
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_embedding_and_head_are_filled_only_while_used(tie, tmp_path, register_plugin, host):
+    folder = tiny_folder(tmp_path / "model", tie=tie)
+    watcher = register_plugin(_TablePlugin(), "tables")
+    _TableWatcher.seen.clear()
+    streamed = run_recipe(recipe(("test.watch_tables", {})), folder, out=tmp_path / "out", catalogue=False,
+                          host=watcher, runtime=STREAM)
+    assert _TableWatcher.seen == [(False, False)] * 3 + [(tie, True)]  # tied: the head is the embedding
+    model = slimkit.load_model(streamed.output)
+    assert torch.equal(model.model.get_input_embeddings().weight, slimkit.load_model(folder).model.get_input_embeddings().weight)
+
+
+class _TablePlugin:
+    @hookimpl
+    def register_compressors(self, register):
+        register(_TableWatcher)
+
+
 class _ReplacePlugin:
     @hookimpl
     def register_compressors(self, register):

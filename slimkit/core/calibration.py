@@ -21,6 +21,7 @@ block (:mod:`slimkit.core.stream.forward`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -354,8 +355,10 @@ class SequentialCalibration:
             raise _Captured
 
         handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+        # a model opened block by block has its token embedding filled for this pass only
+        embedding = self.stream.embedding_loaded() if self.stream is not None else contextlib.nullcontext()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), embedding:
                 for batch in self._batches():
                     current[:] = [batch]
                     try:

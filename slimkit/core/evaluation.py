@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
+from slimkit.core.memory import lean_heap
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.config import MethodConfig
 from slimkit.core.contracts import ProgressCallback
@@ -25,6 +26,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Run one evaluator; the record slimkit.json and the catalogue keep (metrics, version,
     config, the fingerprints of the data it read, time)."""
+    lean_heap()  # freed tensors back to the system, not kept as heap (see slimkit.core.memory)
     ctx = host.context(progress=progress)
     metrics = guarded(info, "evaluate", lambda: info.create().evaluate(model, config, ctx))
     if not isinstance(metrics, Mapping) or not all(isinstance(v, (int, float)) for v in metrics.values()):

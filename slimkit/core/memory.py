@@ -7,6 +7,7 @@ Elsewhere (or if the reset is not allowed) the process-wide ``ru_maxrss`` is rep
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -52,3 +53,29 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, ...)
         pass
+
+
+MMAP_THRESHOLD = 4 << 20
+_lean = False
+
+
+def lean_heap(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more from a mapping of its own, handed back
+    to the system the moment it is freed: glibc's ``M_MMAP_THRESHOLD``, fixed. Left alone, glibc
+    raises that threshold each time such a block is freed (up to 32 MiB), after which tensors of a
+    few megabytes come from the heap, and the heap keeps what they leave behind: distilling
+    SmolLM2-135M held 1.2 GiB of freed heap at its peak. 4 MiB, measured on that distillation (1
+    thread): peak 2.29 GiB above the two models with glibc's own threshold, 1.66 at 4 MiB in the
+    same time, 1.37 at 1 MiB but 17% slower (every fresh mapping is page-faulted in anew).
+    Once per process; a no-op where the C library is not glibc, or when the user chose a
+    threshold (``MALLOC_MMAP_THRESHOLD_``). Returns whether the threshold is now fixed by slimkit."""
+    global _lean
+    if _lean or not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return _lean
+    import ctypes
+
+    try:
+        _lean = bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+    return _lean

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ModelLoadError, OutputExistsError, SlimkitError
+from slimkit.core.memory import lean_heap
 
 PROVENANCE_FILE = "slimkit.json"
 EXAMPLE_PREFIX = "example:"
@@ -284,6 +285,7 @@ def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype | str = torch
         the checkpoint's own, where the device computes it natively (see :mod:`slimkit.core.runtime`).
     :param device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``; checked before loading.
     """
+    lean_heap()  # before the first large tensor (see slimkit.core.memory)
     from slimkit.core.runtime import checkpoint_dtype, resolve
 
     text = str(spec)

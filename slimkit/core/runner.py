@@ -21,6 +21,7 @@ from slimkit.core.contracts import CompressionSummary, ProgressCallback, Progres
 from slimkit.core.data import CalibrationData
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
+from slimkit.core.memory import lean_heap
 from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
 from slimkit.core.catalogue.entities import StepEntry
@@ -123,6 +124,7 @@ def run_recipe(
     :raises ExportError: after the model was saved and recorded, an export of the recipe's
         ``export:`` section was refused or failed (``error.result`` is the run's result).
     """
+    lean_heap()  # freed tensors back to the system, not kept as heap (see slimkit.core.memory)
     host = host or get_host()
     validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
     runtime = runtime or validated.recipe.runtime or RuntimeSpec()

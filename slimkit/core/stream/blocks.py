@@ -2,10 +2,12 @@
 
 A :class:`BlockStream` is attached to a :class:`~slimkit.core.model_io.LoadedModel` whose
 ``model`` is a skeleton (every parameter on the meta device, see
-:mod:`slimkit.core.stream.skeleton`). The parts outside the decoder blocks (embeddings, final
-norm) are filled at once; an output head that is not tied to the embedding is never loaded by a
-compression step (no bundled streaming method changes it) and is copied across when the output
-is finished. Each block is filled from the input's memory-mapped shards when a method's walk
+:mod:`slimkit.core.stream.skeleton`). The small parts outside the decoder blocks (final norm,
+position tables) are filled at once. The token embedding is filled only while the calibration
+engine captures the first block's inputs (:meth:`embedding_loaded`), and an output head that is
+not tied to it only while an evaluation computes logits (:meth:`head_loaded`): for an 8B Llama
+these are 1 GB each in bfloat16, more than a block. No bundled streaming method changes either,
+so both are copied across from the input when the output is finished. Each block is filled from the input's memory-mapped shards when a method's walk
 reaches it (:meth:`load_block`), written to its own output shard as soon as the method is done
 with it, and emptied again (:meth:`store_block`). A block visited a second time is read back
 from what was written, so a method may walk the blocks twice; a block a method never visits is
@@ -13,8 +15,8 @@ copied unchanged. The calibration engine and :meth:`MethodContext.blocks` drive 
 a method that walks the model with either streams without knowing it.
 
 An evaluation reads the model without changing it: :meth:`visit_block` fills a block for its
-turn and :meth:`release_block` empties it again, writing nothing; :meth:`load_head` fills the
-untied head for the computation that needs it (see :mod:`slimkit.core.stream.forward`).
+turn and :meth:`release_block` empties it again, writing nothing; :meth:`head_loaded` fills the
+head for the computation that needs it (see :mod:`slimkit.core.stream.forward`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from slimkit.core.stream.skeleton import materialise, missing, release, retie, s
 from slimkit.core.stream.writer import ShardWriter
 
 
+#: a tensor outside the blocks at least this large is written as a part of its own by ``finish``
+OWN_PART_BYTES = 64 * 2**20
+
+
 @dataclass
 class BlockStream:
     """A model opened block by block: the input's shards, the output's, and the skeleton between
@@ -45,6 +51,9 @@ class BlockStream:
     dtype: torch.dtype
     device: torch.device
     head: str | None = None
+    #: the token embedding, filled only inside :meth:`embedding_loaded` (``None``: filled at open,
+    #: as when its weight is the alias of another tensor)
+    embedding: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     stored: set[str] = field(default_factory=set)
     #: what :meth:`finish` wrote: the ``modules`` section when slimkit modules replaced layers
@@ -124,8 +133,9 @@ class BlockStream:
         return f"block-{self.block_names.index(block_name):05d}"
 
     def _outer_modules(self) -> list[tuple[str, nn.Module]]:
-        """The smallest submodules holding every tensor outside the blocks (and not the head)."""
-        inside = set(self.block_names) | ({self.head} if self.head else set())
+        """The smallest submodules holding every tensor outside the blocks (not the head, not the
+        token embedding)."""
+        inside = set(self.block_names) | {name for name in (self.head, self.embedding) if name}
         found: list[tuple[str, nn.Module]] = []
 
         def visit(prefix: str, module: nn.Module) -> None:
@@ -157,7 +167,8 @@ class BlockStream:
                                  f"weights but {expected[wrong[0]]} in config.json")
 
     def load_outer(self) -> None:
-        """Fill everything outside the blocks but the untied head (embeddings, norms)."""
+        """Fill everything outside the blocks but the head and the token embedding (norms,
+        position tables)."""
         for name, module in self._outer_modules():
             self._fill(module, f"{name}.", self.source)
         retie(self.model, self.aliases)
@@ -197,30 +208,35 @@ class BlockStream:
         """Empty ``block`` (after :meth:`visit_block`) without writing anything."""
         self._empty(block.module)
 
-    def load_head(self) -> nn.Module | None:
-        """Fill the untied output head from the input and return it (``None`` when there is none
-        to fill: a head tied to the embedding was filled at open). No compression step changes it,
-        so the input's tensors are the head's whatever was written. :meth:`release_head` empties it."""
-        self.check_open("read the output head")
-        if self.head is None:
-            return None
-        module = self.model.get_submodule(self.head)
-        self._fill(module, f"{self.head}.", self.source)
-        return module
-
-    def release_head(self) -> None:
-        """Put the untied output head back on the meta device (after :meth:`load_head`)."""
-        if self.head is not None:
-            release(self.model.get_submodule(self.head))
-
     @contextlib.contextmanager
-    def head_loaded(self) -> Iterator[None]:
-        """The untied output head filled inside the ``with`` block only (see :meth:`load_head`)."""
-        self.load_head()
+    def _loaded(self, name: str | None, what: str) -> Iterator[None]:
+        """Module ``name`` filled from the input inside the ``with`` block only, ties joined; left
+        as it is when there is none or it is filled already (a ``with`` around it filled it)."""
+        self.check_open(f"read the {what}")
+        module = self.model.get_submodule(name) if name else None
+        if module is None or not any(t.is_meta for *_, t in stored_entries(module)):
+            yield
+            return
+        self._fill(module, f"{name}.", self.source)
+        retie(self.model, self.aliases)
         try:
             yield
         finally:
-            self.release_head()
+            self._empty(module)
+            retie(self.model, self.aliases)
+
+    def embedding_loaded(self) -> contextlib.AbstractContextManager[None]:
+        """The token embedding filled inside the ``with`` block only (the calibration engine's
+        capture of the first block's inputs). No compression step changes it: the input's
+        tensors are the embedding's whatever was written."""
+        return self._loaded(self.embedding, "token embedding")
+
+    @contextlib.contextmanager
+    def head_loaded(self) -> Iterator[None]:
+        """The output head filled inside the ``with`` block only: an untied head from the input
+        (no compression step changes it), a tied one with the embedding it shares."""
+        with self._loaded(self.head, "output head") if self.head else self.embedding_loaded():
+            yield
 
     def check_open(self, what: str) -> None:
         """Raise a clear :class:`ModelLoadError` (``what``: the operation refused) if :meth:`finish`
@@ -279,16 +295,17 @@ class BlockStream:
                 self.out.write(self._part(name), tensors)
                 self.stored.add(name)
                 self._empty(block)
-        outer: dict[str, torch.Tensor] = {}
         unique, aliases = self.state_keys()
         block_prefixes = tuple(f"{name}." for name in self.block_names)
         state = self.model.state_dict()
-        head_keys = [k for k in unique if not k.startswith(block_prefixes) and state[k].is_meta]
-        loaded = {k: v.to(self.dtype) if v.is_floating_point() else v
-                  for k, v in self.source.read(head_keys).items()}
-        for key in unique:
-            if not key.startswith(block_prefixes):
-                outer[key] = loaded.get(key, state[key])
+        outer: dict[str, torch.Tensor] = {}
+        for key in (k for k in unique if not k.startswith(block_prefixes)):
+            if not state[key].is_meta:  # filled at open (norms, position tables)
+                outer[key] = state[key]
+            elif self.source.tensors[key].nbytes < OWN_PART_BYTES:
+                outer[key] = self._input_tensor(key)
+            else:  # the embedding, the head: a part each, one in memory at a time (a write holds it twice)
+                self.out.write(f"outer-{len(self.out.parts)}", {key: self._input_tensor(key)})
         self.out.write("outer", outer)
         from slimkit.core.stream.resume import HIDDEN_FILE, PROGRESS_FILE
 
@@ -313,6 +330,12 @@ class BlockStream:
         self.finished = True
         release(self.model)
         return self.section
+
+    def _input_tensor(self, key: str) -> torch.Tensor:
+        """Tensor ``key`` read from the input, a float one in the model's dtype (a tensor no
+        compression step changed: the token embedding, the head)."""
+        value = self.source.read([key])[key]
+        return value.to(self.dtype) if value.is_floating_point() else value
 
     def state_keys(self) -> tuple[list[str], dict[str, str]]:
         """The skeleton's state-dict keys stored once, and the keys that are another's (tied)."""

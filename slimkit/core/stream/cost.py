@@ -70,6 +70,9 @@ def gib(count: float) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
+OUTER = "embeddings and head"
+
+
 @dataclass
 class CostEstimate:
     """Expected peak memory of a run, in memory and streamed, with what each is made of."""
@@ -78,10 +81,18 @@ class CostEstimate:
     parts: dict[str, int] = field(default_factory=dict)
     model_bytes: int = 0
     block_bytes: int = 0
+    #: of ``parts["embeddings and head"]``, what a streamed run holds at once: the token embedding
+    #: and an untied head are each filled only while used, never together
+    streamed_outer: int | None = None
+
+    def _parts(self, streamed: bool) -> dict[str, int]:
+        if streamed and self.streamed_outer is not None and OUTER in self.parts:
+            return {**self.parts, OUTER: self.streamed_outer}
+        return self.parts
 
     @property
     def streamed(self) -> int:
-        return sum(self.parts.values()) + 2 * self.block_bytes
+        return sum(self._parts(True).values()) + 2 * self.block_bytes
 
     @property
     def in_memory(self) -> int:
@@ -89,7 +100,7 @@ class CostEstimate:
 
     def describe(self, streamed: bool) -> str:
         pieces = {"one block x2" if streamed else "the model": 2 * self.block_bytes if streamed else
-                  self.model_bytes + self.block_bytes, **self.parts}
+                  self.model_bytes + self.block_bytes, **self._parts(streamed)}
         listed = ", ".join(f"{name} {gib(value)}" for name, value in pieces.items() if value >= 2**20)
         return f"about {gib(self.streamed if streamed else self.in_memory)} ({listed})"
 
@@ -106,12 +117,16 @@ def estimate(checkpoint: Any, config: Any, block_names: tuple[str, ...], dtype: 
     size = _itemsize(dtype)
     per_block = {name: 0 for name in block_names}
     outer = 0
+    tables: list[int] = []  # [vocab, width] matrices outside the blocks: token embedding, head
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
     widest_in = widest_out = 0
     for key, stored in checkpoint.tensors.items():
         elements = stored.nbytes // max(1, {"F64": 8, "F32": 4}.get(stored.dtype, 2))
         owner = next((name for name in block_names if key.startswith(name + ".")), None)
         if owner is None:
             outer += elements * size
+            if vocab and len(stored.shape) == 2 and stored.shape[0] == vocab:
+                tables.append(elements * size)
             continue
         per_block[owner] += elements * size
         if len(stored.shape) == 2:
@@ -121,7 +136,8 @@ def estimate(checkpoint: Any, config: Any, block_names: tuple[str, ...], dtype: 
     cost = CostEstimate(len(block_names), model_bytes=outer + sum(per_block.values()),
                         block_bytes=max(per_block.values(), default=0))
     cost.parts["process"] = resident_bytes()
-    cost.parts["embeddings and head"] = outer
+    cost.parts[OUTER] = outer
+    cost.streamed_outer = outer - sum(tables) + max(tables, default=0)
     if calibration is not None:
         tokens = calibration.n_samples * calibration.seq_len
         cost.parts["calibration states"] = 2 * tokens * hidden * size

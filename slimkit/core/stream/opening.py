@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from slimkit.core.errors import ModelLoadError
 from slimkit.core.model_io import EXAMPLE_PREFIX, LoadedModel, examples, load_tokenizer, model_class
@@ -102,7 +103,8 @@ def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = No
     tied_head = layout.lm_head is not None and any(a.startswith(f"{layout.lm_head}.") for a in aliases)
     head = layout.lm_head if layout.lm_head and not tied_head else None
     stream = BlockStream(skeleton, source, ShardWriter(out) if out is not None else None, block_names(layout.blocks),
-                         wanted.dtype, wanted.device, head=head, aliases=aliases)
+                         wanted.dtype, wanted.device, head=head, embedding=_embedding(skeleton, aliases),
+                         aliases=aliases)
     stream.check()
     if fill:
         stream.load_outer()
@@ -110,3 +112,17 @@ def open_streamed(spec: str | os.PathLike[str], host: Any, out: Path | None = No
     if wanted.reason:
         loaded.extras["dtype_reason"] = wanted.reason
     return loaded
+
+
+def _embedding(skeleton: nn.Module, aliases: dict[str, str]) -> str | None:
+    """The name of the token embedding to fill only when used, or ``None`` (filled at open) when it
+    cannot be told apart or one of its tensors is the alias of another's (the other side of a tie
+    is what gets filled)."""
+    try:
+        table = skeleton.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    name = next((n for n, m in skeleton.named_modules() if m is table and n), None)
+    if name is None or any(alias.startswith(f"{name}.") for alias in aliases):
+        return None
+    return name

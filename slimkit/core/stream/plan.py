@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimkit.core.errors import RecipeError
 from slimkit.core.identity import guarded
+from slimkit.core.stream import cost as costs
 from slimkit.core.stream.cost import CostEstimate, available_bytes, estimate, gib, parse_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,8 +104,8 @@ def memory_plan(host: "Host", validated: "ValidatedRecipe", model: Any, target: 
 
         folder = examples().get(str(model).removeprefix("example:"), folder)
     files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not runtime.stream and files and 3 * sum(f.stat().st_size for f in files) + 2**30 < budget:
-        return MemoryPlan(False, budget)  # far within the budget: no need to look closer
+    if not runtime.stream and files and 3 * sum(f.stat().st_size for f in files) + 2**30 + costs.resident_bytes() < budget:
+        return MemoryPlan(False, budget)  # far within the budget (what the process holds counted): no closer look
     try:
         from slimkit.core.stream.opening import open_streamed
 

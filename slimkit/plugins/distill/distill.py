@@ -168,9 +168,9 @@ class Distiller(BaseCompressor):
                     break
                 started = time.perf_counter()
                 ids = batches.batch(progress["step"])
+                optimizer.zero_grad(set_to_none=True)  # last step's gradients gone before this forward
                 with recomputed(blocks) if config.recompute_blocks else contextlib.nullcontext():
                     loss = self._loss(student, teacher.model, ids, config, hidden)
-                    optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                 for name, mask in masks.items():
                     params[name].grad.mul_(mask)  # type: ignore[union-attr]
