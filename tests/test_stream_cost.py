@@ -49,8 +49,9 @@ def test_the_estimate_counts_the_blocks_weights(wide):
     assert (cost.block_bytes, cost.model_bytes) == (block, total)
     half = estimate(Checkpoint.open(wide), loaded.config, names, "bfloat16")
     assert half.block_bytes * 2 == block
-    table = 512 * 512 * 4  # the embedding and the untied head: a streamed run holds one at a time
-    assert cost.in_memory - cost.streamed == total - block + table
+    table = 512 * 512 * 4  # the embedding and the untied head: a streamed run holds them apart from the blocks
+    assert (cost.resident_outer, cost.table_bytes) == (total - 4 * block - 2 * table, table)
+    assert cost.in_memory - cost.streamed == total - block + 2 * table
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@
 :func:`estimate` works from the checkpoint's headers and ``config.json`` alone (nothing is
 loaded): the largest block's weights, the parts outside the blocks, the calibration's hidden
 states (two ``[samples, seq_len, hidden]`` buffers), one batch's activations, and a
-data-aware method's per-layer work (a float64 Hessian of the widest input and the float32 copies
-second-order solvers make of it and of the weights), on top of what the process holds already.
-In memory the whole model replaces the one block. The figures are estimates: they err on the
+data-aware method's per-block work (its Hessians, and the float32 copies of the weights
+second-order solvers sweep), on top of what the process holds already. In memory the whole
+model replaces the one block; streamed, the token embedding and the blocks are never filled at
+the same time (:class:`CostEstimate`). The figures are estimates: they err on the
 generous side and say what they are made of, so that a refusal names what would fit.
 
 The budget (``--max-memory 6GiB``, a recipe's ``runtime: max_memory``) defaults to the memory this
@@ -71,36 +72,47 @@ def gib(count: float) -> str:
 
 
 OUTER = "embeddings and head"
+HESSIAN = "Hessian and solver"
 
 
 @dataclass
 class CostEstimate:
-    """Expected peak memory of a run, in memory and streamed, with what each is made of."""
+    """Expected peak memory of a run, in memory and streamed, with what each is made of.
+
+    In memory everything is counted at once. Streamed, the run has two phases that never overlap:
+    the capture of the first block's inputs, with the token embedding filled (``table_bytes``: the
+    largest of the embedding and an untied head, which an evaluation fills alone), and the walk,
+    with two copies of a block and a data-aware method's statistics; the rest outside the blocks
+    (``resident_outer``) stays throughout."""
 
     blocks: int
     parts: dict[str, int] = field(default_factory=dict)
     model_bytes: int = 0
     block_bytes: int = 0
-    #: of ``parts["embeddings and head"]``, what a streamed run holds at once: the token embedding
-    #: and an untied head are each filled only while used, never together
-    streamed_outer: int | None = None
+    resident_outer: int = 0
+    table_bytes: int = 0
 
-    def _parts(self, streamed: bool) -> dict[str, int]:
-        if streamed and self.streamed_outer is not None and OUTER in self.parts:
-            return {**self.parts, OUTER: self.streamed_outer}
-        return self.parts
+    def _streamed_parts(self) -> dict[str, int]:
+        parts = {k: v for k, v in self.parts.items() if k not in (OUTER, HESSIAN)}
+        parts["outside the blocks"] = self.resident_outer
+        walk = {"one block x2": 2 * self.block_bytes, HESSIAN: self.parts.get(HESSIAN, 0)}
+        if self.table_bytes > sum(walk.values()):
+            parts["embedding or head, alone"] = self.table_bytes
+        else:
+            parts.update(walk)
+        return parts
 
     @property
     def streamed(self) -> int:
-        return sum(self._parts(True).values()) + 2 * self.block_bytes
+        return sum(self._streamed_parts().values())
 
     @property
     def in_memory(self) -> int:
         return sum(self.parts.values()) + self.model_bytes + self.block_bytes
 
     def describe(self, streamed: bool) -> str:
-        pieces = {"one block x2" if streamed else "the model": 2 * self.block_bytes if streamed else
-                  self.model_bytes + self.block_bytes, **self._parts(streamed)}
+        pieces = self._streamed_parts() if streamed else {"the model": self.model_bytes + self.block_bytes,
+                                                           **self.parts}
         listed = ", ".join(f"{name} {gib(value)}" for name, value in pieces.items() if value >= 2**20)
         return f"about {gib(self.streamed if streamed else self.in_memory)} ({listed})"
 
@@ -119,7 +131,7 @@ def estimate(checkpoint: Any, config: Any, block_names: tuple[str, ...], dtype: 
     outer = 0
     tables: list[int] = []  # [vocab, width] matrices outside the blocks: token embedding, head
     vocab = int(getattr(config, "vocab_size", 0) or 0)
-    widest_in = widest_out = 0
+    widest_in = largest = 0  # the widest layer input, the most weights in one matrix
     for key, stored in checkpoint.tensors.items():
         elements = stored.nbytes // max(1, {"F64": 8, "F32": 4}.get(stored.dtype, 2))
         owner = next((name for name in block_names if key.startswith(name + ".")), None)
@@ -130,19 +142,22 @@ def estimate(checkpoint: Any, config: Any, block_names: tuple[str, ...], dtype: 
             continue
         per_block[owner] += elements * size
         if len(stored.shape) == 2:
-            widest_out, widest_in = max(widest_out, stored.shape[0]), max(widest_in, stored.shape[1])
+            widest_in, largest = max(widest_in, stored.shape[1]), max(largest, stored.shape[0] * stored.shape[1])
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     inner = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
     cost = CostEstimate(len(block_names), model_bytes=outer + sum(per_block.values()),
                         block_bytes=max(per_block.values(), default=0))
     cost.parts["process"] = resident_bytes()
     cost.parts[OUTER] = outer
-    cost.streamed_outer = outer - sum(tables) + max(tables, default=0)
+    cost.resident_outer, cost.table_bytes = outer - sum(tables), max(tables, default=0)
     if calibration is not None:
         tokens = calibration.n_samples * calibration.seq_len
         cost.parts["calibration states"] = 2 * tokens * hidden * size
         batch = max(calibration.seq_len, min(BATCH_TOKENS, tokens))
         cost.parts["activations"] = 6 * batch * max(inner, hidden) * 4
         if hessian:
-            cost.parts["Hessian and solver"] = widest_in * widest_in * (8 + 4 + 4) + 2 * widest_out * widest_in * 4
+            # float64 sums and float32 partials, all of a block's at once: the widest input and
+            # (Llama-like) three of the hidden width; the solver then works inside each Hessian's own
+            # memory (slimkit.core.linalg), beside float32 copies of the weights it sweeps
+            cost.parts[HESSIAN] = (8 + 4) * (widest_in ** 2 + 3 * hidden ** 2) + 2 * largest * 4
     return cost
