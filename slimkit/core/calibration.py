@@ -100,7 +100,9 @@ class LinearStatistics:
         if self.hessian is None:
             self.hessian = torch.zeros(self.in_features, self.in_features, dtype=torch.float64,
                                        device=self._partial.device)
-        self.hessian.add_(self._partial)
+        rows = max(1, (1 << 20) // self.in_features)  # a float64 copy of one chunk, not of the whole partial
+        for start in range(0, self.in_features, rows):  # (a float32 operand is widened before the add)
+            self.hessian[start:start + rows].add_(self._partial[start:start + rows])
         self._partial.zero_()
         self._partial_tokens = 0
 
