@@ -118,9 +118,10 @@ def _embedding(skeleton: nn.Module, aliases: dict[str, str]) -> str | None:
     """The name of the token embedding to fill only when used, or ``None`` (filled at open) when it
     cannot be told apart or one of its tensors is the alias of another's (the other side of a tie
     is what gets filled)."""
+    getter: Any = getattr(skeleton, "get_input_embeddings", None)  # transformers' PreTrainedModel
     try:
-        table = skeleton.get_input_embeddings()
-    except (AttributeError, NotImplementedError):
+        table = getter() if callable(getter) else None
+    except NotImplementedError:
         return None
     name = next((n for n, m in skeleton.named_modules() if m is table and n), None)
     if name is None or any(alias.startswith(f"{name}.") for alias in aliases):
