@@ -4,6 +4,7 @@ Alembic is configured in code (the scripts live in the ``slimkit.migrations`` pa
 touches logging. Upgrading a SQLite file first copies it to ``<file>.backup-<rev>-<time>`` with
 SQLite's online backup API, under an exclusive file lock so two processes never migrate at once.
 A catalogue whose revision this slimkit does not know (made by a newer slimkit) is refused.
+A server catalogue (PostgreSQL) is upgraded only on request: see :mod:`.server`.
 
 A SQLite catalogue's folder must exist (a typo in a path is an error, not a new empty catalogue);
 only the default folder in the user data folder is created. Every URL shown in a message has its
@@ -29,6 +30,9 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from slimkit.core.catalogue.server import (
+    auto_upgrade, connect_timeout, engine_options, server_migration_lock, setup_engine, upgrade_refusal,
+)
 from slimkit.core.errors import SlimkitError
 from slimkit.core.failures import describe_os_error, first_line, mask_secrets, os_cause
 
@@ -37,7 +41,6 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 # pip names of the database drivers SQLAlchemy imports under another name
 DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "MySQLdb": "mysqlclient",
                    "pymysql": "PyMySQL", "cx_Oracle": "cx-Oracle", "pyodbc": "pyodbc", "pg8000": "pg8000"}
-POSTGRES_CONNECT_TIMEOUT_S = 10
 
 
 class CatalogueError(SlimkitError):
@@ -113,7 +116,8 @@ def _config(connection: object | None = None) -> Config:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for concurrent use: WAL, a busy timeout, foreign keys.
+    """An engine set up for concurrent use: SQLite with WAL, a busy timeout and foreign keys; a
+    server with a bounded pool, a connect timeout and one writer's lock per transaction.
 
     Nothing is created here: a SQLite file whose folder is missing is refused (except in the
     default folder, which is made), and a server database is not contacted until first use.
@@ -129,14 +133,15 @@ def make_engine(url: str) -> Engine:
         except OSError as error:
             raise CatalogueError(f"cannot read catalogue {path}: {os_cause(error)}") from None
     try:
-        engine = create_engine(url, connect_args=engine_connect_args(url, path))
-    except ArgumentError as error:
+        engine = create_engine(url, connect_args=engine_connect_args(url, path), **engine_options(url))
+    except (ArgumentError, ValueError) as error:
         raise CatalogueError(mask_secrets(f"cannot open catalogue {url!r}: {error}")) from None
     except ImportError as error:
         raise open_error(url, error) from None
     if path is not None:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
+    setup_engine(engine)
     return engine
 
 
@@ -166,7 +171,7 @@ def engine_connect_args(url: str, path: Path | None) -> dict[str, Any]:
     # libpq waits for an unreachable host as long as the network lets it (minutes); say so sooner
     if (parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in {"psycopg2", "psycopg"}
             and "connect_timeout" not in parsed.query):
-        return {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        return {"connect_timeout": connect_timeout()}
     return {}
 
 
@@ -242,11 +247,13 @@ def _sqlite_begin_immediate(connection: Any) -> None:
 
 
 @contextlib.contextmanager
-def migration_lock(url: str) -> Iterator[None]:
-    """An exclusive lock beside a SQLite file while its revision is read and upgraded."""
+def migration_lock(engine: Engine, url: str) -> Iterator[None]:
+    """An exclusive lock while the revision is read and upgraded: a file beside a SQLite file, an
+    advisory lock on a server (other servers: Alembic's transaction is the unit of safety)."""
     path = sqlite_path(url)
-    if path is None:  # server databases: Alembic's transaction is the unit of safety
-        yield
+    if path is None:
+        with server_migration_lock(engine):
+            yield
         return
     with open(path.with_name(path.name + ".lock"), "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -276,15 +283,19 @@ def backup_sqlite(path: Path, revision: str | None) -> Path:
     return target
 
 
-def ensure_current(engine: Engine, url: str) -> tuple[str | None, str, Path | None]:
+def ensure_current(engine: Engine, url: str, upgrade: bool | None = None) -> tuple[str | None, str, Path | None]:
     """Bring the catalogue to the head revision; returns (old revision, new revision, backup).
 
     Refuses a database that has tables but is not a slimkit catalogue, and one whose revision is
-    unknown to this slimkit (written by a newer version).
+    unknown to this slimkit (written by a newer version). ``upgrade``: ``None`` upgrades a SQLite
+    file but a server database only with ``SLIMKIT_DB_AUTO_UPGRADE=1``; ``True`` upgrades
+    (``slimkit db upgrade``); ``False`` never does.
     """
     head = head_revision()
+    path = sqlite_path(url)
+    allowed = upgrade if upgrade is not None else (path is not None or auto_upgrade())
     try:
-        with migration_lock(url):
+        with migration_lock(engine, url):
             revision = current_revision(engine)
             if revision is None:
                 tables = set(inspect(engine).get_table_names())
@@ -300,7 +311,8 @@ def ensure_current(engine: Engine, url: str) -> tuple[str | None, str, Path | No
                         f"catalogue {shown(url)} is at revision {revision}, newer than this slimkit knows "
                         f"(head {head}); upgrade slimkit to use it"
                     )
-            path = sqlite_path(url)
+            if not allowed:
+                raise CatalogueError(upgrade_refusal(shown(url), revision, head))
             backup = backup_sqlite(path, revision) if path is not None and revision is not None else None
             with engine.begin() as connection:
                 alembic_upgrade(_config(connection), "head")

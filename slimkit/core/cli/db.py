@@ -1,7 +1,8 @@
 """``slimkit db upgrade|current|history``: the catalogue's schema revision.
 
-Every command that opens the catalogue upgrades it already (after a backup); ``db upgrade`` does
-only that and says what happened. ``db current`` and ``db history`` only read: they never create,
+Every command that opens a SQLite catalogue upgrades it already (after a backup); ``db upgrade``
+does only that and says what happened. A server catalogue (PostgreSQL) is shared: ``db upgrade``
+is the only thing that upgrades it (unless ``SLIMKIT_DB_AUTO_UPGRADE=1``). ``db current`` and ``db history`` only read: they never create,
 migrate or otherwise change the catalogue.
 """
 
@@ -25,7 +26,7 @@ from slimkit.core.catalogue.migrate import (
     sqlite_path,
     to_url,
 )
-from slimkit.core.cli.state import CliState, get_catalogue_from
+from slimkit.core.cli.state import CliState
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,15 @@ def db() -> None:
 
 
 @db.command()
+@click.argument("url", required=False)
 @click.pass_context
-def upgrade(ctx: click.Context) -> None:
-    """Upgrade the catalogue to this slimkit's revision (a SQLite file is backed up first)."""
-    catalogue = get_catalogue_from(ctx)
+def upgrade(ctx: click.Context, url: str | None) -> None:
+    """Upgrade the catalogue (URL, else --catalogue / SLIMKIT_CATALOGUE) to this slimkit's
+    revision, creating its tables in an empty database. A SQLite file is backed up first; a server
+    catalogue (postgresql://) is upgraded only by this command."""
+    from slimkit.core.catalogue import Catalogue
+
+    catalogue = Catalogue(to_url(url) if url else _chosen_url(ctx), upgrade=True)
     old, new, url = catalogue.previous_revision, catalogue.revision, shown(catalogue.url)
     if old == new:
         click.echo(f"{url}: already at revision {new} (head)")
@@ -113,7 +119,7 @@ def upgrade(ctx: click.Context) -> None:
         click.echo(f"backup of the revision {old} file: {catalogue.backup}")
     if catalogue.failed_runs:
         click.echo(f"marked {len(catalogue.failed_runs)} interrupted run(s) failed")
-    catalogue.close()  # checkpoints the WAL; the engine reconnects if the catalogue is used again
+    catalogue.close()  # checkpoints the WAL
 
 
 @db.command()
