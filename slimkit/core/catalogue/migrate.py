@@ -164,15 +164,19 @@ def _check_folder(path: Path) -> None:
 
 
 def engine_connect_args(url: str, path: Path | None) -> dict[str, Any]:
-    """What the DBAPI driver is given beyond the URL: a busy timeout, a connect timeout."""
+    """What the DBAPI driver is given beyond the URL: a busy timeout; a connect timeout and a lock
+    timeout (SQLite's busy timeout: a writer waits at most a minute for the others)."""
     if path is not None:
         return {"timeout": 60}
     parsed = make_url(url)
-    # libpq waits for an unreachable host as long as the network lets it (minutes); say so sooner
-    if (parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in {"psycopg2", "psycopg"}
-            and "connect_timeout" not in parsed.query):
-        return {"connect_timeout": connect_timeout()}
-    return {}
+    arguments: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in {"psycopg2", "psycopg"}:
+        # libpq waits for an unreachable host as long as the network lets it (minutes); say so sooner
+        if "connect_timeout" not in parsed.query:
+            arguments["connect_timeout"] = connect_timeout()
+        if "options" not in parsed.query:
+            arguments["options"] = "-c lock_timeout=60000"
+    return arguments
 
 
 @contextlib.contextmanager

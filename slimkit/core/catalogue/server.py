@@ -92,19 +92,30 @@ def _lock_transaction(connection: Any) -> None:
 @contextlib.contextmanager
 def server_migration_lock(engine: Engine) -> Iterator[None]:
     """One process at a time reads and upgrades a PostgreSQL catalogue's schema (the others wait,
-    then find it current). A session lock on a connection of its own, released at the end."""
+    then find it current). A session lock on a driver connection of its own, outside SQLAlchemy's
+    transactions: taken through one, it would hold the writers' lock while waiting for this one,
+    the reverse order of the process holding this lock (a deadlock)."""
     if engine.dialect.name != "postgresql":
         yield
         return
-    with engine.connect() as connection:
-        connection.execute(text(f"SELECT pg_advisory_lock({MIGRATION_LOCK})"))
-        connection.commit()
+    connection = engine.raw_connection()
+    try:
+        _execute(connection, f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
         try:
             yield
         finally:
-            connection.execute(text(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
-            connection.commit()
+            _execute(connection, f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+    finally:
+        connection.close()
 
+
+def _execute(connection: Any, statement: str) -> None:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+    connection.commit()
 
 def upgrade_refusal(shown_url: str, revision: str | None, head: str) -> str:
     """The one line refusing to upgrade a server catalogue that ``slimkit db upgrade`` has not."""
