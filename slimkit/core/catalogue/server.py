@@ -98,15 +98,13 @@ def server_migration_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "postgresql":
         yield
         return
-    connection = engine.raw_connection()
-    try:
-        _execute(connection, f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+    with engine.connect() as connection:  # connecting, not beginning: SQLAlchemy reports its errors
+        driver = connection.connection
+        _execute(driver, f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
         try:
             yield
         finally:
-            _execute(connection, f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
-    finally:
-        connection.close()
+            _execute(driver, f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
 
 
 def _execute(connection: Any, statement: str) -> None:
