@@ -127,6 +127,17 @@ def catalogue_url(request, tmp_path, monkeypatch) -> Iterator[str]:
     yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_catalogue_url(request, tmp_path, monkeypatch) -> Iterator[str]:
+    """Where a catalogue can be created on each backend: a SQLite file's path (not yet there), or a
+    new, empty PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "catalogue.db")
+        return
+    monkeypatch.setenv("SLIMKIT_ARTIFACTS", str(tmp_path / "artifacts"))
+    yield request.getfixturevalue("pg_database")
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """The browser tests (tests/e2e) run in their own pytest process, only when named
     (``pytest tests/e2e``): Playwright's sync API and nbclient's event loop do not mix well in one
