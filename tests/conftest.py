@@ -138,6 +138,31 @@ def empty_catalogue_url(request, tmp_path, monkeypatch) -> Iterator[str]:
     yield request.getfixturevalue("pg_database")
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_catalogue_url(request, tmp_path_factory) -> Iterator[str]:
+    """``catalogue_url`` for a whole test module (a catalogue built once and read by many tests)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("catalogue")
+    if request.param == "sqlite":
+        yield str(folder / "catalogue.db")
+        return
+    from slimkit.core.catalogue import Catalogue
+
+    server = request.getfixturevalue("pg_server")
+    previous = os.environ.get("SLIMKIT_ARTIFACTS")
+    os.environ["SLIMKIT_ARTIFACTS"] = str(folder / "artifacts")
+    try:
+        with server.database() as url:
+            Catalogue(url, upgrade=True).close()
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("SLIMKIT_ARTIFACTS", None)
+        else:
+            os.environ["SLIMKIT_ARTIFACTS"] = previous
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """The browser tests (tests/e2e) run in their own pytest process, only when named
     (``pytest tests/e2e``): Playwright's sync API and nbclient's event loop do not mix well in one
