@@ -22,6 +22,7 @@ from typing import Iterator
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+TABLES = ("runs", "models", "steps", "step_parents", "step_uses", "evaluations", "exports")
 REQUIRE_ENV = "SLIMKIT_REQUIRE_POSTGRES"  # CI sets it: a PostgreSQL backend that cannot start fails
 
 
