@@ -115,6 +115,16 @@ class Server:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def snapshot(url: str) -> object:
+    """Everything in a catalogue, to compare before and after: a file's bytes, a database's rows."""
+    from slimkit.core.catalogue.migrate import sqlite_path, to_url
+
+    path = sqlite_path(to_url(url))
+    if path is not None:
+        return path.read_bytes()
+    return {table: sorted(query(url, f"SELECT * FROM {table}"), key=repr) for table in TABLES}
+
+
 def database_name(url: str) -> str:
     from sqlalchemy.engine import make_url
 

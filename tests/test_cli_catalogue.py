@@ -20,7 +20,7 @@ import slimkit
 from slimkit.core.catalogue import Catalogue
 from slimkit.core.cli import make_cli
 
-from backends import TABLES, database_name, query
+from backends import database_name, snapshot
 
 
 def mid(n: int | str) -> str:
@@ -65,13 +65,6 @@ def db(built, tmp_path, request):
     name = server.create(template=database_name(built.path))
     yield server.url(name)
     server.drop(name)
-
-
-def snapshot(db):
-    """Everything in the catalogue: a file's bytes, a database's rows."""
-    if "://" not in db:
-        return Path(db).read_bytes()
-    return {table: sorted(query(db, f"SELECT * FROM {table}"), key=repr) for table in TABLES}
 
 
 def invoke(built, db, *args, input=None):
