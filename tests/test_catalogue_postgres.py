@@ -71,9 +71,9 @@ def test_an_empty_server_database_is_created_only_on_request(pg_database: str, m
 
     created = cli("db", "upgrade", pg_database)
     assert created.exit_code == 0, created.output
-    assert "new catalogue created at revision 0004" in created.output
+    assert "new catalogue created at revision 0005" in created.output
     with Catalogue(pg_database) as catalogue:  # now anyone opens it
-        assert (catalogue.previous_revision, catalogue.revision, catalogue.backup) == ("0004", "0004", None)
+        assert (catalogue.previous_revision, catalogue.revision, catalogue.backup) == ("0005", "0005", None)
 
 
 def test_an_older_server_catalogue_is_refused_until_db_upgrade(pg_database: str, monkeypatch: Any,
@@ -90,17 +90,17 @@ def test_an_older_server_catalogue_is_refused_until_db_upgrade(pg_database: str,
         with pytest.raises(CatalogueError) as refused:
             attempt()
         assert str(refused.value) == (
-            f"catalogue {pg_database} is at revision 0003, behind this slimkit's 0004: a server catalogue is "
+            f"catalogue {pg_database} is at revision 0003, behind this slimkit's 0005: a server catalogue is "
             "shared and is upgraded only on request (run `slimkit db upgrade URL` once, or set "
             "SLIMKIT_DB_AUTO_UPGRADE=1)")
     assert query(pg_database, "SELECT version_num FROM alembic_version") == [("0003",)]
     assert "exports" not in tables(pg_database)
-    one_line(cli("--catalogue", pg_database, "models"), "behind this slimkit's 0004", "slimkit db upgrade")
+    one_line(cli("--catalogue", pg_database, "models"), "behind this slimkit's 0005", "slimkit db upgrade")
     current = cli("--catalogue", pg_database, "db", "current")
-    assert current.exit_code == 0 and "revision 0003, behind head 0004" in current.output
+    assert current.exit_code == 0 and "revision 0003, behind head 0005" in current.output
 
     upgraded = cli("--catalogue", pg_database, "db", "upgrade")
-    assert upgraded.exit_code == 0 and "upgraded 0003 -> 0004" in upgraded.output
+    assert upgraded.exit_code == 0 and "upgraded 0003 -> 0005" in upgraded.output
     assert "backup" not in upgraded.output  # a server's backups are its administrator's
     with Catalogue(pg_database) as catalogue:
         (run,) = catalogue.runs()
@@ -112,7 +112,7 @@ def test_the_documented_setting_upgrades_on_open(pg_database: str, monkeypatch: 
     alembic_to(pg_database, "0002")
     monkeypatch.setenv("SLIMKIT_DB_AUTO_UPGRADE", "1")
     with Catalogue(pg_database) as catalogue:
-        assert (catalogue.previous_revision, catalogue.revision) == ("0002", "0004")
+        assert (catalogue.previous_revision, catalogue.revision) == ("0002", "0005")
     monkeypatch.setenv("SLIMKIT_DB_AUTO_UPGRADE", "0")
     Catalogue(pg_database).close()  # current: nothing to refuse
 
@@ -130,8 +130,8 @@ def test_a_newer_server_catalogue_is_refused_even_when_upgrading(catalogue_url: 
         with pytest.raises(CatalogueError) as refused:
             Catalogue(catalogue_url, upgrade=upgrade)
         assert str(refused.value) == (f"catalogue {catalogue_url} is at revision ffff, newer than this slimkit "
-                                      "knows (head 0004); upgrade slimkit to use it")
-    one_line(cli("db", "upgrade", catalogue_url), "revision ffff", "head 0004")
+                                      "knows (head 0005); upgrade slimkit to use it")
+    one_line(cli("db", "upgrade", catalogue_url), "revision ffff", "head 0005")
     assert query(catalogue_url, "SELECT version_num FROM alembic_version") == [("ffff",)]
 
 
@@ -153,7 +153,7 @@ def test_concurrent_first_opens_with_the_setting_migrate_once(pg_database: str, 
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(seen, key=str) == ["0004"] * 7 + [None]
+    assert sorted(seen, key=str) == ["0005"] * 7 + [None]
 
 
 # -- pooling and an unreachable server -----------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_db_commands_never_print_the_password(pg_database: str, cli: Any) -> Non
     outputs = [cli("db", "upgrade", url), cli("--catalogue", url, "db", "current"),
                cli("--catalogue", url, "db", "history"), cli("--catalogue", url, "db", "upgrade")]
     assert [result.exit_code for result in outputs] == [0, 0, 0, 0]
-    assert "new catalogue created" in outputs[0].output and "already at revision 0004" in outputs[3].output
+    assert "new catalogue created" in outputs[0].output and "already at revision 0005" in outputs[3].output
     for result in outputs:
         assert SECRET not in result.output + result.stderr
     assert "slimkit:***@127.0.0.1" in outputs[0].output

@@ -100,14 +100,14 @@ def old_catalogue(tmp_path: Path) -> Path:
 # -- the revision graph ---------------------------------------------------------------------------
 def test_single_head_is_the_shipped_head() -> None:
     script = migrate.script_directory()
-    assert script.get_heads() == [migrate.head_revision()] == ["0004"]
+    assert script.get_heads() == [migrate.head_revision()] == ["0005"]
     assert script.get_bases() == ["0001"]
 
 
 def test_revision_chain_has_no_branches_and_real_downgrades() -> None:
     revisions = list(reversed(list(migrate.script_directory().walk_revisions())))
     assert [(r.revision, r.down_revision) for r in revisions] == [("0001", None), ("0002", "0001"), ("0003", "0002"),
-                                                                     ("0004", "0003")]
+                                                                     ("0004", "0003"), ("0005", "0004")]
     for revision in revisions:
         assert not revision.is_branch_point and not revision.is_merge_point and not revision.branch_labels
         body = pyinspect.getsource(revision.module.downgrade)
@@ -288,8 +288,8 @@ def test_opening_never_touches_logging(tmp_path: Path, old_catalogue: Path) -> N
                     "loggers": loggers}
 
         before = state()
-        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migrations 0001 to 0004
-        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0004 after a backup
+        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migrations 0001 to 0005
+        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0005 after a backup
         after = state()
         assert after["root"] == before["root"] and after["disable"] == before["disable"]
         assert not app.disabled
@@ -344,24 +344,25 @@ def test_db_current_history_upgrade(cli: Any, old_catalogue: Path) -> None:
     content = old_catalogue.read_bytes()
     current = invoke(cli, "--catalogue", str(old_catalogue), "db", "current")
     assert current.exit_code == 0
-    assert "revision 0001, behind head 0004" in current.output and "ships head revision 0004" in current.output
+    assert "revision 0001, behind head 0005" in current.output and "ships head revision 0005" in current.output
     history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
-    assert history[0].startswith("0003 -> 0004  Record exports") and history[0].endswith("(head)")
-    assert history[1].startswith("0002 -> 0003  Record the methods each step ran")
-    assert history[2].startswith("0001 -> 0002  Record the process id")
-    assert history[3].startswith("<base> -> 0001  Baseline") and history[3].endswith("(current)")
+    assert history[0].startswith("0004 -> 0005  Sizes, parameter counts") and history[0].endswith("(head)")
+    assert history[1].startswith("0003 -> 0004  Record exports")
+    assert history[2].startswith("0002 -> 0003  Record the methods each step ran")
+    assert history[3].startswith("0001 -> 0002  Record the process id")
+    assert history[4].startswith("<base> -> 0001  Baseline") and history[4].endswith("(current)")
     assert old_catalogue.read_bytes() == content  # reading the revision changes nothing
     assert sorted(p.name for p in old_catalogue.parent.iterdir()) == ["old.db"]
 
     upgraded = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
-    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0004" in upgraded.output
+    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0005" in upgraded.output
     (backup,) = old_catalogue.parent.glob("old.db.backup-0001-*")
     assert str(backup) in upgraded.output
-    assert "revision 0004 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
+    assert "revision 0005 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
     history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
     assert history[0].endswith("(head, current)") and "(current)" not in history[1]
     again = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
-    assert "already at revision 0004" in again.output and "backup" not in again.output
+    assert "already at revision 0005" in again.output and "backup" not in again.output
 
 
 def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_path: Path) -> None:
@@ -375,7 +376,7 @@ def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_pat
     assert current.exit_code == 0 and "no catalogue yet" in current.output
     assert list(path.parent.iterdir()) == []
     created = invoke(cli, "db", "upgrade", env={"SLIMKIT_CATALOGUE": str(path)})
-    assert "new catalogue created at revision 0004" in created.output and revision_of(path) == "0004"
+    assert "new catalogue created at revision 0005" in created.output and revision_of(path) == "0005"
 
 
 def test_db_commands_on_a_newer_catalogue(cli: Any, tmp_path: Path) -> None:
@@ -462,10 +463,10 @@ def test_old_catalogue_on_a_server_upgrades_with_every_row_kept(pg_database: str
     finally:
         engine.dispose()
 
-    with pytest.raises(CatalogueError, match="behind this slimkit's 0004"):
+    with pytest.raises(CatalogueError, match="behind this slimkit's 0005"):
         Catalogue(pg_database)
     upgraded = invoke(cli, "db", "upgrade", pg_database)
-    assert "upgraded 0001 -> 0004" in upgraded.output
+    assert "upgraded 0001 -> 0005" in upgraded.output
     after = {t: sorted(query(pg_database, f"SELECT {', '.join(cols)} FROM {t}")) for t, cols in old_columns.items()}
     assert after == before
     with Catalogue(pg_database) as catalogue:
@@ -480,3 +481,41 @@ def test_old_catalogue_on_a_server_upgrades_with_every_row_kept(pg_database: str
         assert (run.status, run.pid, run.recipe_name) == ("done", None, "prune-30-then-50")
         catalogue.record_evaluations(PRUNED_50, "perplexity", 1, {"perplexity": 12.5})  # a fresh id
         assert catalogue.metrics(PRUNED_50)["perplexity.perplexity"] == 12.5
+
+
+def test_0005_big_integers_record_on_every_backend(empty_catalogue_url: str) -> None:
+    """A model of 6 GiB and 9e9 parameters, a step that peaked at 5 GiB with a 2**40 seed: beyond
+    PostgreSQL's 32-bit INTEGER before 0005. On a server, the catalogue is first made at 0004 (an
+    older slimkit's) and upgraded; the downgrade back to 0004 is real there."""
+    from slimkit.core.catalogue import StepEntry
+
+    url = empty_catalogue_url
+    server = "://" in url
+    if server:
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.begin() as connection:
+            upgrade(migrate._config(connection), "0004")
+        engine.dispose()
+    big, parent = "sha256:" + "b1" * 32, "sha256:" + "a0" * 32
+    with Catalogue(url, upgrade=True) as catalogue:
+        assert catalogue.revision == "0005" and catalogue.previous_revision == ("0004" if server else None)
+        catalogue.record_model(parent, "Big", params=9_000_000_000, size_bytes=6 * 2**30)
+        catalogue.record_model(big, "Big", params=8_999_999_999, size_bytes=6 * 2**30 - 1)
+        with catalogue.session() as session, session.begin():
+            catalogue.record_step(StepEntry(
+                id="sha256:" + "5e" * 32, child_id=big, parents=((parent, "input"),), method="prune.unstructured",
+                family="compressor", config={"type": "prune.unstructured", "version": 1, "data": {}}, plugin="t",
+                plugin_version=None, versions={}, seed=2**40, peak_rss_bytes=5 * 2**30), None, session)
+        entry = catalogue.model(big)
+        assert (entry.params, entry.size_bytes) == (8_999_999_999, 6 * 2**30 - 1)
+        (step,) = catalogue.steps_into(big)
+        assert (step.seed, step.peak_rss_bytes) == (2**40, 5 * 2**30)
+        if server:
+            with pytest.raises(Exception, match="out of range"), catalogue.engine.begin() as connection:
+                downgrade(migrate._config(connection), "0004")  # the values no longer fit: refused
+            assert revision_at(url) == "0005"
+            catalogue.delete(parent, cascade=True)
+            with catalogue.engine.begin() as connection:
+                downgrade(migrate._config(connection), "0004")
+            assert query(url, "SELECT data_type FROM information_schema.columns WHERE table_name = 'models' "
+                              "AND column_name = 'size_bytes'") == [("integer",)]
