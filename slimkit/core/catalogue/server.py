@@ -22,7 +22,7 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 ENV_AUTO_UPGRADE = "SLIMKIT_DB_AUTO_UPGRADE"

@@ -102,9 +102,10 @@ def db() -> None:
 @click.argument("url", required=False)
 @click.pass_context
 def upgrade(ctx: click.Context, url: str | None) -> None:
-    """Upgrade the catalogue (URL, else --catalogue / SLIMKIT_CATALOGUE) to this slimkit's
-    revision, creating its tables in an empty database. A SQLite file is backed up first; a server
-    catalogue (postgresql://) is upgraded only by this command."""
+    """Upgrade the catalogue to this slimkit's revision (a SQLite file is backed up first).
+
+    The catalogue is URL, else --catalogue / SLIMKIT_CATALOGUE; an empty database gets its tables.
+    A server catalogue (postgresql://) is upgraded only by this command (or SLIMKIT_DB_AUTO_UPGRADE=1)."""
     from slimkit.core.catalogue import Catalogue
 
     catalogue = Catalogue(to_url(url) if url else _chosen_url(ctx), upgrade=True)
