@@ -46,6 +46,21 @@ def tables(url: str) -> set[str]:
 
 
 @pytest.fixture
+def psycopg_driver() -> None:
+    """The driver alone (no server): skipped without it, as the server tests are, except in CI."""
+    import os
+
+    from backends import REQUIRE_ENV
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{REQUIRE_ENV} is set but psycopg is not installed")
+        pytest.skip("psycopg is not installed (pip install 'slimkit[postgres]')")
+
+
+@pytest.fixture
 def cli(host: Any) -> Any:
     cli = make_cli(host)
     return lambda *args: CliRunner().invoke(cli, list(args))
@@ -172,7 +187,7 @@ def test_pool_settings_come_from_the_environment(catalogue_url: str, monkeypatch
     assert str(refused.value) == f"cannot open catalogue {catalogue_url!r}: SLIMKIT_DB_POOL_SIZE='lots' is not a whole number"
 
 
-def test_a_closed_port_fails_fast_in_one_line_without_the_password(cli: Any) -> None:
+def test_a_closed_port_fails_fast_in_one_line_without_the_password(cli: Any, psycopg_driver: None) -> None:
     url = f"postgresql+psycopg://slimkit:{SECRET}@127.0.0.1:{free_port()}/catalogue"
     started = time.monotonic()
     with pytest.raises(CatalogueError) as refused:
@@ -187,7 +202,8 @@ def test_a_closed_port_fails_fast_in_one_line_without_the_password(cli: Any) -> 
     one_line(result, "cannot open catalogue", "slimkit:***@127.0.0.1")
 
 
-def test_a_server_that_never_answers_is_given_up_once_after_the_timeout(monkeypatch: Any) -> None:
+def test_a_server_that_never_answers_is_given_up_once_after_the_timeout(monkeypatch: Any,
+                                                                        psycopg_driver: None) -> None:
     """A listener that accepts and then says nothing (a hung server, a firewall that swallows): the
     opening fails after the connect timeout, having connected once: no retry storm."""
     listener = socket.socket()
@@ -235,3 +251,10 @@ def test_db_commands_never_print_the_password(pg_database: str, cli: Any) -> Non
     for result in outputs:
         assert SECRET not in result.output + result.stderr
     assert "slimkit:***@127.0.0.1" in outputs[0].output
+
+
+@pytest.mark.parametrize("command", [("models",), ("db", "current"), ("db", "upgrade")])
+def test_a_bad_connect_timeout_is_one_line(pg_database: str, cli: Any, monkeypatch: Any,
+                                           command: tuple[str, ...]) -> None:
+    monkeypatch.setenv("SLIMKIT_DB_CONNECT_TIMEOUT", "soon")
+    one_line(cli("--catalogue", pg_database, *command), "SLIMKIT_DB_CONNECT_TIMEOUT='soon' is not a whole number")

@@ -78,7 +78,7 @@ def read_revision(url: str) -> _Found:
         else:  # read-only: no journal-mode switch, nothing created
             uri = f"file:{quote(str(path))}?mode=ro"
             engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
-    except ArgumentError as error:
+    except (ArgumentError, ValueError) as error:  # ValueError: a bad SLIMKIT_DB_CONNECT_TIMEOUT
         raise CatalogueError(shown(f"cannot open catalogue {url!r}: {error}")) from None
     except (ImportError, OSError) as error:
         raise open_error(url, error) from None
