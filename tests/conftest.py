@@ -85,6 +85,83 @@ def _private_catalogue(tmp_path_factory):
         os.environ["SLIMKIT_CATALOGUE"] = previous
 
 
+# -- catalogue backends: SQLite files and a throwaway PostgreSQL server ------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server on 127.0.0.1 for the session (tests/backends.py). Skipped,
+    saying why, where PostgreSQL or psycopg is missing, unless SLIMKIT_REQUIRE_POSTGRES is set (CI)."""
+    import os
+
+    import backends
+
+    reason = backends.missing()
+    if reason is not None:
+        if os.environ.get(backends.REQUIRE_ENV):
+            pytest.fail(f"{backends.REQUIRE_ENV} is set but {reason}")
+        pytest.skip(reason)
+    server = backends.Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_database(pg_server) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database (dropped after the test)."""
+    with pg_server.database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_url(request, tmp_path, monkeypatch) -> Iterator[str]:
+    """A fresh catalogue on each backend: a SQLite file's path (created on first open), or a new
+    PostgreSQL database created at the head revision (as ``slimkit db upgrade`` does for a team),
+    with the managed artifacts in ``tmp_path/artifacts``."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "catalogue.db")
+        return
+    from slimkit.core.catalogue import Catalogue
+
+    monkeypatch.setenv("SLIMKIT_ARTIFACTS", str(tmp_path / "artifacts"))
+    url = request.getfixturevalue("pg_database")
+    Catalogue(url, upgrade=True).close()
+    yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_catalogue_url(request, tmp_path, monkeypatch) -> Iterator[str]:
+    """Where a catalogue can be created on each backend: a SQLite file's path (not yet there), or a
+    new, empty PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "catalogue.db")
+        return
+    monkeypatch.setenv("SLIMKIT_ARTIFACTS", str(tmp_path / "artifacts"))
+    yield request.getfixturevalue("pg_database")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_catalogue_url(request, tmp_path_factory) -> Iterator[str]:
+    """``catalogue_url`` for a whole test module (a catalogue built once and read by many tests)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("catalogue")
+    if request.param == "sqlite":
+        yield str(folder / "catalogue.db")
+        return
+    from slimkit.core.catalogue import Catalogue
+
+    server = request.getfixturevalue("pg_server")
+    previous = os.environ.get("SLIMKIT_ARTIFACTS")
+    os.environ["SLIMKIT_ARTIFACTS"] = str(folder / "artifacts")
+    try:
+        with server.database() as url:
+            Catalogue(url, upgrade=True).close()
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("SLIMKIT_ARTIFACTS", None)
+        else:
+            os.environ["SLIMKIT_ARTIFACTS"] = previous
+
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """The browser tests (tests/e2e) run in their own pytest process, only when named

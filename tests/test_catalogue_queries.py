@@ -1,4 +1,5 @@
-"""Catalogue queries: lineage, descendants, where-filters, diff, Pareto fronts and graph renderers."""
+"""Catalogue queries: lineage, descendants, where-filters, diff, Pareto fronts and graph renderers,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -42,12 +43,12 @@ def add_step(cat: Catalogue, step_id: str, parents: list[tuple[str, str]], child
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, module_catalogue_url):
     """Real runs on stories260K: a 3-step chain, a sibling of its last model, a second branch
     from the base, and a sparsity-0 step whose child is its own parent."""
     tmp = tmp_path_factory.mktemp("chain")
     host = slimkit.make_host(load_entrypoints=False)
-    cat = Catalogue(str(tmp / "c.db"))
+    cat = Catalogue(module_catalogue_url)
 
     def run(steps, out, name=None):
         recipe = slimkit.Recipe.from_data({"steps": steps, "evaluate": [{"metric": "size"}]})
@@ -60,7 +61,7 @@ def chain(tmp_path_factory):
     half = run([{"method": "prune.unstructured", "params": {"sparsity": 0.5}, "seed": 1}], "half", "half")
     noop = run([{"method": "prune.unstructured", "params": {"sparsity": 0.0}}], None)
     yield SimpleNamespace(cat=cat, first=first, sibling=sibling, half=half, noop=noop,
-                          base=first.steps[0].parent_id, path=tmp / "c.db")
+                          base=first.steps[0].parent_id)
     cat.close()
 
 
@@ -100,8 +101,8 @@ def test_lineage_json_is_the_chain_with_models(chain):
     assert data["steps"][1]["seed"] == 3 and data["steps"][0]["parents"] == [{"model_id": chain.base, "role": "input"}]
 
 
-def test_lineage_and_descendants_survive_cycles(tmp_path):
-    cat = Catalogue(str(tmp_path / "c.db"))
+def test_lineage_and_descendants_survive_cycles(catalogue_url):
+    cat = Catalogue(catalogue_url)
     for n in (1, 2, 3):
         cat.record_model(mid(n), "Toy")
     add_step(cat, mid("a1"), [(mid(1), "input")], mid(1), sparsity=0.0)  # self-loop, recorded first
@@ -160,9 +161,9 @@ def test_diff_of_two_siblings(chain):
 
 # -- filters ---------------------------------------------------------------------------------
 @pytest.fixture
-def measured(tmp_path):
+def measured(catalogue_url):
     """Hand-recorded models with exact metrics."""
-    cat = Catalogue(str(tmp_path / "m.db"))
+    cat = Catalogue(catalogue_url)
     table = [  # n, architecture, size, perplexity, sparsity, disk bytes
         (1, "Llama", 4_000_000, 10.0, 0.0, 4.1e6),
         (2, "Llama", 2_000_000, 20.0, 0.5, 2.0e6),
@@ -243,8 +244,8 @@ def test_pareto_front_matches_brute_force_on_random_points(min_x, min_y):
         assert q.pareto_front(points, min_x, min_y) == brute_front(points, min_x, min_y), trial
 
 
-def test_pareto_on_recorded_models(tmp_path):
-    cat = Catalogue(str(tmp_path / "p.db"))
+def test_pareto_on_recorded_models(catalogue_url):
+    cat = Catalogue(catalogue_url)
     # n: (size, perplexity); 2 and 3 tie exactly, 4 is dominated by 2, 5 ties 6 on size but is worse,
     # 7 has no perplexity and 8 no size: both are left out.
     values = {1: (100, 50.0), 2: (200, 20.0), 3: (200, 20.0), 4: (300, 25.0), 5: (400, 15.0), 6: (400, 12.0),
@@ -328,8 +329,8 @@ def test_mermaid_and_dot_of_a_real_chain(chain):
     assert len(base_nodes) == 1 and base_edges == []
 
 
-def test_renderers_escape_names_and_draw_teachers(tmp_path):
-    cat = Catalogue(str(tmp_path / "c.db"))
+def test_renderers_escape_names_and_draw_teachers(catalogue_url):
+    cat = Catalogue(catalogue_url)
     cat.record_model(mid(1), "Toy", name='the "base" \\ model')
     cat.record_model(mid(2), "Toy", name="teacher")
     cat.record_model(mid(3), "Toy", name="student|1")
@@ -343,10 +344,10 @@ def test_renderers_escape_names_and_draw_teachers(tmp_path):
     assert [s.method for s in q.lineage(cat, "student|1")] == ["distill.toy"]
 
 
-def test_diff_pairs_metrics_measured_the_same_way(tmp_path):
+def test_diff_pairs_metrics_measured_the_same_way(catalogue_url):
     from datetime import datetime, timezone
 
-    with Catalogue(str(tmp_path / "pair.db")) as cat:
+    with Catalogue(catalogue_url) as cat:
         for model in ("sha256:" + "a" * 64, "sha256:" + "b" * 64):
             cat.record_model(model, "LlamaForCausalLM")
         a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64

@@ -1,4 +1,5 @@
-"""The catalogue commands: models, show, lineage, descendants, diff, pareto, delete, and bad input."""
+"""The catalogue commands: models, show, lineage, descendants, diff, pareto, delete, and bad input;
+on a SQLite file and on a PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import slimkit
 from slimkit.core.catalogue import Catalogue
 from slimkit.core.cli import make_cli
 
+from backends import database_name, snapshot
+
 
 def mid(n: int | str) -> str:
     digits = format(n, "x") if isinstance(n, int) else n
@@ -26,13 +29,13 @@ def mid(n: int | str) -> str:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, module_catalogue_url):
     """A closed catalogue file holding a real 3-step chain ("chain3") and a branch from its base
     ("half"), plus two hand-recorded models whose ids share the prefix abcd."""
     tmp = tmp_path_factory.mktemp("cli-catalogue")
     host = slimkit.make_host(load_entrypoints=False)
-    path = tmp / "c.db"
-    with Catalogue(str(path)) as cat:
+    path = module_catalogue_url
+    with Catalogue(path) as cat:
         steps = [{"method": "prune.unstructured", "params": {"sparsity": s}} for s in (0.2, 0.4, 0.6)]
         steps[1]["seed"] = 3
         first = slimkit.run_recipe(slimkit.Recipe.from_data({"steps": steps, "evaluate": [{"metric": "size"}]}),
@@ -50,15 +53,22 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture
-def db(built, tmp_path):
-    """A private copy of the built catalogue (tests may change it)."""
-    target = tmp_path / "copy.db"
-    shutil.copyfile(built.path, target)
-    return target
+def db(built, tmp_path, request):
+    """A private copy of the built catalogue (tests may change it): a file, or a database made
+    from the built one as its template."""
+    if "://" not in built.path:
+        target = tmp_path / "copy.db"
+        shutil.copyfile(built.path, target)
+        yield str(target)
+        return
+    server = request.getfixturevalue("pg_server")
+    name = server.create(template=database_name(built.path))
+    yield server.url(name)
+    server.drop(name)
 
 
 def invoke(built, db, *args, input=None):
-    return CliRunner().invoke(make_cli(built.host), ["--catalogue", str(db), *args], input=input,
+    return CliRunner().invoke(make_cli(built.host), ["--catalogue", db, *args], input=input,
                               catch_exceptions=False)
 
 
@@ -123,13 +133,14 @@ def test_lineage_formats(built, db):
     assert dot.startswith("digraph lineage {") and dot.rstrip().endswith("}") and dot.count(" -> ") == 2
 
 
-def test_lineage_from_a_subprocess(built, db):
-    result = subprocess.run([sys.executable, "-m", "slimkit", "--catalogue", str(db), "lineage", "chain3",
+def test_lineage_from_a_subprocess(built, db, tmp_path):
+    unused = tmp_path / "unused.db"
+    result = subprocess.run([sys.executable, "-m", "slimkit", "--catalogue", db, "lineage", "chain3",
                              "--format", "json"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "SLIMKIT_CATALOGUE": str(db.with_name("unused.db"))})
+                            env={**os.environ, "SLIMKIT_CATALOGUE": str(unused)})
     assert result.returncode == 0, result.stderr
     assert [s["child_id"] for s in json.loads(result.stdout)["steps"]] == built.chain_ids
-    assert not db.with_name("unused.db").exists()  # --catalogue wins over the environment
+    assert not unused.exists()  # --catalogue wins over the environment
 
 
 def test_descendants_tree(built, db):
@@ -162,13 +173,13 @@ def test_pareto(built, db):
 
 # -- delete ----------------------------------------------------------------------------------
 def test_delete_refuses_descendants_without_cascade(built, db):
-    before = db.read_bytes()
+    before = snapshot(db)
     line = one_line_error(invoke(built, db, "delete", built.base[7:15], "--yes"), "4 derived model(s)", "--cascade")
     assert "chain3" in line and "half" in line
-    assert db.read_bytes() == before
+    assert snapshot(db) == before
     aborted = invoke(built, db, "delete", "chain3", input="n\n")
     assert aborted.exit_code == 1 and "would delete 1 model(s): chain3" in aborted.output
-    assert db.read_bytes() == before
+    assert snapshot(db) == before
 
 
 def test_delete_cascade(built, db):
@@ -190,9 +201,9 @@ def test_delete_cascade(built, db):
     (["lineage", "zz"], ["no model named 'zz'"]),
 ])
 def test_bad_references_are_one_line_and_change_nothing(built, db, args, fragments):
-    before = db.read_bytes()
+    before = snapshot(db)
     one_line_error(invoke(built, db, *args), *fragments)
-    assert db.read_bytes() == before
+    assert snapshot(db) == before
 
 
 def catalogue_error(built, url, *fragments):

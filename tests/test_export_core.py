@@ -24,8 +24,9 @@ from slimkit.core.provenance import content_id
 
 
 @pytest.fixture
-def cat(tmp_path):
-    with Catalogue(str(tmp_path / "catalogue.db")) as opened:
+def cat(catalogue_url):
+    """A catalogue on each backend (SQLite, PostgreSQL)."""
+    with Catalogue(catalogue_url) as opened:
         yield opened
 
 

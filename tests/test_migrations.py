@@ -1,6 +1,7 @@
 """Catalogue migrations: one head, idempotent opens, schema == ORM, old files upgrade losslessly,
 newer or foreign files are refused untouched, logging is left alone, downgrades are real, and
-``slimkit db current|upgrade|history``."""
+``slimkit db current|upgrade|history``. What does not depend on SQLite files runs on PostgreSQL
+too (tests/test_catalogue_postgres.py has the server's upgrade policy)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import inspect as pyinspect
 import logging
 import shutil
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.command import downgrade, upgrade
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
 
 from slimkit.core.catalogue import Catalogue, CatalogueError
 from slimkit.core.catalogue import migrate
 from slimkit.core.catalogue.migrate import read_only_sqlite as read_only
 from slimkit.core.catalogue.schema import Base
 from slimkit.core.cli import make_cli
+
+from backends import query
 
 FIXTURE = Path(__file__).parent / "fixtures" / "catalogue-0001.db"
 TABLES_0001 = ("runs", "models", "steps", "step_parents", "evaluations")
@@ -64,6 +69,17 @@ def schema_sql(path: Path) -> list[tuple[str, str]]:
         return connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
 
 
+def revision_at(url: str) -> str | None:
+    found = query(url, "SELECT version_num FROM alembic_version")
+    return found[0][0] if found else None
+
+
+def tables_at(url: str) -> set[str]:
+    if "://" not in url:
+        return table_names(Path(url))
+    return {row[0] for row in query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
 def schema_diff(connection: Any) -> list[Any]:
     context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
     return compare_metadata(context, Base.metadata)
@@ -84,14 +100,14 @@ def old_catalogue(tmp_path: Path) -> Path:
 # -- the revision graph ---------------------------------------------------------------------------
 def test_single_head_is_the_shipped_head() -> None:
     script = migrate.script_directory()
-    assert script.get_heads() == [migrate.head_revision()] == ["0004"]
+    assert script.get_heads() == [migrate.head_revision()] == ["0005"]
     assert script.get_bases() == ["0001"]
 
 
 def test_revision_chain_has_no_branches_and_real_downgrades() -> None:
     revisions = list(reversed(list(migrate.script_directory().walk_revisions())))
     assert [(r.revision, r.down_revision) for r in revisions] == [("0001", None), ("0002", "0001"), ("0003", "0002"),
-                                                                     ("0004", "0003")]
+                                                                     ("0004", "0003"), ("0005", "0004")]
     for revision in revisions:
         assert not revision.is_branch_point and not revision.is_merge_point and not revision.branch_labels
         body = pyinspect.getsource(revision.module.downgrade)
@@ -99,24 +115,23 @@ def test_revision_chain_has_no_branches_and_real_downgrades() -> None:
 
 
 # -- opening a fresh catalogue --------------------------------------------------------------------
-def test_opening_three_times_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "catalogue.db"
+def test_opening_three_times_is_idempotent(tmp_path: Path, empty_catalogue_url: str) -> None:
+    url = empty_catalogue_url
     seen = []
-    for _ in range(3):
-        with Catalogue(str(path)) as catalogue:
+    for _ in range(3):  # upgrade=True: what `slimkit db upgrade` does (a SQLite file is upgraded anyway)
+        with Catalogue(url, upgrade=True) as catalogue:
             seen.append((catalogue.previous_revision, catalogue.revision, catalogue.backup))
-        seen[-1] += (table_names(path), revision_of(path))
+        seen[-1] += (tables_at(url), revision_at(url))
     head = migrate.head_revision()
     expected_tables = set(Base.metadata.tables) | {"alembic_version"}
     assert seen[0] == (None, head, None, expected_tables, head)
     assert seen[1] == seen[2] == (head, head, None, expected_tables, head)
     assert list(tmp_path.glob("*.backup-*")) == []
-    with read_only(path) as connection:
-        assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    assert query(url, "SELECT count(*) FROM alembic_version") == [(1,)]
 
 
-def test_migrated_schema_equals_the_orm(tmp_path: Path) -> None:
-    with Catalogue(str(tmp_path / "catalogue.db")) as catalogue, catalogue.engine.connect() as connection:
+def test_migrated_schema_equals_the_orm(catalogue_url: str) -> None:
+    with Catalogue(catalogue_url) as catalogue, catalogue.engine.connect() as connection:
         assert schema_diff(connection) == []
 
 
@@ -273,8 +288,8 @@ def test_opening_never_touches_logging(tmp_path: Path, old_catalogue: Path) -> N
                     "loggers": loggers}
 
         before = state()
-        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migrations 0001 to 0004
-        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0004 after a backup
+        Catalogue(str(tmp_path / "fresh.db")).close()  # creates every table: migrations 0001 to 0005
+        Catalogue(str(old_catalogue)).close()  # upgrades 0001 -> 0005 after a backup
         after = state()
         assert after["root"] == before["root"] and after["disable"] == before["disable"]
         assert not app.disabled
@@ -290,23 +305,25 @@ def test_opening_never_touches_logging(tmp_path: Path, old_catalogue: Path) -> N
 
 
 # -- downgrades -----------------------------------------------------------------------------------------
-def test_downgrades_are_real_and_reversible(tmp_path: Path) -> None:
-    path = tmp_path / "catalogue.db"
-    with Catalogue(str(path)) as catalogue:
+def test_downgrades_are_real_and_reversible(catalogue_url: str) -> None:
+    url = catalogue_url
+    with Catalogue(url) as catalogue:
         run_id = catalogue.start_run("recipe", "kept")
         catalogue.finish_run(run_id, "done")
         with catalogue.engine.begin() as connection:
             downgrade(migrate._config(connection), "0001")
-        assert revision_of(path) == "0001"
+        assert revision_at(url) == "0001"
         assert "pid" not in [c["name"] for c in inspect(catalogue.engine).get_columns("runs")]
-        with read_only(path) as connection:
-            assert connection.execute("SELECT id, status FROM runs").fetchall() == [(run_id, "done")]
+        assert query(url, "SELECT id, status FROM runs") == [(run_id, "done")]
         with catalogue.engine.begin() as connection:
             downgrade(migrate._config(connection), "base")
-        assert table_names(path) == {"alembic_version"} and revision_of(path) is None
-        with read_only(path) as connection:
-            indexes = connection.execute("SELECT name FROM sqlite_master WHERE type='index'").fetchall()
-        assert all(name.startswith("sqlite_autoindex_alembic") for (name,) in indexes)
+        assert tables_at(url) == {"alembic_version"} and revision_at(url) is None
+        if "://" in url:
+            indexes = query(url, "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+            assert indexes == [("alembic_version_pkc",)]
+        else:
+            indexes = query(url, "SELECT name FROM sqlite_master WHERE type='index'")
+            assert all(name.startswith("sqlite_autoindex_alembic") for (name,) in indexes)
         with catalogue.engine.begin() as connection:
             upgrade(migrate._config(connection), "head")
         with catalogue.engine.connect() as connection:
@@ -327,24 +344,25 @@ def test_db_current_history_upgrade(cli: Any, old_catalogue: Path) -> None:
     content = old_catalogue.read_bytes()
     current = invoke(cli, "--catalogue", str(old_catalogue), "db", "current")
     assert current.exit_code == 0
-    assert "revision 0001, behind head 0004" in current.output and "ships head revision 0004" in current.output
+    assert "revision 0001, behind head 0005" in current.output and "ships head revision 0005" in current.output
     history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
-    assert history[0].startswith("0003 -> 0004  Record exports") and history[0].endswith("(head)")
-    assert history[1].startswith("0002 -> 0003  Record the methods each step ran")
-    assert history[2].startswith("0001 -> 0002  Record the process id")
-    assert history[3].startswith("<base> -> 0001  Baseline") and history[3].endswith("(current)")
+    assert history[0].startswith("0004 -> 0005  Sizes, parameter counts") and history[0].endswith("(head)")
+    assert history[1].startswith("0003 -> 0004  Record exports")
+    assert history[2].startswith("0002 -> 0003  Record the methods each step ran")
+    assert history[3].startswith("0001 -> 0002  Record the process id")
+    assert history[4].startswith("<base> -> 0001  Baseline") and history[4].endswith("(current)")
     assert old_catalogue.read_bytes() == content  # reading the revision changes nothing
     assert sorted(p.name for p in old_catalogue.parent.iterdir()) == ["old.db"]
 
     upgraded = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
-    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0004" in upgraded.output
+    assert upgraded.exit_code == 0 and "upgraded 0001 -> 0005" in upgraded.output
     (backup,) = old_catalogue.parent.glob("old.db.backup-0001-*")
     assert str(backup) in upgraded.output
-    assert "revision 0004 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
+    assert "revision 0005 (head)" in invoke(cli, "--catalogue", str(old_catalogue), "db", "current").output
     history = invoke(cli, "--catalogue", str(old_catalogue), "db", "history").output.splitlines()
     assert history[0].endswith("(head, current)") and "(current)" not in history[1]
     again = invoke(cli, "--catalogue", str(old_catalogue), "db", "upgrade")
-    assert "already at revision 0004" in again.output and "backup" not in again.output
+    assert "already at revision 0005" in again.output and "backup" not in again.output
 
 
 def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_path: Path) -> None:
@@ -358,7 +376,7 @@ def test_db_commands_follow_the_environment_and_create_nothing(cli: Any, tmp_pat
     assert current.exit_code == 0 and "no catalogue yet" in current.output
     assert list(path.parent.iterdir()) == []
     created = invoke(cli, "db", "upgrade", env={"SLIMKIT_CATALOGUE": str(path)})
-    assert "new catalogue created at revision 0004" in created.output and revision_of(path) == "0004"
+    assert "new catalogue created at revision 0005" in created.output and revision_of(path) == "0005"
 
 
 def test_db_commands_on_a_newer_catalogue(cli: Any, tmp_path: Path) -> None:
@@ -410,3 +428,94 @@ def test_0004_adds_an_empty_exports_table_that_records_and_downgrades(old_catalo
             upgrade(migrate._config(connection), "head")
         with catalogue.engine.connect() as connection:
             assert schema_diff(connection) == []
+
+
+# -- an old catalogue on a PostgreSQL server ----------------------------------------------------------
+TIMES = {"started", "ended", "created"}
+
+
+def _normal(column: str, value: Any) -> Any:
+    """A value as read from SQLite (times are text, naive UTC) or PostgreSQL (aware datetimes)."""
+    if column in TIMES and isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    return value
+
+
+def test_old_catalogue_on_a_server_upgrades_with_every_row_kept(pg_database: str, cli: Any,
+                                                                 monkeypatch: Any) -> None:
+    """The revision-0001 fixture's rows in a PostgreSQL database at 0001 (what an older slimkit left
+    on a team server): refused as it is, then ``slimkit db upgrade`` brings it to head, every row kept."""
+    monkeypatch.delenv("SLIMKIT_DB_AUTO_UPGRADE", raising=False)
+    with read_only(FIXTURE) as source:
+        # evaluations.id is left to the server's sequence, so new evaluations get fresh ids
+        old_columns = {t: [c for c in columns(source, t) if (t, c) != ("evaluations", "id")] for t in TABLES_0001}
+        before = {t: sorted(tuple(_normal(c, v) for c, v in zip(cols, row))
+                            for row in source.execute(f"SELECT {', '.join(cols)} FROM {t}"))
+                  for t, cols in old_columns.items()}
+    engine = create_engine(pg_database, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            upgrade(migrate._config(connection), "0001")
+            for table, cols in old_columns.items():  # in foreign-key order
+                connection.execute(text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                                        f"({', '.join(':' + c for c in cols)})"),
+                                   [dict(zip(cols, row)) for row in before[table]])
+    finally:
+        engine.dispose()
+
+    with pytest.raises(CatalogueError, match="behind this slimkit's 0005"):
+        Catalogue(pg_database)
+    upgraded = invoke(cli, "db", "upgrade", pg_database)
+    assert "upgraded 0001 -> 0005" in upgraded.output
+    after = {t: sorted(query(pg_database, f"SELECT {', '.join(cols)} FROM {t}")) for t, cols in old_columns.items()}
+    assert after == before
+    with Catalogue(pg_database) as catalogue:
+        with catalogue.engine.connect() as connection:
+            assert schema_diff(connection) == []
+        pruned = catalogue.resolve("stories-p30-p50")
+        assert pruned.id == PRUNED_50 and pruned.params == 260032
+        (step,) = catalogue.steps_into(PRUNED_50)
+        assert step.input_id == PRUNED_30 and step.config["data"]["sparsity"] == 0.5
+        assert catalogue.metrics(PRUNED_50)["size.sparsity"] == pytest.approx(0.43552331866847156)
+        (run,) = catalogue.runs()
+        assert (run.status, run.pid, run.recipe_name) == ("done", None, "prune-30-then-50")
+        catalogue.record_evaluations(PRUNED_50, "perplexity", 1, {"perplexity": 12.5})  # a fresh id
+        assert catalogue.metrics(PRUNED_50)["perplexity.perplexity"] == 12.5
+
+
+def test_0005_big_integers_record_on_every_backend(empty_catalogue_url: str) -> None:
+    """A model of 6 GiB and 9e9 parameters, a step that peaked at 5 GiB with a 2**40 seed: beyond
+    PostgreSQL's 32-bit INTEGER before 0005. On a server, the catalogue is first made at 0004 (an
+    older slimkit's) and upgraded; the downgrade back to 0004 is real there."""
+    from slimkit.core.catalogue import StepEntry
+
+    url = empty_catalogue_url
+    server = "://" in url
+    if server:
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.begin() as connection:
+            upgrade(migrate._config(connection), "0004")
+        engine.dispose()
+    big, parent = "sha256:" + "b1" * 32, "sha256:" + "a0" * 32
+    with Catalogue(url, upgrade=True) as catalogue:
+        assert catalogue.revision == "0005" and catalogue.previous_revision == ("0004" if server else None)
+        catalogue.record_model(parent, "Big", params=9_000_000_000, size_bytes=6 * 2**30)
+        catalogue.record_model(big, "Big", params=8_999_999_999, size_bytes=6 * 2**30 - 1)
+        with catalogue.session() as session, session.begin():
+            catalogue.record_step(StepEntry(
+                id="sha256:" + "5e" * 32, child_id=big, parents=((parent, "input"),), method="prune.unstructured",
+                family="compressor", config={"type": "prune.unstructured", "version": 1, "data": {}}, plugin="t",
+                plugin_version=None, versions={}, seed=2**40, peak_rss_bytes=5 * 2**30), None, session)
+        entry = catalogue.model(big)
+        assert (entry.params, entry.size_bytes) == (8_999_999_999, 6 * 2**30 - 1)
+        (step,) = catalogue.steps_into(big)
+        assert (step.seed, step.peak_rss_bytes) == (2**40, 5 * 2**30)
+        if server:
+            with pytest.raises(Exception, match="out of range"), catalogue.engine.begin() as connection:
+                downgrade(migrate._config(connection), "0004")  # the values no longer fit: refused
+            assert revision_at(url) == "0005"
+            catalogue.delete(parent, cascade=True)
+            with catalogue.engine.begin() as connection:
+                downgrade(migrate._config(connection), "0004")
+            assert query(url, "SELECT data_type FROM information_schema.columns WHERE table_name = 'models' "
+                              "AND column_name = 'size_bytes'") == [("integer",)]

@@ -13,6 +13,8 @@ from slimkit.core.errors import SlimkitError
 from slimkit.core.model_io import examples
 from slimkit.core.reproduce import ReproduceError, reproduce
 
+from backends import snapshot
+
 CHAIN = [
     {"method": "prune.unstructured", "params": {"sparsity": 0.2}},
     {"method": "prune.unstructured", "params": {"sparsity": 0.4, "scope": "row"}},
@@ -21,8 +23,9 @@ CHAIN = [
 
 
 @pytest.fixture
-def cat(tmp_path):
-    with Catalogue(str(tmp_path / "catalogue.db")) as catalogue:
+def cat(catalogue_url):
+    """A catalogue on each backend (SQLite, PostgreSQL)."""
+    with Catalogue(catalogue_url) as catalogue:
         yield catalogue
 
 
@@ -70,10 +73,10 @@ def test_reproduce_says_when_the_base_is_missing(cat, host, tmp_path):
     run_recipe(Recipe.from_data({"steps": CHAIN[:1]}), str(base_dir), out=tmp_path / "child", host=host,
                catalogue=cat, name="child")
     shutil.rmtree(base_dir)
-    before = (tmp_path / "catalogue.db").read_bytes()
+    before = snapshot(cat.url)
     with pytest.raises(ReproduceError, match="the base model .* is missing: tried .*base"):
         reproduce(cat, "child", host=host)
-    assert (tmp_path / "catalogue.db").read_bytes() == before
+    assert snapshot(cat.url) == before
 
 
 def test_gc_removes_only_unreferenced_artifacts(cat, host, tmp_path):

@@ -19,6 +19,8 @@ from slimkit.core.cli import make_cli
 from slimkit.core.errors import OutputExistsError
 from slimkit.core.preflight import OutputError, check_disk_space
 
+from backends import row_counts
+
 PRUNE = [{"method": "prune.unstructured", "params": {"sparsity": 0.5}}]
 
 
@@ -95,11 +97,12 @@ def test_cli_checks_output_and_name_before_loading_the_model(host, tmp_path):
 
 
 @pytest.mark.slow
-def test_identical_runs_share_one_managed_folder(tmp_path):
-    """Two identical `slimkit run`s started together (real processes, one SQLite catalogue, no
-    --out): both report the one folder the catalogue keeps; no reported folder is left for gc."""
-    db = tmp_path / "cat.db"
-    Catalogue(str(db)).close()
+def test_identical_runs_share_one_managed_folder(tmp_path, catalogue_url):
+    """Two identical `slimkit run`s started together (real processes computing the same step, one
+    catalogue on SQLite or PostgreSQL, no --out): both report the one folder the catalogue keeps,
+    which has one row for the step and the model; no reported folder is left for gc."""
+    db = catalogue_url
+    Catalogue(db).close()
     recipe_file = tmp_path / "prune.yaml"
     recipe_file.write_text("name: same\nsteps:\n  - method: prune.unstructured\n    params: {sparsity: 0.5}\n")
     command = [sys.executable, "-m", "slimkit", "--catalogue", str(db), "run", str(recipe_file),
@@ -107,13 +110,16 @@ def test_identical_runs_share_one_managed_folder(tmp_path):
     env = {**os.environ, "SLIMKIT_LOAD_PLUGINS": ""}
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for _ in range(2)]
-    outputs = []
+    outputs, reused = [], []
     for process in processes:
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
         outputs.append(json.loads(stdout)["output"])
-    assert outputs[0] == outputs[1]
-    with Catalogue(str(db)) as cat:
+        reused.append(json.loads(stdout)["reused"])
+    assert outputs[0] == outputs[1] and reused == [[False], [False]]  # both computed the step
+    assert row_counts(db, ("runs", "models", "steps", "step_parents")) == {
+        "runs": 2, "models": 2, "steps": 1, "step_parents": 1}
+    with Catalogue(db) as cat:
         (model,) = [m for m in cat.models() if m.location and "artifacts" in m.location]
         assert model.location == str(Path(outputs[0]).resolve())
         assert [p for p in artifact_dir(cat).iterdir() if not p.name.startswith(".")] == [Path(outputs[0])]

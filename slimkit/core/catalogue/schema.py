@@ -20,6 +20,8 @@ NAMING_CONVENTION = {
 }
 
 ID = String(80)  # "sha256:" + 64 hex digits
+# Revision 0005: 64 bits on a server (PostgreSQL's INTEGER has 32); SQLite's INTEGER has 64 already.
+BIG = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -51,8 +53,8 @@ class ModelRow(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200), unique=True)
     architecture: Mapped[str] = mapped_column(String(200))
-    params: Mapped[int | None] = mapped_column(Integer)
-    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[int | None] = mapped_column(BIG)
+    size_bytes: Mapped[int | None] = mapped_column(BIG)
     location: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(Text)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -75,9 +77,9 @@ class StepRow(Base):
     versions_json: Mapped[str] = mapped_column(Text)
     calibration_json: Mapped[str | None] = mapped_column(Text)
     calibration_fingerprint: Mapped[str | None] = mapped_column(ID)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BIG)
     wall_time_s: Mapped[float | None] = mapped_column(Float)
-    peak_rss_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BIG)
     status: Mapped[str] = mapped_column(String(16))
     summary: Mapped[str | None] = mapped_column(Text)
     details_json: Mapped[str | None] = mapped_column(Text)

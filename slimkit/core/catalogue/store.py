@@ -57,16 +57,18 @@ def _pid_alive(pid: int) -> bool:
 
 class Catalogue(ExportsMixin):
     """A lineage catalogue at a SQLAlchemy URL (default: ``SLIMKIT_CATALOGUE`` or the user's
-    data folder). Opening it migrates it (after a backup) or refuses it.
+    data folder). Opening a SQLite file migrates it (after a backup) or refuses it; a server
+    database is migrated only with ``upgrade=True`` (``slimkit db upgrade``) or
+    ``SLIMKIT_DB_AUTO_UPGRADE=1`` (see :mod:`slimkit.core.catalogue.server`).
 
     ``url`` may hold a password: show it only through
     :func:`~slimkit.core.catalogue.migrate.shown`, which masks it."""
 
-    def __init__(self, url: "str | os.PathLike[str] | None" = None) -> None:
+    def __init__(self, url: "str | os.PathLike[str] | None" = None, *, upgrade: bool | None = None) -> None:
         self.url = to_url(url) if url else default_url()
         self.engine = make_engine(self.url)
         try:
-            self.previous_revision, self.revision, self.backup = ensure_current(self.engine, self.url)
+            self.previous_revision, self.revision, self.backup = ensure_current(self.engine, self.url, upgrade)
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             self.failed_runs = self._fail_dead_runs()
         except SQLAlchemyError as error:  # e.g. a read-only file: migrated fine, but not writable

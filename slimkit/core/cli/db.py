@@ -1,7 +1,8 @@
 """``slimkit db upgrade|current|history``: the catalogue's schema revision.
 
-Every command that opens the catalogue upgrades it already (after a backup); ``db upgrade`` does
-only that and says what happened. ``db current`` and ``db history`` only read: they never create,
+Every command that opens a SQLite catalogue upgrades it already (after a backup); ``db upgrade``
+does only that and says what happened. A server catalogue (PostgreSQL) is shared: ``db upgrade``
+is the only thing that upgrades it (unless ``SLIMKIT_DB_AUTO_UPGRADE=1``). ``db current`` and ``db history`` only read: they never create,
 migrate or otherwise change the catalogue.
 """
 
@@ -25,7 +26,7 @@ from slimkit.core.catalogue.migrate import (
     sqlite_path,
     to_url,
 )
-from slimkit.core.cli.state import CliState, get_catalogue_from
+from slimkit.core.cli.state import CliState
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def read_revision(url: str) -> _Found:
         else:  # read-only: no journal-mode switch, nothing created
             uri = f"file:{quote(str(path))}?mode=ro"
             engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True))
-    except ArgumentError as error:
+    except (ArgumentError, ValueError) as error:  # ValueError: a bad SLIMKIT_DB_CONNECT_TIMEOUT
         raise CatalogueError(shown(f"cannot open catalogue {url!r}: {error}")) from None
     except (ImportError, OSError) as error:
         raise open_error(url, error) from None
@@ -98,10 +99,16 @@ def db() -> None:
 
 
 @db.command()
+@click.argument("url", required=False)
 @click.pass_context
-def upgrade(ctx: click.Context) -> None:
-    """Upgrade the catalogue to this slimkit's revision (a SQLite file is backed up first)."""
-    catalogue = get_catalogue_from(ctx)
+def upgrade(ctx: click.Context, url: str | None) -> None:
+    """Upgrade the catalogue to this slimkit's revision (a SQLite file is backed up first).
+
+    The catalogue is URL, else --catalogue / SLIMKIT_CATALOGUE; an empty database gets its tables.
+    A server catalogue (postgresql://) is upgraded only by this command (or SLIMKIT_DB_AUTO_UPGRADE=1)."""
+    from slimkit.core.catalogue import Catalogue
+
+    catalogue = Catalogue(to_url(url) if url else _chosen_url(ctx), upgrade=True)
     old, new, url = catalogue.previous_revision, catalogue.revision, shown(catalogue.url)
     if old == new:
         click.echo(f"{url}: already at revision {new} (head)")
@@ -113,7 +120,7 @@ def upgrade(ctx: click.Context) -> None:
         click.echo(f"backup of the revision {old} file: {catalogue.backup}")
     if catalogue.failed_runs:
         click.echo(f"marked {len(catalogue.failed_runs)} interrupted run(s) failed")
-    catalogue.close()  # checkpoints the WAL; the engine reconnects if the catalogue is used again
+    catalogue.close()  # checkpoints the WAL
 
 
 @db.command()
