@@ -10,6 +10,11 @@ environment with slimkit installed can use the fixtures without importing anythi
 ``write_distributions(folder, {dist: (entry point, source)}, version)`` (a function)
     Lays out installed plugin distributions in ``folder`` for a subprocess's ``PYTHONPATH``.
 
+``one_line_error(result, *fragments) -> str`` (a function)
+    Checks that a CLI invocation's result (click's ``CliRunner`` result) failed as slimkit's
+    commands do on bad input: exit status 1, one ``Error: ...`` line on stderr holding every
+    fragment, no traceback. Returns the line.
+
 ``register_plugin``
     ``register_plugin(plugin, name=None) -> host`` registers a throwaway plugin (a module, an
     object or a class holding ``@hookimpl`` functions) on ``slimkit_host`` and returns the host.
@@ -54,7 +59,7 @@ at start-up, and a suite that never touches slimkit should not pay for importing
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
@@ -108,3 +113,14 @@ def write_distributions(folder: Path, distributions: dict[str, tuple[str, str]],
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
         (info / "entry_points.txt").write_text(f"[slimkit]\n{entry_point} = {module}\n")
     return folder
+
+
+def one_line_error(result: Any, *fragments: str) -> str:
+    """The one ``Error: ...`` line a failed CLI call printed (see the module docstring)."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]

@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 from slimkit.core.catalogue import Catalogue, CatalogueError
 from slimkit.core.catalogue import migrate
 from slimkit.core.cli import make_cli
+from slimkit.testing import one_line_error
 
 from backends import free_port, query
 
@@ -66,15 +67,6 @@ def cli(host: Any) -> Any:
     return lambda *args: CliRunner().invoke(cli, list(args))
 
 
-def one_line(result: Any, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 # -- the upgrade policy --------------------------------------------------------------------------------
 def test_an_empty_server_database_is_created_only_on_request(pg_database: str, monkeypatch: Any, cli: Any) -> None:
     monkeypatch.delenv("SLIMKIT_DB_AUTO_UPGRADE", raising=False)
@@ -110,7 +102,7 @@ def test_an_older_server_catalogue_is_refused_until_db_upgrade(pg_database: str,
             "SLIMKIT_DB_AUTO_UPGRADE=1)")
     assert query(pg_database, "SELECT version_num FROM alembic_version") == [("0003",)]
     assert "exports" not in tables(pg_database)
-    one_line(cli("--catalogue", pg_database, "models"), "behind this slimkit's 0005", "slimkit db upgrade")
+    one_line_error(cli("--catalogue", pg_database, "models"), "behind this slimkit's 0005", "slimkit db upgrade")
     current = cli("--catalogue", pg_database, "db", "current")
     assert current.exit_code == 0 and "revision 0003, behind head 0005" in current.output
 
@@ -146,7 +138,7 @@ def test_a_newer_server_catalogue_is_refused_even_when_upgrading(catalogue_url: 
             Catalogue(catalogue_url, upgrade=upgrade)
         assert str(refused.value) == (f"catalogue {catalogue_url} is at revision ffff, newer than this slimkit "
                                       "knows (head 0005); upgrade slimkit to use it")
-    one_line(cli("db", "upgrade", catalogue_url), "revision ffff", "head 0005")
+    one_line_error(cli("db", "upgrade", catalogue_url), "revision ffff", "head 0005")
     assert query(catalogue_url, "SELECT version_num FROM alembic_version") == [("ffff",)]
 
 
@@ -199,7 +191,7 @@ def test_a_closed_port_fails_fast_in_one_line_without_the_password(cli: Any, psy
     assert "Connection refused" in message
     result = cli("--catalogue", url, "models")
     assert SECRET not in result.output + result.stderr
-    one_line(result, "cannot open catalogue", "slimkit:***@127.0.0.1")
+    one_line_error(result, "cannot open catalogue", "slimkit:***@127.0.0.1")
 
 
 def test_a_server_that_never_answers_is_given_up_once_after_the_timeout(monkeypatch: Any,
@@ -257,4 +249,4 @@ def test_db_commands_never_print_the_password(pg_database: str, cli: Any) -> Non
 def test_a_bad_connect_timeout_is_one_line(pg_database: str, cli: Any, monkeypatch: Any,
                                            command: tuple[str, ...]) -> None:
     monkeypatch.setenv("SLIMKIT_DB_CONNECT_TIMEOUT", "soon")
-    one_line(cli("--catalogue", pg_database, *command), "SLIMKIT_DB_CONNECT_TIMEOUT='soon' is not a whole number")
+    one_line_error(cli("--catalogue", pg_database, *command), "SLIMKIT_DB_CONNECT_TIMEOUT='soon' is not a whole number")

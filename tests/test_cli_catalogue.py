@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import slimkit
 from slimkit.core.catalogue import Catalogue
 from slimkit.core.cli import make_cli
+from slimkit.testing import one_line_error
 
 from backends import database_name, snapshot
 
@@ -70,16 +71,6 @@ def db(built, tmp_path, request):
 def invoke(built, db, *args, input=None):
     return CliRunner().invoke(make_cli(built.host), ["--catalogue", db, *args], input=input,
                               catch_exceptions=False)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # -- listings --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from slimkit.core.catalogue import Catalogue
 from slimkit.testing import write_distributions
+from slimkit.testing import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,15 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def m1(tmp_path, stories):
     return Path(shutil.copytree(stories, tmp_path / "models" / "m1"))
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def test_export_prints_what_it_wrote_and_show_finds_a_copy(toy_cli, m1, tmp_path):

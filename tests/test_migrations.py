@@ -98,6 +98,18 @@ def old_catalogue(tmp_path: Path) -> Path:
 
 
 # -- the revision graph ---------------------------------------------------------------------------
+
+def assert_old_rows_read(catalogue: Catalogue) -> None:
+    """The API reads an upgraded 0001 catalogue's rows: names, lineage, metrics, the run."""
+    pruned = catalogue.resolve("stories-p30-p50")
+    assert pruned.id == PRUNED_50 and pruned.params == 260032
+    (step,) = catalogue.steps_into(PRUNED_50)
+    assert step.input_id == PRUNED_30 and step.config["data"]["sparsity"] == 0.5
+    assert catalogue.metrics(PRUNED_50)["size.sparsity"] == pytest.approx(0.43552331866847156)
+    (run,) = catalogue.runs()
+    assert (run.status, run.pid, run.recipe_name) == ("done", None, "prune-30-then-50")
+
+
 def test_single_head_is_the_shipped_head() -> None:
     script = migrate.script_directory()
     assert script.get_heads() == [migrate.head_revision()] == ["0005"]
@@ -168,14 +180,7 @@ def test_old_catalogue_upgrades_with_every_row_kept(old_catalogue: Path) -> None
         assert catalogue.failed_runs == []  # the old run had finished: nothing to mark
         with catalogue.engine.connect() as connection:
             assert schema_diff(connection) == []
-        # The API reads the old rows: names, lineage, metrics, the run.
-        pruned = catalogue.resolve("stories-p30-p50")
-        assert pruned.id == PRUNED_50 and pruned.params == 260032
-        (step,) = catalogue.steps_into(PRUNED_50)
-        assert step.input_id == PRUNED_30 and step.config["data"]["sparsity"] == 0.5
-        assert catalogue.metrics(PRUNED_50)["size.sparsity"] == pytest.approx(0.43552331866847156)
-        (run,) = catalogue.runs()
-        assert (run.status, run.pid, run.recipe_name) == ("done", None, "prune-30-then-50")
+        assert_old_rows_read(catalogue)
 
     assert rows(old_catalogue, old_columns) == before
     with read_only(old_catalogue) as connection:
@@ -472,13 +477,7 @@ def test_old_catalogue_on_a_server_upgrades_with_every_row_kept(pg_database: str
     with Catalogue(pg_database) as catalogue:
         with catalogue.engine.connect() as connection:
             assert schema_diff(connection) == []
-        pruned = catalogue.resolve("stories-p30-p50")
-        assert pruned.id == PRUNED_50 and pruned.params == 260032
-        (step,) = catalogue.steps_into(PRUNED_50)
-        assert step.input_id == PRUNED_30 and step.config["data"]["sparsity"] == 0.5
-        assert catalogue.metrics(PRUNED_50)["size.sparsity"] == pytest.approx(0.43552331866847156)
-        (run,) = catalogue.runs()
-        assert (run.status, run.pid, run.recipe_name) == ("done", None, "prune-30-then-50")
+        assert_old_rows_read(catalogue)
         catalogue.record_evaluations(PRUNED_50, "perplexity", 1, {"perplexity": 12.5})  # a fresh id
         assert catalogue.metrics(PRUNED_50)["perplexity.perplexity"] == 12.5
 

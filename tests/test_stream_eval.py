@@ -20,6 +20,7 @@ from slimkit import (
 from slimkit.core.cli import make_cli
 from slimkit.core.provenance import content_id
 from slimkit.core.stream.plan import stream_problems
+from slimkit.testing import one_line_error
 
 PARAMS = {"seq_len": 64, "max_windows": 7, "add_bos": True}  # 7 windows: the last batch of 3 is short
 
@@ -230,13 +231,6 @@ def test_cli_eval_stream_defaults_to_perplexity(host, folders):
                     "--no-record")
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["metrics"]) == {"perplexity"}
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code != 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_cli_eval_stream_refuses_a_gguf_file(host, tmp_path):
