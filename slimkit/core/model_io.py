@@ -105,6 +105,15 @@ def examples() -> dict[str, Path]:
     return {p.name: p for p in sorted(examples_root().iterdir()) if (p / "config.json").is_file()}
 
 
+def spec_path(spec: str | os.PathLike[str]) -> Path | None:
+    """The path a model spec names on this machine: a bundled example's folder (``None`` for an
+    unknown example), else the spec as a path, which may not exist (a hub id)."""
+    text = str(spec)
+    if text.startswith(EXAMPLE_PREFIX):
+        return examples().get(text[len(EXAMPLE_PREFIX):])
+    return Path(text).expanduser()
+
+
 def example_text(name: str = "tinystories") -> Path:
     """Path of a bundled example text file."""
     files = sorted((examples_root() / name).glob("*.txt"))
@@ -289,7 +298,7 @@ def load_model(spec: str | os.PathLike[str], *, dtype: torch.dtype | str = torch
     from slimkit.core.runtime import checkpoint_dtype, resolve
 
     text = str(spec)
-    folder = examples().get(text[len(EXAMPLE_PREFIX):]) if text.startswith(EXAMPLE_PREFIX) else Path(text).expanduser()
+    folder = spec_path(text)
     wanted = resolve(dtype, device, checkpoint=checkpoint_dtype(folder) if dtype == "auto" and folder else None)
     loaded = _load(text, wanted.dtype)
     if wanted.device.type != "cpu":

@@ -7,9 +7,10 @@ position tables) are filled at once. The token embedding is filled only while th
 engine captures the first block's inputs (:meth:`embedding_loaded`), and an output head that is
 not tied to it only while an evaluation computes logits (:meth:`head_loaded`): for an 8B Llama
 these are 1 GB each in bfloat16, more than a block. No bundled streaming method changes either,
-so both are copied across from the input when the output is finished. Each block is filled from the input's memory-mapped shards when a method's walk
-reaches it (:meth:`load_block`), written to its own output shard as soon as the method is done
-with it, and emptied again (:meth:`store_block`). A block visited a second time is read back
+so both are copied across from the input when the output is finished. Each block is filled from
+the input's memory-mapped shards when a method's walk reaches it (:meth:`load_block`), written
+to its own output shard as soon as the method is done with it, and emptied again
+(:meth:`store_block`). A block visited a second time is read back
 from what was written, so a method may walk the blocks twice; a block a method never visits is
 copied unchanged. The calibration engine and :meth:`MethodContext.blocks` drive this walk:
 a method that walks the model with either streams without knowing it.
@@ -299,14 +300,15 @@ class BlockStream:
         block_prefixes = tuple(f"{name}." for name in self.block_names)
         state = self.model.state_dict()
         outer: dict[str, torch.Tensor] = {}
+        small: list[str] = []
         for key in (k for k in unique if not k.startswith(block_prefixes)):
             if not state[key].is_meta:  # filled at open (norms, position tables)
                 outer[key] = state[key]
             elif self.source.tensors[key].nbytes < OWN_PART_BYTES:
-                outer[key] = self._input_tensor(key)
+                small.append(key)
             else:  # the embedding, the head: a part each, one in memory at a time (a write holds it twice)
-                self.out.write(f"outer-{len(self.out.parts)}", {key: self._input_tensor(key)})
-        self.out.write("outer", outer)
+                self.out.write(f"outer-{len(self.out.parts)}", self._input_tensors([key]))
+        self.out.write("outer", {**outer, **self._input_tensors(small)})
         from slimkit.core.stream.resume import HIDDEN_FILE, PROGRESS_FILE
 
         for checkpoint_file in (HIDDEN_FILE, PROGRESS_FILE):  # the step is done: not part of the model
@@ -331,11 +333,11 @@ class BlockStream:
         release(self.model)
         return self.section
 
-    def _input_tensor(self, key: str) -> torch.Tensor:
-        """Tensor ``key`` read from the input, a float one in the model's dtype (a tensor no
+    def _input_tensors(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """Tensors ``keys`` read from the input, float ones in the model's dtype (tensors no
         compression step changed: the token embedding, the head)."""
-        value = self.source.read([key])[key]
-        return value.to(self.dtype) if value.is_floating_point() else value
+        return {key: value.to(self.dtype) if value.is_floating_point() else value
+                for key, value in self.source.read(keys).items()}
 
     def state_keys(self) -> tuple[list[str], dict[str, str]]:
         """The skeleton's state-dict keys stored once, and the keys that are another's (tied)."""

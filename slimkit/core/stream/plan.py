@@ -92,24 +92,21 @@ def memory_plan(host: "Host", validated: "ValidatedRecipe", model: Any, target: 
     from :func:`~slimkit.core.stream.cost.estimate` against the budget. Raises :class:`RecipeError`
     when neither fits (or the model must stay in memory and does not fit), saying what would."""
     from slimkit.core.errors import SlimkitError
-    from slimkit.core.model_io import LoadedModel
+    from slimkit.core.model_io import LoadedModel, spec_path
 
     budget = parse_bytes(runtime.max_memory) if runtime.max_memory else available_bytes()
     where = f"the budget {gib(budget)}" + ("" if runtime.max_memory else " (the memory available now)")
     if isinstance(model, LoadedModel):
         return MemoryPlan(False, budget)
-    folder = Path(str(model)).expanduser()
-    if str(model).startswith("example:"):
-        from slimkit.core.model_io import examples
-
-        folder = examples().get(str(model).removeprefix("example:"), folder)
-    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    folder = spec_path(model)
+    local = folder if folder is not None and folder.is_dir() else None  # None: a file, a hub id, nothing
+    files = list(local.glob("*.safetensors")) if local is not None else []
     if not runtime.stream and files and 3 * sum(f.stat().st_size for f in files) + 2**30 + costs.resident_bytes() < budget:
         return MemoryPlan(False, budget)  # far within the budget (what the process holds counted): no closer look
     try:
         from slimkit.core.stream.opening import open_streamed
 
-        if not runtime.stream and not (Path(str(model)).expanduser().is_dir() or str(model).startswith("example:")):
+        if not runtime.stream and local is None:
             return MemoryPlan(False, budget)  # a GGUF file or a hub id: nothing to estimate from
         skeleton = open_streamed(model, host, dtype=runtime.dtype, fill=False)
     except SlimkitError:
