@@ -115,6 +115,7 @@ def _execute(connection: Any, statement: str) -> None:
         cursor.close()
     connection.commit()
 
+
 def upgrade_refusal(shown_url: str, revision: str | None, head: str) -> str:
     """The one line refusing to upgrade a server catalogue that ``slimkit db upgrade`` has not."""
     state = "has no slimkit tables yet" if revision is None else f"is at revision {revision}, behind this slimkit's {head}"

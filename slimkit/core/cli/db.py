@@ -2,8 +2,8 @@
 
 Every command that opens a SQLite catalogue upgrades it already (after a backup); ``db upgrade``
 does only that and says what happened. A server catalogue (PostgreSQL) is shared: ``db upgrade``
-is the only thing that upgrades it (unless ``SLIMKIT_DB_AUTO_UPGRADE=1``). ``db current`` and ``db history`` only read: they never create,
-migrate or otherwise change the catalogue.
+is the only thing that upgrades it (unless ``SLIMKIT_DB_AUTO_UPGRADE=1``). ``db current`` and
+``db history`` only read: they never create, migrate or otherwise change the catalogue.
 """
 
 from __future__ import annotations
