@@ -17,6 +17,15 @@ Use::
 :meth:`SequentialCalibration.final_hidden_states` walks the blocks without changing them and
 keeps the last block's outputs: the forward pass of an evaluation on a model opened block by
 block (:mod:`slimkit.core.stream.forward`).
+
+Data-parallel (calibration data split among the ranks of a :class:`~slimkit.core.distributed.World`,
+:meth:`CalibrationData.split`): each rank captures and runs its own contiguous share of the samples;
+:meth:`BlockStep.collect` sums every statistic over the ranks before it returns, in the order of the
+layers, so every rank holds the statistics of all samples; :meth:`BlockStep.solve_each` divides
+expensive per-layer solves among the ranks; :meth:`BlockStep.all_reduce` and
+:meth:`BlockStep.gather_rows` are there for what a method measures itself. Once a method is done with
+a block, the ranks check that they hold the same weights (a method that used its rank's data
+without reducing it is stopped there, by name).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from torch import nn
 
 from slimkit.core.architecture import ArchitectureAdapter, BlockLayout, LinearRef
 from slimkit.core.data import CalibrationData
-from slimkit.core.errors import ArchitectureError, DataError
+from slimkit.core.distributed.world import SINGLE, World
+from slimkit.core.errors import ArchitectureError, DataError, DistributedError
 from slimkit.core.memory import release_free_memory
 
 #: What the engine can accumulate at a linear layer's input (see :class:`LinearStatistics`).
@@ -114,6 +124,17 @@ class LinearStatistics:
         hessian, self.hessian = self.hessian, None
         return hessian
 
+    def reduce(self, world: World, what: str) -> None:
+        """Sum the statistics over ``world``'s ranks, in place, field by field in a fixed order."""
+        if not world.distributed:
+            return
+        tokens = torch.tensor([self.tokens], dtype=torch.float64)
+        self.tokens = int(world.all_reduce(tokens, "sum", what).item())
+        for name in STATISTICS:
+            value = getattr(self, name)
+            if value is not None:
+                world.all_reduce(value, "sum", what)
+
     @property
     def input_norm(self) -> torch.Tensor:
         """L2 norm of every input feature over all calibration tokens (float64)."""
@@ -133,6 +154,14 @@ class SharedInput:
     def stacked_weight(self) -> torch.Tensor:
         """The layers' ``[out, in]`` weights stacked by rows (a copy)."""
         return torch.cat([ref.weight_out_in().detach() for ref in self.refs])
+
+    @property
+    def sweep_cost(self) -> float:
+        """What a second-order sweep (SparseGPT, GPTQ) of these layers costs, near enough: the
+        factorisation of ``H`` (in³) and the column sweep (rows x in²). The cost
+        :meth:`BlockStep.solve_each` divides the groups among the ranks by."""
+        columns = float(self.refs[0].in_features)
+        return columns ** 3 + sum(ref.out_features for ref in self.refs) * columns ** 2
 
     def rows(self) -> Iterator[tuple[LinearRef, slice]]:
         """Each layer with its rows in :meth:`stacked_weight`."""
@@ -268,6 +297,10 @@ class BlockStep:
         self._version = _weights_version(self.block.module)
         for statistics_object in stats.values():
             statistics_object.finish()
+        world = self.engine.world
+        if world.distributed:  # every rank: the sums over all samples, layer by layer in refs' order
+            for name in dict.fromkeys(leader[ref.name] for ref in refs if ref.name in leader):
+                stats[name].reduce(world, f"the statistics of {self.block.name} ({name})")
         release_free_memory()  # per-batch temporaries: not left as heap under what the caller does next
         missing = [ref.name for ref in refs if ref.name not in leader]
         if missing:
@@ -276,8 +309,33 @@ class BlockStep:
 
     @property
     def inputs(self) -> torch.Tensor:
-        """The block's inputs on all calibration samples, ``[samples, seq_len, hidden]``."""
+        """The block's inputs on this rank's calibration samples (all of them in one process),
+        ``[samples, seq_len, hidden]``."""
         return self.engine._hidden
+
+    @property
+    def world(self) -> World:
+        """The ranks the calibration samples are divided among (:data:`SINGLE`: one process)."""
+        return self.engine.world
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``tensor`` summed (``op``: also ``"max"``, ``"min"``) over the ranks, in place: for what a
+        method measures on :attr:`inputs` or with its own hooks. A no-op in one process."""
+        return self.engine.world.all_reduce(tensor, op, f"a reduction in {self.block.name}")
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The ranks' ``tensor``s (rows of their own samples) concatenated in rank order, which is
+        sample order. ``tensor`` itself in one process."""
+        return self.engine.world.gather_rows(tensor, f"gathering rows in {self.block.name}")
+
+    def solve_each(self, items: Sequence[Any], solve: Callable[[Any], tuple[torch.Tensor, ...]],
+                   cost: Callable[[Any], float], apply: Callable[[Any, tuple[torch.Tensor, ...]], None]) -> None:
+        """``apply(item, solve(item))`` for every item in order (``solve`` gives a tuple of
+        tensors), the solves divided among the ranks by ``cost`` and every result broadcast, then
+        applied on every rank (see :meth:`~slimkit.core.distributed.World.solve_each`). What
+        ``solve`` reads must be the same on every rank (the reduced statistics, the block's
+        weights); ``apply`` changes the block."""
+        self.engine.world.solve_each(items, solve, cost, apply, f"the solves of {self.block.name}")
 
     def outputs(self) -> torch.Tensor:
         """The block's outputs on all calibration samples (``[samples, seq_len, hidden]``),
@@ -318,6 +376,12 @@ class SequentialCalibration:
         if not self.layout.blocks:
             raise ArchitectureError(f"{type(self.module).__name__} has no blocks to calibrate")
         self.calibration = calibration
+        self.world: World = calibration.world or SINGLE
+        #: this rank's calibration samples (all of them in one process), a contiguous range
+        self.samples = self.world.share(calibration.n_samples)
+        if not len(self.samples):
+            raise DataError(f"{calibration.n_samples} calibration samples cannot be divided among "
+                            f"{self.world.size} ranks: use at least one sample per rank")
         if batch_size is None:
             batch_size = batch_tokens // max(1, calibration.seq_len)
         self.batch_size = max(1, batch_size)
@@ -332,8 +396,13 @@ class SequentialCalibration:
     def __len__(self) -> int:
         return len(self.layout.blocks)
 
+    @property
+    def first_token(self) -> int:
+        """The index, among all calibration tokens in sample order, of this rank's first token."""
+        return self.samples.start * self.calibration.seq_len
+
     def _batches(self) -> list[slice]:
-        n = self.calibration.n_samples
+        n = len(self.samples)
         return [slice(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
 
     def capture(self) -> torch.Tensor:
@@ -348,7 +417,7 @@ class SequentialCalibration:
         def grab(_module: nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
             hidden = args[0] if args else kw.pop("hidden_states")
             if not buffers:
-                shape = (self.calibration.n_samples, *hidden.shape[1:])
+                shape = (len(self.samples), *hidden.shape[1:])
                 dtype = torch.bfloat16 if self.autocast else hidden.dtype
                 buffers.extend(torch.empty(shape, dtype=dtype, device=hidden.device) for _ in range(2))
             buffers[0][current[0]].copy_(hidden)
@@ -361,10 +430,12 @@ class SequentialCalibration:
         embedding = self.stream.embedding_loaded() if self.stream is not None else contextlib.nullcontext()
         try:
             with torch.no_grad(), embedding:
+                offset = self.samples.start
                 for batch in self._batches():
                     current[:] = [batch]
+                    rows = slice(batch.start + offset, batch.stop + offset)
                     try:
-                        self.module(input_ids=self.calibration.input_ids[batch].to(self.device), use_cache=False)
+                        self.module(input_ids=self.calibration.input_ids[rows].to(self.device), use_cache=False)
                     except _Captured:
                         pass
         finally:
@@ -421,6 +492,17 @@ class SequentialCalibration:
             self._hidden, self._spare, self._kwargs = torch.empty(0), torch.empty(0), []
             self.module.train(was_training)
 
+    def _check_same(self, block: BlockLayout) -> None:
+        """Stop, naming the block, if the ranks' weights of ``block`` differ after the method."""
+        if not self.world.distributed:
+            return
+        tensors = list(block.module.state_dict().values())
+        if not self.world.same_tensors(tensors, f"comparing {block.name} across the ranks"):
+            raise DistributedError(
+                f"the ranks hold different weights for {block.name} after this step: the method computed "
+                "them from its own rank's samples without reducing them (BlockStep.all_reduce, gather_rows, "
+                "solve_each); run it in one process, or make it reduce what it measures")
+
     def __iter__(self) -> Iterator[BlockStep]:
         was_training = self.module.training
         self.module.eval()
@@ -439,6 +521,7 @@ class SequentialCalibration:
                     self.stream.load_block(block)
                 step = BlockStep(self, block)
                 yield step
+                self._check_same(block)
                 if index < last:  # nothing reads the last block's outputs
                     step.outputs()  # what the (possibly compressed) block now produces ...
                     self._hidden, self._spare = self._spare, self._hidden  # ... feeds the next one

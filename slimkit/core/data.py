@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,13 @@ class CalibrationData:
     source: str
     seed: int
     precision: str = "float32"  # what the calibration engine computes activations in
+    #: the ranks of a data-parallel run (:class:`~slimkit.core.distributed.World`) among which the
+    #: calibration engine divides the samples; ``None``: one process runs them all
+    world: Any = field(default=None, compare=False, repr=False)
+
+    def split(self, world: Any) -> "CalibrationData":
+        """The same samples, to be divided among ``world``'s ranks by the calibration engine."""
+        return replace(self, world=world if world is not None and world.distributed else None)
 
     @property
     def n_samples(self) -> int:

@@ -77,3 +77,8 @@ class ExportError(SlimkitError):
 
 class DeviceError(SlimkitError):
     """A device or precision was asked for that this machine (or this torch build) does not have."""
+
+
+class DistributedError(SlimkitError):
+    """A data-parallel run cannot go on: the ranks were started differently, or one of them
+    stopped or cannot be reached (see :mod:`slimkit.core.distributed`)."""

@@ -9,6 +9,7 @@ reused instead of recomputed, unless ``force`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from slimkit.core.contracts import CompressionSummary, ProgressCallback, ProgressEvent
 from slimkit.core.data import CalibrationData
+from slimkit.core.distributed import runs as ranks
+from slimkit.core.distributed.world import World, current_world
 from slimkit.core.errors import RecipeError
 from slimkit.core.host import Host, get_host
 from slimkit.core.memory import lean_heap
@@ -106,6 +109,7 @@ def run_recipe(
     force: bool = False,
     name: str | None = None,
     runtime: RuntimeSpec | None = None,
+    world: World | None = None,
 ) -> RunResult:
     """Apply ``recipe`` to ``model`` (a :class:`LoadedModel` or anything :func:`load_model` takes).
 
@@ -119,6 +123,10 @@ def run_recipe(
     :param name: a unique name for the derived model in the catalogue.
     :param runtime: precision, device and streaming (default: the recipe's ``runtime:`` section).
         With ``stream``, ``model`` must be a folder or hub id, and ``out`` or a catalogue is needed.
+    :param world: the ranks of a data-parallel run (default: the initialised ``torch.distributed``
+        process group, if it has several ranks). Every rank calls ``run_recipe`` with the same
+        arguments; rank 0 alone evaluates, saves, records and returns the full result, the others
+        return theirs without output, evaluations or run id. Steps are always recomputed.
     :raises RecipeError: before any work, listing every problem with the recipe and the model.
     :raises OutputError: before any work: the output folder, the name or the free space do not do.
     :raises ExportError: after the model was saved and recorded, an export of the recipe's
@@ -128,23 +136,33 @@ def run_recipe(
     host = host or get_host()
     validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
     runtime = runtime or validated.recipe.runtime or RuntimeSpec()
+    world = world or current_world()
+    if world.distributed:  # before anything is opened: the ranks were started alike, or nothing runs
+        world.agree(ranks.start_facts(validated.recipe.to_yaml(), model, runtime), "recipe, model or runtime")
+        force = True  # a rank cannot take a step from a catalogue only rank 0 reads
+        if not world.leader:
+            catalogue, out, name, progress = False, None, None, None
     cat = open_catalogue(catalogue)
     input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
     target = check_run(cat, out, overwrite, name, input_path)
     plan = memory_plan(host, validated, model, target, runtime)
-    if plan.stream and not runtime.stream:
+    # every rank streams if rank 0 must (memory differs between processes; the ranks must not)
+    if world.broadcast_object(plan.stream, 0, "agreeing on streaming") and not runtime.stream:
         runtime = runtime.model_copy(update={"stream": True})
     if runtime.stream and target is None and cat is not None:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
         target = check_run(cat, new_artifact_path(cat, name or validated.recipe.name), overwrite, name, input_path)
+    scratch = ranks.scratch_target(world) if runtime.stream and not world.leader else None
+    target = scratch or target
     if runtime.stream:
         check_streamable(host, validated, model, target)
     if plan.note and progress is not None:
         progress(ProgressEvent("plan", 0, 0, plan.note))
-    exports = plan_exports(validated, cat, target, overwrite, input_path)
-    with recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
+    exports = plan_exports(validated, cat, target, overwrite, input_path) if scratch is None else []
+    with contextlib.ExitStack() as scratch_removal, recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
+        scratch_removal.callback(ranks.remove_scratch, scratch)
         flow: InMemory | Streamed = InMemory()
         if isinstance(model, LoadedModel):
             loaded = model if inplace else copy.deepcopy(model)
@@ -157,17 +175,21 @@ def run_recipe(
         if target is not None:
             check_disk_space(target, loaded.stream.source.nbytes if loaded.stream else state_bytes(loaded.model))
         calibration = validated.recipe.calibration_data(loaded)
+        if world.distributed and calibration is not None:
+            ranks.check_samples(world, calibration)
+            world.agree({"calibration": calibration.fingerprint}, "calibration data")
+            calibration = calibration.split(world)
         problems = validated.check_model(host, loaded, calibration)
         if problems:
             raise RecipeError(problems, validated.recipe.name)
         try:
             result = _execute(host, validated, loaded, calibration, cat, run_id, target, overwrite, progress,
-                              force, name, flow)
+                              force, name, flow, world)
         except BaseException:
             if isinstance(flow, Streamed):
                 flow.cleanup()
             raise
-        if exports:  # after the model is saved, evaluated and recorded: it stays whatever happens here
+        if exports and world.leader:  # after the model is saved, evaluated and recorded: it stays whatever happens here
             export_run_result(host, exports, result, cat, run_id, progress)
         return result
 
@@ -190,12 +212,14 @@ def _execute(
     force: bool,
     name: str | None,
     flow: "InMemory | Streamed",
+    world: World,
 ) -> RunResult:
     recipe = validated.recipe
     parent_id = flow.identify(loaded)
+    world.agree({"input model": parent_id}, "input model")
     # Teachers first: a teacher that cannot be loaded fails the run before any evaluation or step.
     teachers = Teachers([(info, config) for _, info, config in validated.steps], loaded, parent_id)
-    before_records = evaluate_all(host, validated, loaded, progress)
+    before_records = evaluate_all(host, validated, loaded, progress) if world.leader else []
     base = {"source": loaded.source, "content_id": parent_id, "architecture": loaded.architecture}
     origin = loaded.provenance  # the chain that led to the input model, if it was derived
     # The inputs are described now (the model changes in place below) and recorded with the
@@ -231,11 +255,17 @@ def _execute(
                 loaded = reused_model
             continue
         work = work_dir(cat, target, key)
-        loaded = flow.begin(loaded, key, step.info.cls.resumable)
+        # a data-parallel step is not resumed: the ranks would have to agree on what each finished
+        loaded = flow.begin(loaded, key, step.info.cls.resumable and not world.distributed)
         outcome = run_step(host, step, loaded, calibration=calibration, progress=progress,
                            teacher=teacher[0] if teacher else None, work_dir=work)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)  # the step is done: its checkpoints are not needed
+        details = dict(outcome.summary.details)
+        if world.distributed:
+            if not flow.streamed:  # (a streamed model's blocks were compared one by one by the engine)
+                ranks.check_same_model(world, loaded.model, index + 1, step.info.name)
+            details["data_parallel"] = ranks.ranks_record(world, outcome.peak_rss_bytes)
         child_id = flow.end(loaded)
         records.append(StepEntry(
             id=key, child_id=child_id, parents=tuple((p["model_id"], p["role"]) for p in parents),
@@ -246,12 +276,14 @@ def _execute(
             # itself but rank with a scorer that does (prune.unstructured with a data-aware scorer).
             calibration_fingerprint=fingerprint, seed=step.seed, wall_time_s=round(outcome.seconds, 4),
             peak_rss_bytes=outcome.peak_rss_bytes, summary=outcome.summary.description,
-            details=dict(outcome.summary.details),
+            details=details,
         ))
         summaries.append(outcome.summary)
         reused.append(False)
         parent_id = child_id
 
+    if not world.leader:  # rank 0 saves, evaluates and records; this rank's part is done
+        return RunResult(loaded, None, records, summaries, reused=reused)
     provenance = build_provenance(model=loaded.model, child_id=parent_id, base=base, steps=records,
                                   parent=origin, recipe=recipe.model_dump(mode="json", exclude={"base_dir"}))
     shared = _shared_folder(cat, target, parent_id)

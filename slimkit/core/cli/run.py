@@ -55,12 +55,17 @@ def show_result(result: Any, title: str) -> None:
 @click.option("--max-memory", metavar="SIZE",
               help="Memory budget, e.g. 6GiB (default: what the machine has available): a run that would not fit "
                    "streams, one that would not fit streamed is refused before it starts.")
+@click.option("--nproc", type=click.IntRange(1, 512), metavar="N",
+              help="Run as N data-parallel ranks on this machine (as torchrun's workers, gloo on CPUs, NCCL on GPUs): "
+                   "each calibrates on its share of the samples, statistics are summed at every block, rank 0 saves "
+                   "and records. Several machines: torchrun --nnodes ... -m slimkit run (see docs/distributed.md).")
 @runtime_options
 @click.pass_context
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
         no_progress: bool, name: str | None, force: bool, no_record: bool, stream: bool | None,
-        max_memory: str | None) -> None:
+        max_memory: str | None, nproc: int | None) -> None:
     """Apply RECIPE (a YAML file or example:NAME) to a model and save the derived model."""
+    from slimkit.core.distributed.world import launched_by_torchrun
     from slimkit.core.export.section import plan_exports
     from slimkit.core.preflight import check_run, local_folder
     from slimkit.core.recipe import load_recipe
@@ -72,15 +77,19 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         raise click.UsageError("--out is needed with --no-record (there is no catalogue to keep the model in)")
     parsed = load_recipe(recipe)
     validated = parsed.resolve(host)  # everything the model does not decide, before loading it; resolved once
-    catalogue: Any = False if no_record else get_catalogue_from(ctx)
-    # The output folder and the name, before the model loads (run_recipe checks them again, cheaply).
-    check_run(catalogue or None, out, overwrite, name, local_folder(model_spec))
-    if out is None:
+    world = _join(ctx, nproc, parsed) if launched_by_torchrun() else None
+    leader = world is None or world.leader
+    catalogue: Any = False if no_record or not leader else get_catalogue_from(ctx)
+    if leader:  # the output folder and the name, before the model loads (run_recipe checks them again)
+        check_run(catalogue or None, out, overwrite, name, local_folder(model_spec))
+    if nproc is not None and nproc > 1 and world is None:  # the cheap checks passed: start the ranks
+        _launch(ctx, nproc)
+    if out is None and leader:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
         out = str(new_artifact_path(catalogue, name or parsed.name))
-    # The recipe's exports' targets too (run_recipe checks them again, cheaply).
-    plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
+    if leader:  # the recipe's exports' targets too (run_recipe checks them again, cheaply)
+        plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
     from slimkit.core.model_refs import model_location
     from slimkit.core.stream.cost import parse_bytes
     from slimkit.core.stream.plan import memory_plan
@@ -89,22 +98,52 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         parse_bytes(max_memory)  # a malformed size: said now
     runtime = merged_runtime(ctx, parsed.runtime, stream=stream or None, max_memory=max_memory)
     location = model_location(model_spec, lambda: get_catalogue_from(ctx))
-    if not runtime.stream and memory_plan(host, validated, location, Path(out), runtime).stream:
+    if not runtime.stream and memory_plan(host, validated, location, Path(out) if out else None, runtime).stream:
         runtime = runtime.model_copy(update={"stream": True})  # too big for memory: run_recipe says so
     if runtime.stream:  # the model is opened block by block inside the run, never loaded here
         model: Any = location
     else:
         model = load_model_ref(ctx, model_spec, parsed.runtime)
     try:
-        with ProgressBars(enabled=not (no_progress or as_json)) as bars:
+        with ProgressBars(enabled=not (no_progress or as_json) and leader) as bars:
             result = run_recipe(validated, model, out=out, overwrite=overwrite, host=host, progress=bars,
-                                inplace=True, catalogue=catalogue, force=force, name=name, runtime=runtime)
+                                inplace=True, catalogue=catalogue, force=force, name=name, runtime=runtime,
+                                world=world)
     except ExportError as error:  # the model was saved and recorded; an export was not: say both
         if error.result is None:
             raise
         _report(error.result, parsed.name or recipe, model_spec, started, as_json, catalogue, name)
         raise
-    _report(result, parsed.name or recipe, model_spec, started, as_json, catalogue, name)
+    if leader:  # rank 0 speaks for a data-parallel run
+        _report(result, parsed.name or recipe, model_spec, started, as_json, catalogue, name)
+
+
+def _join(ctx: click.Context, nproc: int | None, parsed: Any) -> Any:
+    """This process's rank, started by torchrun (or ``--nproc``); a SIGTERM from the launcher
+    becomes an error of the run (recorded as failed), not a silent exit."""
+    import os
+
+    from slimkit.core.distributed.join import join, stop_on_sigterm
+
+    started_as = int(os.environ["WORLD_SIZE"])
+    if nproc is not None and nproc != started_as:
+        raise click.UsageError(f"--nproc {nproc}, but this process is one of {started_as} ranks started by torchrun")
+    world = join(merged_runtime(ctx, parsed.runtime).device)
+    stop_on_sigterm(world)
+    return world
+
+
+def _launch(ctx: click.Context, nproc: int) -> None:
+    """Start ``nproc`` ranks of this very command (less ``--nproc``) and exit with their result."""
+    import sys
+
+    from slimkit.core.distributed.launch import launch, without_nproc
+
+    arguments = sys.argv[1:]
+    if "run" not in arguments:
+        raise click.UsageError("--nproc starts the ranks from the command line (slimkit run ... --nproc N); "
+                               "from Python, start torchrun yourself")
+    ctx.exit(launch(nproc, without_nproc(arguments), echo=lambda line: click.echo(line, err=True)))
 
 
 def _report(result: Any, recipe: str, model_spec: str, started: float, as_json: bool, catalogue: Any,

@@ -29,13 +29,16 @@ class CosineConfig(MethodConfig):
     """Block Influence takes no parameters besides the recipe's calibration data."""
 
 
-def block_influence(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
-    """``1 - mean cos(x_in, x_out)`` over every token (float64)."""
+def cosine_sum(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """``[sum of cos(x_in, x_out), tokens]`` over every token (float64): summed over the ranks of
+    a data-parallel run before the mean is taken."""
     a = inputs.reshape(-1, inputs.shape[-1]).to(torch.float64)
     b = outputs.reshape(-1, outputs.shape[-1]).to(torch.float64)
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ConfigError("non-finite hidden states in the calibration pass; cannot score blocks")
-    return float(1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+    cosines = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return torch.stack([cosines.sum(), torch.tensor(float(cosines.numel()), dtype=torch.float64)])
+
 
 
 class CosineBlockScorer(BaseScorer):
@@ -53,7 +56,8 @@ class CosineBlockScorer(BaseScorer):
         engine = SequentialCalibration(model, adapter, ctx.calibration)
         values = []
         for index, step in enumerate(engine, start=1):
-            values.append(block_influence(step.inputs, step.outputs()))
+            total, tokens = step.all_reduce(cosine_sum(step.inputs, step.outputs())).tolist()
+            values.append(1.0 - total / tokens)
             ctx.report("blocks", index, len(engine), step.block.name)
         tensor = torch.tensor(values, dtype=torch.float64)
         return Scores(self.name, self.granularity, {"blocks": tensor}, config.model_dump(mode="json"))

@@ -149,34 +149,47 @@ class SparseGPTPruner(BaseCompressor):
         from slimkit import SequentialCalibration, by_shared_input
 
         engine = SequentialCalibration(model, adapter, ctx.calibration)
-        pruned = total = 0
+        counts = {"pruned": 0, "total": 0}
         per_layer = {}
+
+        def apply(group, result):
+            stacked, mask = result
+            for ref, rows in group.rows():
+                with torch.no_grad():
+                    ref.weight_out_in().copy_(stacked[rows])
+                count = int(mask[rows].sum())
+                counts["pruned"] += count
+                counts["total"] += mask[rows].numel()
+                per_layer[ref.name] = round(count / mask[rows].numel(), 6)
+
         for index, step in enumerate(engine, start=1):
             if step.restored:  # finished by an interrupted streamed run: its figures were noted
-                pruned, total = pruned + step.record["pruned"], total + step.record["total"]
+                counts["pruned"] += step.record["pruned"]
+                counts["total"] += step.record["total"]
                 per_layer.update(step.record["per_layer"])
                 ctx.report("blocks", index, len(engine), step.block.name)
                 continue
             refs = [ref for ref in step.block.linears() if ref.role in config.roles]
             stats = step.collect(refs, ("hessian",), outputs=False)  # the block changes next
-            before = (pruned, total)
-            for group in by_shared_input(refs, stats):  # q/k/v, gate/up: one sweep on their shared H
+            before = dict(counts)
+            groups = by_shared_input(refs, stats)  # q/k/v, gate/up: one sweep on their shared H
+
+            def solve(group):
                 stacked = group.stacked_weight()
                 mask = sparsegpt_prune_(
                     stacked, group.statistics.take_hessian(), sparsity=config.sparsity, n=config.n, m=config.m,
                     block_size=config.block_size, dampening=config.dampening,
                     row_groups=[ref.out_features for ref in group.refs], overwrite_hessian=True,
                 )
-                for ref, rows in group.rows():
-                    with torch.no_grad():
-                        ref.weight_out_in().copy_(stacked[rows])
-                    count = int(mask[rows].sum())
-                    pruned, total = pruned + count, total + mask[rows].numel()
-                    per_layer[ref.name] = round(count / mask[rows].numel(), 6)
-            step.record.update(pruned=pruned - before[0], total=total - before[1],
+                return stacked, mask
+
+            # data-parallel: each group swept by one rank (by its cost), the results broadcast to all
+            step.solve_each(groups, solve, lambda group: group.sweep_cost, apply)
+            step.record.update(pruned=counts["pruned"] - before["pruned"], total=counts["total"] - before["total"],
                                per_layer={ref.name: per_layer[ref.name] for ref in refs})
             ctx.report("blocks", index, len(engine), step.block.name)
         pattern = f"{config.n}:{config.m} pattern" if config.n else f"{config.sparsity:.0%} per layer"
+        pruned, total = counts["pruned"], counts["total"]
         achieved = pruned / total if total else 0.0
         return CompressionSummary(
             f"removed {pruned:,} of {total:,} weights ({achieved:.1%}) in {len(per_layer)} layers with "

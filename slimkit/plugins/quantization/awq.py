@@ -130,11 +130,12 @@ def awq_(model: Any, adapter: Any, calibration: Any, config: AWQConfig, *, seed:
         sites = smoothable_sites(model.model, step.block, targeted, method)
         if not sites:
             continue
-        seen = SiteInputs(model.model, sites, keep)
+        seen = SiteInputs(model.model, sites, keep, offset=engine.first_token)
         try:
             step.collect([site.leader for site in sites], (), outputs=False)
         finally:
             seen.close()
+        seen.reduce(step)
         seen.verify(method)
         samples = [sample for sample in seen.samples if sample is not None]  # collect() ran every site
         baseline: dict[str, tuple[float, float]] = {}  # layer -> (‖XWᵀ‖², RTN's error) before scaling

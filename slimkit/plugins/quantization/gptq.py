@@ -141,14 +141,22 @@ class GPTQQuantizer(BaseCompressor):
                 continue
             block_refs = [ref for ref in step.block.linears() if ref.name in chosen]
             stats = step.collect(block_refs, ("hessian",), outputs=False)  # the block changes next
-            for group in by_shared_input(block_refs, stats):  # layers fed one input: rows stacked, one H
-                codes, scale, zero = gptq_quantize(
+            groups = by_shared_input(block_refs, stats)  # layers fed one input: rows stacked, one H
+
+            def solve(group):
+                return gptq_quantize(
                     group.stacked_weight(), group.statistics.take_hessian(), grid, block_size=config.block_size,
                     dampening=config.dampening, act_order=config.act_order, keep_sparsity=config.keep_sparsity,
                     overwrite_hessian=True,
                 )
+
+            def apply(group, result):
+                codes, scale, zero = result
                 for ref, rows in group.rows():
                     replace_with_codes(model.model, ref, codes[rows], scale[rows], zero[rows], grid)
+
+            # data-parallel: each group solved by one rank (by its cost), the results broadcast to all
+            step.solve_each(groups, solve, lambda group: group.sweep_cost, apply)
             ctx.report("blocks", index, len(engine), step.block.name)
         how = "GPTQ" + (" (act-order)" if config.act_order else "")
         return finish(model, layout, refs, config, how)

@@ -193,10 +193,13 @@ def fold_(model: nn.Module, site: InputSite, s: torch.Tensor) -> None:
 class SiteInputs:
     """Forward hooks that watch the sites' inputs during one collect pass: per channel the sum and
     the maximum of |x| over every token, a fixed sample of tokens (``keep``: sorted global token
-    indices; rows in batch order), and whether each norm site's input is its norm's output."""
+    indices; rows in batch order), and whether each norm site's input is its norm's output.
+    ``offset``: the global index of the first token this process sees (its rank's share of a
+    data-parallel run); :meth:`reduce` then combines the ranks' figures."""
 
-    def __init__(self, model: nn.Module, sites: list[InputSite], keep: torch.Tensor | None = None) -> None:
-        self.sites, self.keep = sites, keep
+    def __init__(self, model: nn.Module, sites: list[InputSite], keep: torch.Tensor | None = None,
+                 offset: int = 0) -> None:
+        self.sites, self.keep, self.offset = sites, keep, offset
         self.tokens = [0] * len(sites)
         self.abs_sum: list[torch.Tensor | None] = [None] * len(sites)
         self.abs_max: list[torch.Tensor | None] = [None] * len(sites)
@@ -222,13 +225,29 @@ class SiteInputs:
         self.abs_sum[index] = total if before is None else before.add_(total)
         highest = self.abs_max[index]
         self.abs_max[index] = peak if highest is None else torch.maximum(highest, peak)
-        first = self.tokens[index]
+        first = self.offset + self.tokens[index]
         self.tokens[index] += rows.shape[0]
         if self.keep is not None:
-            lo, hi = (int(torch.searchsorted(self.keep, v)) for v in (first, self.tokens[index]))
-            if self.samples[index] is None:
-                self.samples[index] = torch.empty(self.keep.numel(), rows.shape[1], device=rows.device)
+            lo, hi = (int(torch.searchsorted(self.keep, v)) for v in (first, first + rows.shape[0]))
+            if self.samples[index] is None:  # zeros: another rank's rows are added into them by reduce()
+                self.samples[index] = torch.zeros(self.keep.numel(), rows.shape[1], device=rows.device)
             self.samples[index][lo:hi] = rows[self.keep[lo:hi].to(rows.device) - first]  # type: ignore[index]
+
+    def reduce(self, step: Any) -> None:
+        """Combine the ranks' figures (a no-op in one process): sums and token counts added, maxima
+        taken, each sampled token's row from the rank that saw it, and a norm site feeds only if it
+        does on every rank."""
+        if not step.world.distributed:
+            return
+        for index in range(len(self.sites)):
+            counted = torch.tensor([float(self.tokens[index])], dtype=torch.float64)
+            self.tokens[index] = int(step.all_reduce(counted).item())
+            for values, op in ((self.abs_sum[index], "sum"), (self.abs_max[index], "max"),
+                               (self.samples[index], "sum")):
+                if values is not None:
+                    step.all_reduce(values, op)
+        feeds = torch.tensor([1.0 if feed else 0.0 for feed in self.feeds])
+        self.feeds = [bool(value) for value in step.all_reduce(feeds, "min").tolist()]
 
     def mean(self, index: int) -> torch.Tensor:
         return (self.abs_sum[index] / max(1, self.tokens[index])).float()  # type: ignore[operator]
@@ -300,6 +319,7 @@ def smoothquant_(model: Any, adapter: Any, calibration: Any, config: SmoothQuant
                 step.collect([site.leader for site in sites], (), outputs=False)
             finally:
                 seen.close()
+            seen.reduce(step)
             seen.verify(SmoothQuantizer.name)
             for number, site in enumerate(sites):
                 weights = torch.cat([ref.weight_out_in().detach().abs().float() for ref in site.readers])
