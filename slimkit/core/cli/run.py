@@ -88,7 +88,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
         out = str(new_artifact_path(catalogue, name or parsed.name))
-    if leader:  # the recipe's exports' targets too (run_recipe checks them again, cheaply)
+    if leader and out is not None:  # the recipe's exports' targets too (run_recipe checks them again, cheaply)
         plan_exports(validated, catalogue or None, Path(out), overwrite, local_folder(model_spec))
     from slimkit.core.model_refs import model_location
     from slimkit.core.stream.cost import parse_bytes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -26,8 +27,10 @@ _OPS = ("sum", "max", "min")
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    """The cause in a few words: the first sentence of the first line, without gloo's source location."""
+    lines = str(error).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(error).__name__
+    return text.split(". ")[0].rstrip(".")[:200]
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class World:
                 [(tuple(t.shape), t.dtype, str(t.device)) for t in own] if own is not None else None, owner,
                 f"{what} ({index + 1} of {len(items)})")
             if own is None:
+                assert shapes is not None  # the owner always sends its results' shapes
                 own = tuple(torch.empty(shape, dtype=dtype, device=_local(device)) for shape, dtype, device in shapes)
             for tensor in own:
                 self.broadcast(tensor, owner, f"{what} ({index + 1} of {len(items)})")
