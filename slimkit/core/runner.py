@@ -137,6 +137,8 @@ def run_recipe(
     validated = recipe if isinstance(recipe, ValidatedRecipe) else recipe.resolve(host)
     runtime = runtime or validated.recipe.runtime or RuntimeSpec()
     world = world or current_world()
+    if runtime.ranks > 1 and not world.distributed:  # start the ranks; they run this function
+        return _on_ranks(validated, model, runtime, out, overwrite, catalogue, force, name, progress, host)
     if world.distributed:  # before anything is opened: the ranks were started alike, or nothing runs
         world.agree(ranks.start_facts(validated.recipe.to_yaml(), model, runtime), "recipe, model or runtime")
         force = True  # a rank cannot take a step from a catalogue only rank 0 reads
@@ -192,6 +194,33 @@ def run_recipe(
         if exports and world.leader:  # after the model is saved, evaluated and recorded: it stays whatever happens here
             export_run_result(host, exports, result, cat, run_id, progress)
         return result
+
+
+def _on_ranks(validated: ValidatedRecipe, model: Any, runtime: RuntimeSpec, out: Any, overwrite: bool,
+              catalogue: Any, force: bool, name: str | None, progress: ProgressCallback | None,
+              host: Host) -> RunResult:
+    """The run on ``runtime.ranks`` ranks this process starts (see
+    :mod:`slimkit.core.distributed.spawn`); the result with the saved model opened again."""
+    from slimkit.core.distributed.spawn import run_on_ranks
+    from slimkit.core.errors import ExportError
+
+    def result(payload: dict[str, Any]) -> RunResult:
+        output = Path(payload["output"])
+        flow = Streamed(host, output, runtime.dtype, runtime.device) if runtime.stream else None
+        loaded = flow.reopen(str(output)) if flow is not None else \
+            load_model(output, dtype=runtime.dtype, device=runtime.device)
+        return RunResult(loaded, output, payload["steps"], payload["summaries"], payload["before"],
+                         payload["after"], payload["provenance"], payload["reused"], payload["run_id"],
+                         payload["exports"])
+
+    try:
+        payload = run_on_ranks(validated.recipe, model, runtime, out=out, overwrite=overwrite, catalogue=catalogue,
+                               force=force, name=name, progress=progress)
+    except ExportError as error:
+        if isinstance(error.result, dict):
+            error.result = result(error.result)
+        raise
+    return result(payload)
 
 
 def state_bytes(model: Any) -> int:

@@ -49,6 +49,9 @@ class RuntimeSpec(BaseModel):
     max_memory: str | None = Field(default=None, description="Memory budget, e.g. 6GiB (default: what the machine "
                                    "has available). A run that would not fit in memory streams; one that would "
                                    "not fit streamed is refused before it starts.")
+    ranks: int = Field(default=1, ge=1, le=512, description="Data-parallel ranks on this machine "
+                       "(torch.distributed: gloo on CPUs, NCCL on GPUs): the calibration samples are divided among "
+                       "them, statistics summed at every block; rank 0 saves and records.")
 
 
 @dataclass(frozen=True)

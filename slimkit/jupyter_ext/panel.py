@@ -338,7 +338,7 @@ class Panel:
             chosen = runtime
             if not chosen.stream and memory_plan(self.host, validated, location, out, chosen).stream:
                 chosen = chosen.model_copy(update={"stream": True})  # too big for memory: the run says so
-            model = location if chosen.stream else \
+            model = location if chosen.stream or chosen.ranks > 1 else \
                 load_model_ref(spec, self.catalogue, dtype=runtime.dtype, device=runtime.device)
             return run_recipe(validated, model, out=out, host=self.host, progress=progress, inplace=True,
                               catalogue=self.catalogue, name=name, runtime=chosen)

@@ -268,6 +268,19 @@ def test_the_model_tab_sets_precision_and_device(panel):
         assert panel.run() is None and "torch sees no CUDA GPU here" in panel.error.value  # before loading
 
 
+def test_the_model_tab_divides_a_run_among_ranks(panel):
+    quick(panel)
+    panel.form.set_values({"scorer": "wanda"})  # data-aware: the ranks divide the calibration samples
+    panel.runtime.set_values({"ranks": 2})
+    assert panel.recipe_data()["runtime"] == {"ranks": 2}
+    panel.run()
+    assert panel.wait(300) == "done", panel.error.value
+    record = panel.last_result.steps[0].details["data_parallel"]
+    assert record["ranks"] == 2 and len(record["peak_rss_bytes"]) == 2
+    assert panel.progress.value == panel.progress.max  # rank 0's progress reached the panel
+    assert panel.last_result.provenance["content_id"] in {m.id for m in panel.catalogue.models()}
+
+
 def test_the_model_tab_streams_a_run(panel):
     quick(panel)
     panel.metrics.value = ("perplexity",)

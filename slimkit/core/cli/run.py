@@ -56,9 +56,10 @@ def show_result(result: Any, title: str) -> None:
               help="Memory budget, e.g. 6GiB (default: what the machine has available): a run that would not fit "
                    "streams, one that would not fit streamed is refused before it starts.")
 @click.option("--nproc", type=click.IntRange(1, 512), metavar="N",
-              help="Run as N data-parallel ranks on this machine (as torchrun's workers, gloo on CPUs, NCCL on GPUs): "
-                   "each calibrates on its share of the samples, statistics are summed at every block, rank 0 saves "
-                   "and records. Several machines: torchrun --nnodes ... -m slimkit run (see docs/distributed.md).")
+              help="Run as N data-parallel ranks on this machine (torchrun's workers; gloo on CPUs, NCCL on GPUs; the "
+                   "recipe's runtime: ranks): each calibrates on its share of the samples, statistics are summed at "
+                   "every block, rank 0 saves and records. Several machines: torchrun --nnodes ... -m slimkit run "
+                   "(see docs/distributed.md).")
 @runtime_options
 @click.pass_context
 def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overwrite: bool, as_json: bool,
@@ -82,8 +83,6 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
     catalogue: Any = False if no_record or not leader else get_catalogue_from(ctx)
     if leader:  # the output folder and the name, before the model loads (run_recipe checks them again)
         check_run(catalogue or None, out, overwrite, name, local_folder(model_spec))
-    if nproc is not None and nproc > 1 and world is None:  # the cheap checks passed: start the ranks
-        _launch(ctx, nproc)
     if out is None and leader:
         from slimkit.core.catalogue.artifacts import new_artifact_path
 
@@ -96,11 +95,11 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
 
     if max_memory is not None:
         parse_bytes(max_memory)  # a malformed size: said now
-    runtime = merged_runtime(ctx, parsed.runtime, stream=stream or None, max_memory=max_memory)
+    runtime = merged_runtime(ctx, parsed.runtime, stream=stream or None, max_memory=max_memory, ranks=nproc)
     location = model_location(model_spec, lambda: get_catalogue_from(ctx))
     if not runtime.stream and memory_plan(host, validated, location, Path(out) if out else None, runtime).stream:
         runtime = runtime.model_copy(update={"stream": True})  # too big for memory: run_recipe says so
-    if runtime.stream:  # the model is opened block by block inside the run, never loaded here
+    if runtime.stream or (runtime.ranks > 1 and world is None):  # opened inside the run (by each rank)
         model: Any = location
     else:
         model = load_model_ref(ctx, model_spec, parsed.runtime)
@@ -119,7 +118,7 @@ def run(ctx: click.Context, recipe: str, model_spec: str, out: str | None, overw
 
 
 def _join(ctx: click.Context, nproc: int | None, parsed: Any) -> Any:
-    """This process's rank, started by torchrun (or ``--nproc``); a SIGTERM from the launcher
+    """This process's rank, started by torchrun; a SIGTERM from the launcher
     becomes an error of the run (recorded as failed), not a silent exit."""
     import os
 
@@ -131,19 +130,6 @@ def _join(ctx: click.Context, nproc: int | None, parsed: Any) -> Any:
     world = join(merged_runtime(ctx, parsed.runtime).device)
     stop_on_sigterm(world)
     return world
-
-
-def _launch(ctx: click.Context, nproc: int) -> None:
-    """Start ``nproc`` ranks of this very command (less ``--nproc``) and exit with their result."""
-    import sys
-
-    from slimkit.core.distributed.launch import launch, without_nproc
-
-    arguments = sys.argv[1:]
-    if "run" not in arguments:
-        raise click.UsageError("--nproc starts the ranks from the command line (slimkit run ... --nproc N); "
-                               "from Python, start torchrun yourself")
-    ctx.exit(launch(nproc, without_nproc(arguments), echo=lambda line: click.echo(line, err=True)))
 
 
 def _report(result: Any, recipe: str, model_spec: str, started: float, as_json: bool, catalogue: Any,

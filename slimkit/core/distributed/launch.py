@@ -1,25 +1,28 @@
-"""``slimkit run --nproc N``: start N ranks of the same command on this machine.
+"""Starting N ranks of a module on this machine (what ``runtime: {ranks: N}`` and ``--nproc N`` do).
 
-Each rank is ``python -m slimkit <the same arguments>`` with the environment ``torchrun`` gives its
-workers (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT``), so a rank runs exactly what ``torchrun --nproc_per_node=N -m slimkit run ...``
-would run; ``torchrun`` remains the way to span several machines. What this adds is one clear
-report: rank 0 prints as a single run would, the other ranks' output is kept back, and when a rank
-fails the others are stopped (SIGTERM, then SIGKILL after a grace period) and the failed ranks'
-last error lines are printed, one each.
+Each rank is ``python -m MODULE <arguments>`` with the environment ``torchrun`` gives its workers
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``),
+so it joins the others exactly as under ``torchrun``, which remains the way to span several
+machines. What this adds is one clear report: rank 0's output is the run's (or handed line by line
+to the caller), the other ranks' is kept back, and when a rank fails the others are stopped
+(SIGTERM, then SIGKILL after a grace period) and the rank that failed first is named, with its last
+error line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 GRACE_S = 30.0  # how long a rank has to stop after SIGTERM before it is killed
 
@@ -31,20 +34,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def without_nproc(arguments: Sequence[str]) -> list[str]:
-    """``arguments`` less ``--nproc N`` / ``--nproc=N`` (each rank is one process)."""
-    kept: list[str] = []
-    skip = False
-    for argument in arguments:
-        if skip:
-            skip = False
-        elif argument == "--nproc":
-            skip = True
-        elif not argument.startswith("--nproc="):
-            kept.append(argument)
-    return kept
-
-
 def _last_line(path: Path) -> str:
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -53,27 +42,42 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def launch(nproc: int, arguments: Sequence[str], *, echo=print) -> int:  # type: ignore[no-untyped-def]
-    """Run ``python -m slimkit *arguments`` as ``nproc`` ranks; the exit code of the run (0 when
-    every rank succeeded, else the first failed rank's)."""
+def launch(nproc: int, arguments: Sequence[str], *, module: str = "slimkit", echo: Callable[[str], None] = print,
+           on_line: Callable[[str], None] | None = None) -> int:
+    """Run ``python -m MODULE *arguments`` as ``nproc`` ranks; the exit code of the run (0 when
+    every rank succeeded, else the first failed rank's). ``on_line``: called (in this thread) with
+    each line rank 0 prints on its standard output, instead of letting it through; if it raises,
+    the ranks are stopped and the exception goes on."""
     port = free_port()
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
             "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0", "ROLE_RANK": "0", "ROLE_WORLD_SIZE": str(nproc),
             "TORCHELASTIC_RUN_ID": f"slimkit-{port}"}
-    command = [sys.executable, "-m", "slimkit", *arguments]
+    command = [sys.executable, "-m", module, *arguments]
+    lines: queue.Queue[str] = queue.Queue()
+    readers: list[threading.Thread] = []
     with tempfile.TemporaryDirectory(prefix="slimkit-ranks-") as logs:
         errors = [Path(logs) / f"rank{rank}.err" for rank in range(nproc)]
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            for rank in range(nproc):
-                env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-                if rank == 0:  # rank 0 speaks for the run: its output as a single run's
-                    processes.append(subprocess.Popen(command, env=env))
-                else:
-                    with open(errors[rank], "wb") as err:
-                        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err))
-            failed = _wait(processes)
-        except KeyboardInterrupt:
+            with _terminated_as_interrupt():
+                for rank in range(nproc):
+                    env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+                    if rank == 0:  # rank 0 speaks for the run: its output as a single run's
+                        processes.append(subprocess.Popen(
+                            command, env=env, stdout=subprocess.PIPE if on_line is not None else None))
+                        if on_line is not None:
+                            readers.append(threading.Thread(target=_read_lines, args=(processes[0], lines),
+                                                            daemon=True))
+                            readers[0].start()
+                    else:
+                        with open(errors[rank], "wb") as err:
+                            processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                                              stderr=err))
+                failed = _wait(processes, lambda: _drain(lines, on_line))
+                for reader in readers:  # what rank 0 printed last, before it exited
+                    reader.join(timeout=30)
+                _drain(lines, on_line)
+        except BaseException:
             _stop(processes)
             raise
         if failed is None:
@@ -82,16 +86,48 @@ def launch(nproc: int, arguments: Sequence[str], *, echo=print) -> int:  # type:
         if rank == 0 and code > 0:  # rank 0 said what went wrong, as a single run would have
             return code
         line = _last_line(errors[rank]) if rank else ""
-        if line:
-            echo(f"rank {rank}: {line}")
+        line = line.removeprefix("Error: ") if line.startswith("Error: ") else ""  # its own error line, if any
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        echo(f"error: rank {rank} of {nproc} failed ({how}); the other ranks were stopped")
+        echo(f"rank {rank} of {nproc} failed ({how}{': ' + line if line else ''}); the other ranks were stopped")
         return code if code > 0 else 1
 
 
-def _wait(processes: list[subprocess.Popen[bytes]]) -> tuple[int, int] | None:
+def _read_lines(process: subprocess.Popen[bytes], lines: "queue.Queue[str]") -> None:
+    assert process.stdout is not None
+    for raw in process.stdout:
+        lines.put(raw.decode(errors="replace").rstrip("\n"))
+
+
+def _drain(lines: "queue.Queue[str]", on_line: Callable[[str], None] | None) -> None:
+    while on_line is not None:
+        try:
+            line = lines.get_nowait()
+        except queue.Empty:
+            return
+        on_line(line)
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """In the main thread, a SIGTERM to this launcher stops its ranks as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait(processes: list[subprocess.Popen[bytes]], between: Callable[[], None]) -> tuple[int, int] | None:
     """Wait for every rank; at the first failure stop the rest and return ``(rank, code)``."""
     while True:
+        between()
         running = False
         for rank, process in enumerate(processes):
             code = process.poll()
