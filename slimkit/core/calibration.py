@@ -171,6 +171,11 @@ class SharedInput:
             first += ref.out_features
 
 
+def _drop_hessian(item: Any) -> None:
+    if isinstance(item, SharedInput):
+        item.statistics.hessian = None
+
+
 def by_shared_input(refs: Sequence[LinearRef], stats: dict[str, LinearStatistics]) -> list[SharedInput]:
     """``refs`` grouped by the statistics object :meth:`BlockStep.collect` gave them, in order."""
     groups: dict[int, SharedInput] = {}
@@ -334,8 +339,9 @@ class BlockStep:
         tensors), the solves divided among the ranks by ``cost`` and every result broadcast, then
         applied on every rank (see :meth:`~slimkit.core.distributed.World.solve_each`). What
         ``solve`` reads must be the same on every rank (the reduced statistics, the block's
-        weights); ``apply`` changes the block."""
-        self.engine.world.solve_each(items, solve, cost, apply, f"the solves of {self.block.name}")
+        weights); ``apply`` changes the block. A rank frees the Hessian of each :class:`SharedInput`
+        another rank solves before it solves its own (its memory then is what one process needs)."""
+        self.engine.world.solve_each(items, solve, cost, apply, f"the solves of {self.block.name}", drop=_drop_hessian)
 
     def outputs(self) -> torch.Tensor:
         """The block's outputs on all calibration samples (``[samples, seq_len, hidden]``),

@@ -161,10 +161,11 @@ def run_recipe(
         check_streamable(host, validated, model, target)
     if plan.note and progress is not None:
         progress(ProgressEvent("plan", 0, 0, plan.note))
-    exports = plan_exports(validated, cat, target, overwrite, input_path) if scratch is None else []
-    with contextlib.ExitStack() as scratch_removal, recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml()) as run_id:
+    exports = plan_exports(validated, cat, target, overwrite, input_path) if world.leader else []
+    recording = recorded_run(cat, "recipe", validated.recipe.name, validated.recipe.to_yaml())
+    with contextlib.ExitStack() as scratch_removal, recording as run_id:
         # The run row is the catalogue's first write: a read-only catalogue fails here, before work.
-        scratch_removal.callback(ranks.remove_scratch, scratch)
+        scratch_removal.callback(ranks.remove_scratch, scratch)  # (a rank's own blocks, if it streams)
         flow: InMemory | Streamed = InMemory()
         if isinstance(model, LoadedModel):
             loaded = model if inplace else copy.deepcopy(model)
@@ -191,7 +192,7 @@ def run_recipe(
             if isinstance(flow, Streamed):
                 flow.cleanup()
             raise
-        if exports and world.leader:  # after the model is saved, evaluated and recorded: it stays whatever happens here
+        if exports:  # after the model is saved, evaluated and recorded: it stays whatever happens here
             export_run_result(host, exports, result, cat, run_id, progress)
         return result
 

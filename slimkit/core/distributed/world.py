@@ -78,8 +78,11 @@ class World:
         if self.distributed:
             import torch.distributed as dist
 
+            sent = self._sendable(tensor)
             with self.collective(what):
-                dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op.upper()))
+                dist.all_reduce(sent, op=getattr(dist.ReduceOp, op.upper()))
+            if sent is not tensor:
+                tensor.copy_(sent)
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, source: int, what: str = "a broadcast") -> torch.Tensor:
@@ -87,9 +90,18 @@ class World:
         if self.distributed:
             import torch.distributed as dist
 
+            sent = self._sendable(tensor)
             with self.collective(what):
-                dist.broadcast(tensor, src=source)
+                dist.broadcast(sent, src=source)
+            if sent is not tensor:
+                tensor.copy_(sent)
         return tensor
+
+    def _sendable(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor``, or a copy on this rank's GPU when the backend (NCCL) sends nothing else."""
+        if self.backend == "nccl" and tensor.device.type != "cuda":
+            return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        return tensor.contiguous() if not tensor.is_contiguous() else tensor
 
     def broadcast_object(self, obj: T, source: int, what: str = "a broadcast") -> T:
         """``source``'s picklable ``obj`` on every rank."""
@@ -124,10 +136,11 @@ class World:
         longest = max(lengths)
         padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
         padded[: tensor.shape[0]].copy_(tensor)
+        padded = self._sendable(padded)
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         with self.collective(what):
-            dist.all_gather(parts, padded.contiguous())
-        return torch.cat([part[:length] for part, length in zip(parts, lengths)])
+            dist.all_gather(parts, padded)
+        return torch.cat([part[:length] for part, length in zip(parts, lengths)]).to(tensor.device)
 
     def agree(self, facts: dict[str, str], what: str) -> None:
         """Refuse (on every rank) unless all ranks give the same ``facts``; the message names each
@@ -147,7 +160,7 @@ class World:
 
     def solve_each(self, items: Sequence[T], solve: Callable[[T], tuple[torch.Tensor, ...]],
                    cost: Callable[[T], float], apply: Callable[[T, tuple[torch.Tensor, ...]], None],
-                   what: str = "the solves") -> None:
+                   what: str = "the solves", drop: Callable[[T], None] | None = None) -> None:
         """``apply(item, solve(item))`` for every item in order, each ``solve`` computed by one rank
         and its result broadcast to all.
 
@@ -155,12 +168,17 @@ class World:
         ties to the lower rank: the same assignment on every rank); a rank solves its own in order,
         then every result is broadcast from its owner in item order and applied on every rank.
         ``solve`` returns a tuple of tensors; a rank that does not own an item never calls ``solve``
-        for it. In one process each result is applied as soon as it is solved (and can go)."""
+        for it; ``drop(item)`` is called first for each item another rank owns (to free what only its
+        solve needs). In one process each result is applied as soon as it is solved (and can go)."""
         if not self.distributed:
             for item in items:
                 apply(item, tuple(solve(item)))
             return
         owners = assign([cost(item) for item in items], self.size)
+        if drop is not None:
+            for index, item in enumerate(items):
+                if owners[index] != self.rank:
+                    drop(item)
         mine: dict[int, tuple[torch.Tensor, ...]] = {}
         for index, item in enumerate(items):
             if owners[index] == self.rank:

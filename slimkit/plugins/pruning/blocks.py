@@ -37,7 +37,8 @@ def cosine_sum(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ConfigError("non-finite hidden states in the calibration pass; cannot score blocks")
     cosines = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-    return torch.stack([cosines.sum(), torch.tensor(float(cosines.numel()), dtype=torch.float64)])
+    return torch.stack([cosines.sum(), torch.tensor(float(cosines.numel()), dtype=torch.float64,
+                                                    device=cosines.device)])
 
 
 
