@@ -24,6 +24,7 @@ from slimkit.core.host import Host, get_host
 from slimkit.core.memory import lean_heap
 from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
+from slimkit.core.catalogue.artifacts import is_incoming, is_store_entry
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, runtime_versions
 from slimkit.core.runtime import RuntimeSpec, placement_record
@@ -130,7 +131,7 @@ def run_recipe(
     runtime = runtime or validated.recipe.runtime or RuntimeSpec()
     cat = open_catalogue(catalogue)
     input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
-    target = check_run(cat, out, overwrite, name, input_path)
+    target = check_run(cat, out, overwrite, name, input_path, publish=None if out is not None else False)
     plan = memory_plan(host, validated, model, target, runtime)
     if plan.stream and not runtime.stream:
         runtime = runtime.model_copy(update={"stream": True})
@@ -269,12 +270,18 @@ def _execute(
     provenance["evaluations"] = after_records
     if target is not None and after_records and shared is None:
         _rewrite_json(target / PROVENANCE_FILE, provenance)
+    location = str(target.resolve()) if target is not None else None
+    if cat is not None and shared is None and is_incoming(target):  # no --out: into the artifact store
+        assert target is not None
+        from slimkit.core.artifact_store.access import publish_result
+
+        target, location = publish_result(cat, target, parent_id, name)
     if cat is not None:
         for described in inputs:
             record_input(cat, described, run_id)
         size = disk_bytes(target) if target is not None else None
         params = sum(p.numel() for p in loaded.model.parameters())
-        entry = cat.record_provenance(provenance, location=str(target.resolve()) if target else None,
+        entry = cat.record_provenance(provenance, location=location,
                                       size_bytes=size, params=params, run_id=run_id, name=name)
         target = _settle_folder(cat, target, entry.location)
         loaded.path = target
@@ -317,7 +324,8 @@ def _settle_folder(cat: "Catalogue", target: Path | None, recorded: str | None) 
     after this run reported it as saved) and the run reports the recorded folder instead."""
     if target is None or recorded is None or Path(recorded).resolve() == target.resolve():
         return target
-    if _managed(cat, target) and Path(recorded, "config.json").is_file():
+    # never a published model: other catalogues sharing the store may refer to it
+    if _managed(cat, target) and not is_store_entry(target) and Path(recorded, "config.json").is_file():
         shutil.rmtree(target, ignore_errors=True)
         return Path(recorded)
     return target
