@@ -94,19 +94,20 @@ class Manifest:
     def verify(self, folder: Path, label: str) -> None:
         """Check every file of ``folder`` against the manifest (size first: cheap).
 
-        :param label: how the message names the model and where it is stored.
+        :param label: how the message names the model and where it is stored (not ``folder``,
+            which may be a staging folder that is gone by the time the message is read).
         :raises ChecksumError: a file is missing or differs.
         """
         for relative, entry in self.files.items():
             path = folder / relative
             if not path.is_file():
-                raise ChecksumError(f"model {label}: file {relative} is missing from {folder}")
+                raise ChecksumError(f"model {label}: file {relative} is missing")
             size = path.stat().st_size
             if size != entry["size"]:
                 raise ChecksumError(f"model {label}: file {relative} has {size} bytes, its manifest says "
-                                    f"{entry['size']} (damaged or changed copy in {folder})")
+                                    f"{entry['size']} (a damaged or changed copy)")
             got = file_sha256(path)
             if got != entry["sha256"]:
                 raise ChecksumError(f"model {label}: file {relative} does not match its checksum (sha256 "
-                                    f"{got[:12]}..., manifest {str(entry['sha256'])[:12]}...): damaged or "
-                                    f"changed copy in {folder}")
+                                    f"{got[:12]}..., manifest {str(entry['sha256'])[:12]}...): a damaged or "
+                                    "changed copy")
