@@ -41,12 +41,12 @@ def collect_store_garbage(cat: "Catalogue", *, grace_s: float = GRACE_S, dry_run
     mine = {id_hex(model.id) for model in cat.models()}
     stored = store.ids()
     for hex_id in sorted(set(stored) | set(store.referenced_ids())):
-        holders = store.refs(hex_id)
+        marked = store.refs(hex_id)
         if dry_run:
             continue
-        if hex_id in mine and token not in holders and hex_id in stored:
+        if hex_id in mine and token not in marked and hex_id in stored:
             store.add_ref(hex_id, token, mask_secrets(cat.url))
-        elif hex_id not in mine and token in holders:
+        elif hex_id not in mine and token in marked:
             store.drop_ref(hex_id, token)
     for hex_id in stored:
         holders = set(store.refs(hex_id))

@@ -14,6 +14,7 @@ import contextlib
 import shutil
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -104,7 +105,7 @@ class FsspecStore(ArtifactStore):
             try:
                 for relative in manifest.files:
                     self._call(f"upload {relative}",
-                               lambda r=relative: self.fs.put_file(str(folder / r), self._path(f"{prefix}/{r}")))
+                               partial(self.fs.put_file, str(folder / relative), self._path(f"{prefix}/{relative}")))
                 self._write_small(f"{hex_id}/{MANIFEST_FILE}", manifest.to_bytes())  # the commit
             except BaseException:
                 with contextlib.suppress(Exception):  # the cause is what to report
@@ -157,7 +158,7 @@ class FsspecStore(ArtifactStore):
             for relative in manifest.files:
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                 self._call(f"download {relative} of model {label}",
-                           lambda r=relative: self.fs.get_file(self._path(f"{prefix}/{r}"), str(staging / r)))
+                           partial(self.fs.get_file, self._path(f"{prefix}/{relative}"), str(staging / relative)))
             manifest.verify(staging, f"{label} in the artifact store {self.url}")
             manifest.write(staging)
         except BaseException as error:
@@ -186,8 +187,8 @@ class FsspecStore(ArtifactStore):
         for name in self._names(""):
             if len(name) != 64 or self.manifest(name) is not None:
                 continue
-            modified = [_mtime(info) for info in self._call(
-                f"list {name}", lambda n=name: self.fs.find(self._path(n), detail=True)).values()]
+            found = self._call(f"list {name}", partial(self.fs.find, self._path(name), detail=True))
+            modified = [_mtime(info) for info in found.values()]
             if all(m is not None and time.time() - m > grace_s for m in modified):
                 stale.append(name)
         return stale
