@@ -24,7 +24,7 @@ from slimkit.core.host import Host, get_host
 from slimkit.core.memory import lean_heap
 from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
-from slimkit.core.catalogue.artifacts import is_incoming, is_store_entry
+from slimkit.core.catalogue.artifacts import is_incoming, is_remote_url, is_store_entry
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, runtime_versions
 from slimkit.core.runtime import RuntimeSpec, placement_record
@@ -359,7 +359,7 @@ def _reusable_prefix(
         if prior is None or prior.status != "done" or prior.child_id is None:
             break
         current = prior.child_id
-        location = cat.model(current).location
+        location = _local(cat, current, cat.model(current).location)
         if location and Path(location, "config.json").is_file():
             try:
                 candidate = flow.reopen(location)
@@ -369,6 +369,20 @@ def _reusable_prefix(
             if found == current:
                 best = (index + 1, candidate)
     return best
+
+
+def _local(cat: "Catalogue", model_id: str, location: str | None) -> str | None:
+    """A remote store's model as a local, verified copy (fetched into the cache), to be reused;
+    ``None`` when it cannot be had (the step is then recomputed)."""
+    if not location or not is_remote_url(location):
+        return location
+    from slimkit.core.artifact_store.access import stored_folder
+    from slimkit.core.errors import SlimkitError
+
+    try:
+        return str(stored_folder(cat, model_id, location, model_id.rpartition(":")[2][:12]))
+    except SlimkitError:
+        return None
 
 
 def _rewrite_json(path: Path, document: dict[str, Any]) -> None:
