@@ -128,6 +128,28 @@ def test_two_catalogues_share_one_store_folder(catalogue_url, host, store, recip
     assert not folder.exists() and tree(store) == [REFS_FOLDER]  # no model, no marker left
 
 
+def test_a_model_saved_with_out_is_shared_by_publish(host, store, recipe, tmp_path):
+    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    out = tmp_path / "mine"
+    made = invoke(host, "--catalogue", a, "run", str(recipe), "-m", "example:stories260K", "--out", str(out),
+                  "--name", "half", "--json", "--no-progress")
+    assert made.exit_code == 0, made.output
+    import json
+
+    hex_id = json.loads(made.stdout)["content_id"].partition(":")[2]
+    assert not store.exists() or hex_id not in os.listdir(store)  # --out: the folder given, nothing else
+    one_line_error(invoke(host, "--catalogue", b, "pull", hex_id[:10]), f"no model with id or name '{hex_id[:10]}'")
+    published = invoke(host, "--catalogue", a, "publish", "half")
+    assert published.exit_code == 0 and f"published half to {store / hex_id}" in published.stdout, published.output
+    assert "in the artifact store already" in invoke(host, "--catalogue", a, "publish", "half").stdout
+    with Catalogue(a) as cat:
+        assert cat.resolve("half").location == str(out.resolve())  # the row keeps its folder
+    pulled = invoke(host, "--catalogue", b, "pull", hex_id[:10])
+    assert pulled.exit_code == 0 and f"into {store / hex_id}" in pulled.stdout, pulled.output
+    shutil.rmtree(out)  # this machine's folder is gone: the store's copy is opened instead
+    assert invoke(host, "--catalogue", a, "eval", "half", "--metric", "size").exit_code == 0
+
+
 def test_identical_model_from_elsewhere_is_published_once(host, store, recipe, tmp_path):
     """A result saved outside the store is copied in beside its final name, then renamed."""
     with Catalogue(str(tmp_path / "a.db")) as cat:

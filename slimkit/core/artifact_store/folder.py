@@ -17,7 +17,7 @@ from pathlib import Path
 
 from slimkit.core.artifact_store.base import ArtifactStore
 from slimkit.core.artifact_store.manifest import ArtifactStoreError, Manifest, id_hex
-from slimkit.core.catalogue.artifacts import INCOMING_PREFIX, MANIFEST_FILE, is_store_entry
+from slimkit.core.catalogue.artifacts import INCOMING_PREFIX, MANIFEST_FILE, WORK_FOLDER, is_store_entry
 from slimkit.core.failures import describe_os_error
 
 
@@ -132,14 +132,18 @@ class FolderStore(ArtifactStore):
             os.rename(retired, final)
             return False
         shutil.rmtree(retired, ignore_errors=True)
+        for export in self.root.glob(f"{id_hex(model_id)}?*"):  # exports written beside it, if any
+            self.remove_incoming(export.name)
         return True
 
     def stale_incoming(self, grace_s: float) -> list[str]:
         if not self.root.is_dir():
             return []
         now = time.time()
-        return sorted(p.name for p in self.root.iterdir()
-                      if (INCOMING_PREFIX in p.name or p.name.startswith(".deleting-"))
+        work = self.root / WORK_FOLDER  # checkpoints of steps: an interrupted run resumes from them
+        candidates = [*self.root.iterdir(), *(work.iterdir() if work.is_dir() else ())]
+        return sorted(str(p.relative_to(self.root)) for p in candidates
+                      if (INCOMING_PREFIX in p.name or p.name.startswith(".deleting-") or p.parent == work)
                       and now - _newest_mtime(p) > grace_s)
 
     def remove_incoming(self, name: str) -> None:

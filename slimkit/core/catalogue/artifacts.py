@@ -35,6 +35,8 @@ INCOMING_PREFIX = ".incoming-"
 REFS_FOLDER = ".refs"
 #: The list of a stored model's files with their sizes and sha256, written last (the commit).
 MANIFEST_FILE = "slimkit-manifest.json"
+#: ``<store>/.work/<step>``: checkpoints of a step in progress, kept across an interrupted run.
+WORK_FOLDER = ".work"
 _STORE_ENTRY = re.compile(r"[0-9a-f]{64}")
 
 
@@ -108,9 +110,11 @@ def _is_staging(path: Path) -> bool:
 
 
 def _is_store_owned(path: Path) -> bool:
-    """Entries the store's gc handles (another catalogue sharing the store may be writing them)."""
-    return path.name == REFS_FOLDER or INCOMING_PREFIX in path.name or ".deleting-" in path.name \
-        or is_store_entry(path)
+    """Entries the store's gc handles, because another catalogue sharing the store may be writing
+    or referring to them: markers, incoming and retired folders, step checkpoints (``.work``),
+    stored models and the exports written beside them (``<id hex>-<format>``)."""
+    return path.name in (REFS_FOLDER, WORK_FOLDER) or INCOMING_PREFIX in path.name \
+        or ".deleting-" in path.name or bool(_STORE_ENTRY.match(path.name))
 
 
 @dataclass

@@ -60,7 +60,7 @@ def gc(ctx: click.Context, dry_run: bool, grace_s: float) -> None:
     for hex_id in stored.removed:
         click.echo(f"{verb} model {hex_id[:12]} from the artifact store (no catalogue refers to it)")
     for name in stored.incomplete:
-        click.echo(f"{verb} incomplete upload {name} from the artifact store")
+        click.echo(f"{verb} {name} from the artifact store (incomplete or left over)")
     click.echo(f"{verb} {len(stored.removed)} model(s) from the artifact store {stored.store}; kept {stored.kept} "
                f"referenced, {stored.young} unreferenced but younger than {grace_s:g} s")
     if report.skipped_staging:

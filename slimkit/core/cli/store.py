@@ -1,7 +1,8 @@
-"""``slimkit pull``: a local, verified copy of a model from the team's artifact store."""
+"""``slimkit pull`` and ``slimkit publish``: a model from and into the team's artifact store."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -47,4 +48,42 @@ def pull(ctx: click.Context, reference: str, target: Path | None) -> None:
     click.echo(f"pulled {label} into {folder} ({time.perf_counter() - started:.1f} s, every file checked)")
 
 
-COMMANDS = (pull,)
+@click.command()
+@click.argument("reference", metavar="MODEL")
+@click.pass_context
+def publish(ctx: click.Context, reference: str) -> None:
+    """Copy MODEL (a catalogued model saved with --out) into the artifact store, so that every
+    machine of the team opens it by name or id; its own folder stays as it is.
+
+    Runs without --out publish their result themselves.
+    """
+    import json
+
+    from slimkit.core.artifact_store import ArtifactStoreError, catalogue_token, store_of
+    from slimkit.core.artifact_store.access import publish_result
+    from slimkit.core.atomic import write_staged
+    from slimkit.core.catalogue.artifacts import new_artifact_path
+    from slimkit.core.model_io import PROVENANCE_FILE
+
+    cat = get_catalogue_from(ctx)
+    entry = cat.resolve(reference)
+    store = store_of(cat)
+    store.check_writable()  # before copying anything
+    if store.has(entry.id):
+        store.add_ref(entry.id, catalogue_token(cat))
+        click.echo(f"{entry.label} is in the artifact store already: {store.location(entry.id)}")
+        return
+    folder = Path(entry.location) if entry.location else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise ArtifactStoreError(f"cannot publish model {entry.label}: its folder ({entry.location}) is not here")
+    recorded = folder / PROVENANCE_FILE
+    if recorded.is_file() and json.loads(recorded.read_text()).get("content_id") not in (None, entry.id):
+        raise ArtifactStoreError(f"cannot publish model {entry.label}: {folder} holds another model now")
+    staging = new_artifact_path(cat, entry.name or entry.short_id)
+    write_staged(staging, "folder", lambda into: shutil.copytree(folder, into, dirs_exist_ok=True),
+                 what="cannot copy the model into the artifact store at")
+    _, location = publish_result(cat, staging, entry.id, entry.name)
+    click.echo(f"published {entry.label} to {location}")
+
+
+COMMANDS = (pull, publish)
