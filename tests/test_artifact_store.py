@@ -164,6 +164,39 @@ def test_identical_model_from_elsewhere_is_published_once(host, store, recipe, t
     assert sorted(p.name for p in store.iterdir()) == [REFS_FOLDER, "ab" * 32]
 
 
+def test_gc_removes_what_killed_runs_left_only_after_the_grace_period(host, store, recipe, tmp_path):
+    db = str(tmp_path / "a.db")
+    model_id, folder = run_without_out(host, db, recipe)
+    old, young = store / ".incoming-half-0badc0de", store / ".incoming-half-5ca1ab1e"
+    checkpoints = store / ".work" / ("7" * 32)
+    for made in (old, young, checkpoints):
+        made.mkdir(parents=True)
+        (made / "model.safetensors").write_bytes(b"half-written")
+    stale = time.time() - 7200
+    for path in (old, old / "model.safetensors", checkpoints, checkpoints / "model.safetensors"):
+        os.utime(path, (stale, stale))
+    dry = invoke(host, "--catalogue", db, "gc", "--dry-run")
+    assert "would remove .incoming-half-0badc0de" in dry.stdout and old.is_dir(), dry.output
+    report = invoke(host, "--catalogue", db, "gc")
+    assert report.exit_code == 0, report.output
+    assert not old.exists() and not checkpoints.exists() and young.is_dir() and (folder / MANIFEST_FILE).is_file()
+    assert "kept 1 referenced" in report.stdout
+
+
+def test_a_stored_model_without_its_manifest_is_refused(host, store, recipe, tmp_path):
+    db = str(tmp_path / "a.db")
+    _, folder = run_without_out(host, db, recipe, "--name", "half")
+    (folder / MANIFEST_FILE).unlink()
+    one_line_error(invoke(host, "--catalogue", db, "eval", "half", "--metric", "size"),
+                   f"model half in the artifact store {store}: its manifest {MANIFEST_FILE} is missing")
+
+
+def test_a_store_url_nothing_opens_is_one_line(host, recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMKIT_ARTIFACTS", "nosuch://bucket/models")
+    result = invoke(host, "--catalogue", str(tmp_path / "a.db"), "run", str(recipe), "-m", "example:stories260K")
+    one_line_error(result, "artifact store nosuch://bucket/models: ", "nosuch")
+
+
 # -- bad input -------------------------------------------------------------------------------------
 def test_a_tampered_file_is_one_line_and_nothing_is_copied(host, store, recipe, tmp_path):
     db = str(tmp_path / "a.db")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from slimkit.core.artifact_store import ArtifactStore, catalogue_token, open_store, store_of
 from slimkit.core.artifact_store.manifest import ArtifactStoreError, id_hex
-from slimkit.core.catalogue.artifacts import MANIFEST_FILE, is_remote_url, is_store_entry
+from slimkit.core.catalogue.artifacts import MANIFEST_FILE, REFS_FOLDER, is_remote_url, is_store_entry
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue
@@ -39,7 +39,8 @@ def store_holding(location: str) -> ArtifactStore | None:
     if is_remote_url(location):
         return open_store(location.rstrip("/").rpartition("/")[0])
     path = Path(location)
-    if is_store_entry(path) and (path / MANIFEST_FILE).is_file():
+    # named by its id in a store: opened (and checked) as a stored model even without its manifest
+    if is_store_entry(path) and ((path / MANIFEST_FILE).is_file() or (path.parent / REFS_FOLDER).is_dir()):
         return open_store(str(path.parent))
     return None
 

@@ -95,7 +95,9 @@ class ArtifactStore(ABC):
         wanted = id_hex(prefix)
         if not wanted or not re.fullmatch(r"[0-9a-f]+", wanted):
             return []
-        return [f"sha256:{hex_id}" for hex_id in self.ids() if hex_id.startswith(wanted)]
+        # names first (one listing), manifests only for the candidates (a request each, remotely)
+        return [f"sha256:{name}" for name in self._names("")
+                if _HEX.fullmatch(name) and name.startswith(wanted) and self.has(name)]
 
     # -- reference markers ----------------------------------------------------------------------
     def add_ref(self, model_id: str, token: str, catalogue: str = "") -> None:

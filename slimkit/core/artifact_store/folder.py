@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from slimkit.core.artifact_store.base import ArtifactStore
-from slimkit.core.artifact_store.manifest import ArtifactStoreError, Manifest, id_hex
+from slimkit.core.artifact_store.manifest import ArtifactStoreError, ChecksumError, Manifest, id_hex
 from slimkit.core.catalogue.artifacts import INCOMING_PREFIX, MANIFEST_FILE, WORK_FOLDER, is_store_entry
 from slimkit.core.failures import describe_os_error
 
@@ -108,6 +108,9 @@ class FolderStore(ArtifactStore):
     def open(self, model_id: str, label: str) -> Path:
         final = self.root / id_hex(model_id)
         manifest = Manifest.read(final)
+        if manifest is None and final.is_dir():  # a model folder without its manifest: not whole
+            raise ChecksumError(f"model {label} in the artifact store {self.root}: its manifest {MANIFEST_FILE} "
+                                "is missing (a damaged or half-removed copy)")
         if manifest is None:
             raise ArtifactStoreError(f"model {label} is not in the artifact store {self.root}")
         manifest.verify(final, f"{label} in the artifact store {self.root}")
