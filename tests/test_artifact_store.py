@@ -363,6 +363,14 @@ def test_s3_store_publish_on_one_machine_pull_on_another(s3_server, recipe, tmp_
                             "--json", "--no-progress", env={**a, "SLIMKIT_ARTIFACT_CACHE": str(tmp_path / "cache-e")})
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["reused"] == [True] and (tmp_path / "cache-e").is_dir()
+    # recomputed elsewhere (--force): the upload is skipped, the local copy is kept and opens checked
+    f = {**a, "SLIMKIT_ARTIFACT_CACHE": str(tmp_path / "cache-f")}
+    forced = slimkit_process("--catalogue", str(tmp_path / "a.db"), "run", str(recipe), "-m", "example:stories260K",
+                             "--json", "--no-progress", "--force", env=f)
+    assert forced.returncode == 0, forced.stderr
+    assert Path(json.loads(forced.stdout)["output"]).parent.parent == tmp_path / "cache-f"
+    opened = slimkit_process("--catalogue", str(tmp_path / "a.db"), "eval", hex_id[:8], "--metric", "size", env=f)
+    assert opened.returncode == 0, opened.stderr
     print(f"S3 (moto, loopback): run+publish {publish_s:.1f} s, pull in a new process {pull_s:.1f} s")
     # a tampered object: one line, nothing left in the new cache
     monkeypatch.setenv("SLIMKIT_ARTIFACT_CACHE", str(tmp_path / "cache-x"))

@@ -112,10 +112,9 @@ class FsspecStore(ArtifactStore):
                     self.fs.rm(self._path(prefix), recursive=True)
                 raise
             manifest.write(folder)
-        else:
-            stored = self.manifest(model_id)
-            assert stored is not None
-            stored.write(folder)  # the local copy is checked against the stored manifest from now on
+        else:  # an identical run uploaded it first; this local copy (its slimkit.json may differ in
+            # the run's own details, never in the weights) is checked against its own manifest
+            Manifest.of_folder(folder, model_id, name).write(folder)
         return self._settle(folder, hex_id)
 
     def _settle(self, folder: Path, hex_id: str) -> Path:
