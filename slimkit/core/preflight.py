@@ -112,9 +112,24 @@ def check_run(
     overwrite: bool,
     name: str | None,
     input_path: Path | None,
+    *,
+    publish: bool | None = None,
 ) -> Path | None:
     """Every check of where a run will write that needs no model: the output folder (against the
-    input's and every catalogued model's folder) and the name. Returns the output folder."""
+    input's and every catalogued model's folder), the name, and the artifact store the result is
+    published to (reachable and writable). Returns the output folder.
+
+    :param publish: whether the result goes to the artifact store; by default, when there is a
+        catalogue and no ``out`` or an ``out`` named by :func:`new_artifact_path`.
+    """
+    from slimkit.core.catalogue.artifacts import is_incoming
+
+    if publish is None:
+        publish = cat is not None and (out is None or is_incoming(Path(out)))
+    if publish and cat is not None:
+        from slimkit.core.artifact_store.access import check_store
+
+        check_store(cat)
     target = None
     if out is not None:
         catalogued = cat.locations() if cat is not None else ()

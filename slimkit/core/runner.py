@@ -27,6 +27,7 @@ from slimkit.core.host import Host, get_host
 from slimkit.core.memory import lean_heap
 from slimkit.core.model_io import PROVENANCE_FILE, LoadedModel, disk_bytes, load_model
 from slimkit.core.preflight import check_disk_space, check_run, local_folder
+from slimkit.core.catalogue.artifacts import is_incoming, is_remote_url, is_store_entry
 from slimkit.core.catalogue.entities import StepEntry
 from slimkit.core.provenance import build_provenance, runtime_versions
 from slimkit.core.runtime import RuntimeSpec, placement_record
@@ -146,7 +147,7 @@ def run_recipe(
             catalogue, out, name, progress = False, None, None, None
     cat = open_catalogue(catalogue)
     input_path = model.path if isinstance(model, LoadedModel) else local_folder(model)
-    target = check_run(cat, out, overwrite, name, input_path)
+    target = check_run(cat, out, overwrite, name, input_path, publish=None if out is not None else False)
     plan = memory_plan(host, validated, model, target, runtime)
     # every rank streams if rank 0 must (memory differs between processes; the ranks must not)
     if world.broadcast_object(plan.stream, 0, "agreeing on streaming") and not runtime.stream:
@@ -331,12 +332,18 @@ def _execute(
     provenance["evaluations"] = after_records
     if target is not None and after_records and shared is None:
         _rewrite_json(target / PROVENANCE_FILE, provenance)
+    location = str(target.resolve()) if target is not None else None
+    if cat is not None and shared is None and is_incoming(target):  # no --out: into the artifact store
+        assert target is not None
+        from slimkit.core.artifact_store.access import publish_result
+
+        target, location = publish_result(cat, target, parent_id, name)
     if cat is not None:
         for described in inputs:
             record_input(cat, described, run_id)
         size = disk_bytes(target) if target is not None else None
         params = sum(p.numel() for p in loaded.model.parameters())
-        entry = cat.record_provenance(provenance, location=str(target.resolve()) if target else None,
+        entry = cat.record_provenance(provenance, location=location,
                                       size_bytes=size, params=params, run_id=run_id, name=name)
         target = _settle_folder(cat, target, entry.location)
         loaded.path = target
@@ -379,7 +386,8 @@ def _settle_folder(cat: "Catalogue", target: Path | None, recorded: str | None) 
     after this run reported it as saved) and the run reports the recorded folder instead."""
     if target is None or recorded is None or Path(recorded).resolve() == target.resolve():
         return target
-    if _managed(cat, target) and Path(recorded, "config.json").is_file():
+    # never a published model: other catalogues sharing the store may refer to it
+    if _managed(cat, target) and not is_store_entry(target) and Path(recorded, "config.json").is_file():
         shutil.rmtree(target, ignore_errors=True)
         return Path(recorded)
     return target
@@ -413,7 +421,7 @@ def _reusable_prefix(
         if prior is None or prior.status != "done" or prior.child_id is None:
             break
         current = prior.child_id
-        location = cat.model(current).location
+        location = _local(cat, current, cat.model(current).location)
         if location and Path(location, "config.json").is_file():
             try:
                 candidate = flow.reopen(location)
@@ -423,6 +431,20 @@ def _reusable_prefix(
             if found == current:
                 best = (index + 1, candidate)
     return best
+
+
+def _local(cat: "Catalogue", model_id: str, location: str | None) -> str | None:
+    """A remote store's model as a local, verified copy (fetched into the cache), to be reused;
+    ``None`` when it cannot be had (the step is then recomputed)."""
+    if not location or not is_remote_url(location):
+        return location
+    from slimkit.core.artifact_store.access import stored_folder
+    from slimkit.core.errors import SlimkitError
+
+    try:
+        return str(stored_folder(cat, model_id, location, model_id.rpartition(":")[2][:12]))
+    except SlimkitError:
+        return None
 
 
 def _rewrite_json(path: Path, document: dict[str, Any]) -> None:

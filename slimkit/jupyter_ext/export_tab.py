@@ -56,6 +56,8 @@ def model_folder(spec: str, catalogue: Any) -> Path | None:
         location = catalogue.resolve(spec).location
     except SlimkitError:
         return None
+    if location and "://" in location:  # in a remote artifact store: no folder to write beside
+        return None
     return Path(location) if location else None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from slimkit.core.catalogue.artifacts import is_remote_url
 from slimkit.core.catalogue.entities import EvaluationEntry, ModelEntry, RunEntry, StepEntry
 from slimkit.core.catalogue.exports import ExportsMixin, delete_exports
 from slimkit.core.catalogue.migrate import (
@@ -187,8 +188,10 @@ class Catalogue(ExportsMixin):
                 if row is None:
                     raise
         # A model keeps the folder it was first recorded at while that folder exists: a later copy
-        # (the same weights saved elsewhere) must not orphan the managed artifact gc looks after.
-        if location is not None and (row.location is None or not Path(row.location).exists()):
+        # (the same weights saved elsewhere) must not orphan the managed artifact gc looks after. A
+        # model in a remote artifact store is there for every machine (a local copy never replaces it).
+        if location is not None and (row.location is None or not (is_remote_url(row.location)
+                                                                   or Path(row.location).exists())):
             row.location = location
         if location is not None and row.location == location:
             self._forget_location(location, model_id, session)

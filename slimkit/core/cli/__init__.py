@@ -10,6 +10,7 @@ prints the traceback too. Nothing is half-written: the work below writes atomica
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -116,6 +117,14 @@ def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) 
         torch.set_num_threads(value)
 
 
+def _set_artifacts(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # The store is process-wide configuration, read where a run publishes and a model is opened.
+    if value:
+        from slimkit.core.catalogue.artifacts import ENV_ARTIFACTS
+
+        os.environ[ENV_ARTIFACTS] = value
+
+
 def make_cli(host=None) -> click.Group:
     """Build the root command group; ``host`` defaults to the process-wide one."""
 
@@ -134,6 +143,12 @@ def make_cli(host=None) -> click.Group:
         help="Lineage catalogue: a SQLAlchemy URL or a SQLite file path "
              "(default: $SLIMKIT_CATALOGUE, else catalogue.db in the user data folder).",
     )
+    @click.option(
+        "--artifacts", metavar="URL", callback=_set_artifacts, expose_value=False,
+        help="Artifact store for derived models, shared by a team: a folder (a shared mount) or any "
+             "fsspec URL such as s3://bucket/prefix (default: $SLIMKIT_ARTIFACTS, else artifacts/ "
+             "beside a SQLite catalogue, else the user data folder).",
+    )
     @click.pass_context
     def cli(ctx: click.Context, catalogue_url: str | None) -> None:
         """slimkit: make language models smaller and faster, and remember how."""
@@ -148,9 +163,9 @@ def make_cli(host=None) -> click.Group:
 
         hf_logging.disable_progress_bar()
 
-    from slimkit.core.cli import catalogue, db, export, info, install, maintenance, run
+    from slimkit.core.cli import catalogue, db, export, info, install, maintenance, run, store
 
-    for module in (info, install, run, export, maintenance, catalogue, db):
+    for module in (info, install, run, export, maintenance, store, catalogue, db):
         for command in module.COMMANDS:
             cli.add_command(command)
 

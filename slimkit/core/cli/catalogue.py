@@ -97,7 +97,11 @@ def show(ctx: click.Context, reference: str, as_json: bool) -> None:
                     "exports": view.exports_json(exports), "derived": sorted(set(derived)),
                     **({"lineage": queries.lineage_json(cat, model.id)} if found is not None else {})})
         return
-    where = f"{model.location} ({'present' if on_disk else 'missing'})" if model.location else "-"
+    from slimkit.core.catalogue.artifacts import is_remote_url
+
+    state = "in a remote artifact store" if model.location and is_remote_url(model.location) else \
+        "present" if on_disk else "missing"
+    where = f"{model.location} ({state})" if model.location else "-"
     table(f"model {model.label}", ["field", "value"], [
         ("id", model.id), ("name", model.name), ("architecture", model.architecture), ("params", model.params),
         ("size", human_bytes(model.size_bytes)), ("location", where), ("source", model.source),

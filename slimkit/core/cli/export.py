@@ -41,13 +41,11 @@ def _reference(ctx: click.Context, spec: str, no_record: bool) -> str:
 
     if not no_record or spec.startswith(EXAMPLE_PREFIX) or Path(spec).expanduser().exists():
         return spec
-    from slimkit.core.catalogue import CatalogueError
+    from slimkit.core.model_refs import model_location
 
-    try:
-        location = get_catalogue_from(ctx).resolve(spec).location
-    except CatalogueError:
-        return spec  # a hub id, or a path; loading says what is wrong with it
-    return location or spec
+    # a hub id or a path stays as it is (loading says what is wrong with it); a stored model is
+    # a local, verified copy
+    return model_location(spec, get_catalogue_from(ctx))
 
 
 @click.command(name="export")

@@ -38,9 +38,16 @@ def reproduce(ctx: click.Context, reference: str, as_json: bool) -> None:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              metavar="SECONDS", help="Leave stored models and incomplete uploads younger than this alone.")
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool) -> None:
-    """Remove artifact folders no model refers to, and stale half-written folders."""
+def gc(ctx: click.Context, dry_run: bool, grace_s: float) -> None:
+    """Remove artifact folders no model refers to, and stale half-written folders.
+
+    In the artifact store, a model stays while any catalogue sharing the store refers to it
+    (each one leaves a marker there); this catalogue's markers are brought up to date first.
+    """
+    from slimkit.core.artifact_store.gc import collect_store_garbage
     from slimkit.core.catalogue.artifacts import artifact_dir, collect_garbage
 
     cat = get_catalogue_from(ctx)
@@ -49,6 +56,13 @@ def gc(ctx: click.Context, dry_run: bool) -> None:
     for path in report.removed:
         click.echo(f"{verb} {path}")
     click.echo(f"{verb} {len(report.removed)} folder(s) in {artifact_dir(cat)}; kept {report.kept} referenced")
+    stored = collect_store_garbage(cat, grace_s=grace_s, dry_run=dry_run)
+    for hex_id in stored.removed:
+        click.echo(f"{verb} model {hex_id[:12]} from the artifact store (no catalogue refers to it)")
+    for name in stored.incomplete:
+        click.echo(f"{verb} {name} from the artifact store (incomplete or left over)")
+    click.echo(f"{verb} {len(stored.removed)} model(s) from the artifact store {stored.store}; kept {stored.kept} "
+               f"referenced, {stored.young} unreferenced but younger than {grace_s:g} s")
     if report.skipped_staging:
         click.echo("left half-written folders alone: a run is in progress", err=True)
     for model_id, location in report.missing:

@@ -122,4 +122,7 @@ def model_location(model: "LoadedModel | str | os.PathLike[str]", cat: "Catalogu
         entry = cat.resolve(spec)
     except CatalogueError:
         return None  # a hub id, or a name loading will refuse with its own message
-    return Path(entry.location) if entry.location else None
+    from slimkit.core.artifact_store.access import stored_folder
+
+    stored = stored_folder(cat, entry.id, entry.location, entry.label)  # a remote store's: the local copy
+    return stored if stored is not None else Path(entry.location) if entry.location else None

@@ -78,7 +78,7 @@ def plan_exports(
                 from slimkit.core.catalogue.artifacts import new_artifact_path
 
                 assert cat is not None  # refused above otherwise
-                stem = new_artifact_path(cat, recipe.name)
+                stem = new_artifact_path(cat, recipe.name, incoming=False)
                 target = stem.with_name(f"{stem.name}{info.cls.suffix or '-' + info.name}")
             target = check_target(target, info.cls.writes, overwrite, models=owned)
         except SlimkitError as error:
