@@ -344,7 +344,8 @@ class BlockStep:
         self.engine.world.solve_each(items, solve, cost, apply, f"the solves of {self.block.name}", drop=_drop_hessian)
 
     def outputs(self) -> torch.Tensor:
-        """The block's outputs on all calibration samples (``[samples, seq_len, hidden]``),
+        """The block's outputs on this rank's calibration samples (all of them in one process;
+        ``[samples, seq_len, hidden]``),
         recomputed if its weights changed. The tensor is reused: it becomes the next block's
         inputs, then the buffer the block after that writes to, so copy what must be kept."""
         if not self._ready or _weights_version(self.block.module) != self._version:
