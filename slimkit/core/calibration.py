@@ -345,9 +345,9 @@ class BlockStep:
 
     def outputs(self) -> torch.Tensor:
         """The block's outputs on this rank's calibration samples (all of them in one process;
-        ``[samples, seq_len, hidden]``),
-        recomputed if its weights changed. The tensor is reused: it becomes the next block's
-        inputs, then the buffer the block after that writes to, so copy what must be kept."""
+        ``[samples, seq_len, hidden]``), recomputed if its weights changed. The tensor is reused: it
+        becomes the next block's inputs, then the buffer the block after that writes to, so copy
+        what must be kept."""
         if not self._ready or _weights_version(self.block.module) != self._version:
             self.engine._run_block(self.block.module, write=True)
             self._ready = True
