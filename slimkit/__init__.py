@@ -71,11 +71,11 @@ _TOPICS: dict[str, dict[str, str]] = {
     "Calibration engine": {
         "SequentialCalibration": "slimkit.core.calibration",
         "BlockStep": "slimkit.core.calibration",
-        "LinearStatistics": "slimkit.core.calibration",
-        "SharedInput": "slimkit.core.calibration",
-        "CALIBRATION_STATISTICS": "slimkit.core.calibration:STATISTICS",
-        "by_shared_input": "slimkit.core.calibration",
-        "require_hessian_data": "slimkit.core.calibration",
+        "LinearStatistics": "slimkit.core.statistics",
+        "SharedInput": "slimkit.core.statistics",
+        "CALIBRATION_STATISTICS": "slimkit.core.statistics:STATISTICS",
+        "by_shared_input": "slimkit.core.statistics",
+        "require_hessian_data": "slimkit.core.statistics",
         "inverse_cholesky_upper": "slimkit.core.linalg",
     },
     "Models and data": {
@@ -133,7 +133,7 @@ _TOPICS: dict[str, dict[str, str]] = {
         "Recipe": "slimkit.core.recipe",
         "load_recipe": "slimkit.core.recipe",
         "run_recipe": "slimkit.core.runner",
-        "RunResult": "slimkit.core.runner",
+        "RunResult": "slimkit.core.run_result",
     },
 }
 
@@ -150,9 +150,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
     )
     from slimkit.core.calibration import (
         BlockStep as BlockStep,
+        SequentialCalibration as SequentialCalibration,
+    )
+    from slimkit.core.statistics import (
         STATISTICS as CALIBRATION_STATISTICS,  # noqa: F401 (in __all__, built from _TOPICS)
         LinearStatistics as LinearStatistics,
-        SequentialCalibration as SequentialCalibration,
         SharedInput as SharedInput,
         by_shared_input as by_shared_input,
         require_hessian_data as require_hessian_data,
@@ -244,7 +246,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
         MLP_ROLES as MLP_ROLES,
         Role as Role,
     )
-    from slimkit.core.runner import RunResult as RunResult, run_recipe as run_recipe
+    from slimkit.core.run_result import RunResult as RunResult
+    from slimkit.core.runner import run_recipe as run_recipe
     from slimkit.core.scores import Scores as Scores
     from slimkit.core.storage import (
         quantized_modules as quantized_modules,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from slimkit.core.architecture import ArchitectureAdapter, BlockLayout
-    from slimkit.core.calibration import LinearStatistics
+    from slimkit.core.statistics import LinearStatistics
     from slimkit.core.data import CalibrationData
     from slimkit.core.host import Host
     from slimkit.core.model_io import LoadedModel

@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,9 +32,9 @@ from slimkit.core.provenance import build_provenance, runtime_versions
 from slimkit.core.runtime import RuntimeSpec, placement_record
 from slimkit.core.recording import describe_input, open_catalogue, record_input, recorded_run
 from slimkit.core.evaluation import run_evaluation
-from slimkit.core.export.result import ExportResult
 from slimkit.core.export.section import export_run_result, plan_exports
 from slimkit.core.recipe import Recipe, ValidatedRecipe
+from slimkit.core.run_result import RunResult
 from slimkit.core.steps import PlannedStep, run_step
 from slimkit.core.stream.steps import InMemory, Streamed
 from slimkit.core.stream.plan import check_streamable, memory_plan
@@ -44,40 +43,6 @@ from slimkit.core.teachers import Teachers, teacher_spec
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue
 
-
-
-@dataclass
-class RunResult:
-    """What a run produced: the derived model, where it was saved, its steps and metrics."""
-
-    model: LoadedModel
-    output: Path | None
-    steps: list[StepEntry]
-    summaries: list[CompressionSummary]
-    before: dict[str, dict[str, float]] = field(default_factory=dict)
-    after: dict[str, dict[str, float]] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    reused: list[bool] = field(default_factory=list)
-    run_id: str | None = None
-    #: What the recipe's ``export:`` section wrote, in its order.
-    exports: list[ExportResult] = field(default_factory=list)
-
-    @property
-    def compression_seconds(self) -> float:
-        return sum(step.wall_time_s or 0.0 for step, reused in zip(self.steps, self.reused) if not reused)
-
-    def comparison(self) -> list[tuple[str, float | None, float | None]]:
-        """``(evaluator.metric, before, after)`` rows in evaluation order."""
-        rows: list[tuple[str, float | None, float | None]] = []
-        for evaluator, metrics in self.after.items():
-            for metric, value in metrics.items():
-                rows.append((f"{evaluator}.{metric}", self.before.get(evaluator, {}).get(metric), value))
-        return rows
-
-    def _repr_html_(self) -> str:  # notebooks: steps and metrics before/after
-        from slimkit.core.present.html import run_result_html
-
-        return run_result_html(self)
 
 
 def evaluate_all(
@@ -139,7 +104,10 @@ def run_recipe(
     runtime = runtime or validated.recipe.runtime or RuntimeSpec()
     world = world or current_world()
     if runtime.ranks > 1 and not world.distributed:  # start the ranks; they run this function
-        return _on_ranks(validated, model, runtime, out, overwrite, catalogue, force, name, progress, host)
+        from slimkit.core.distributed.spawn import run_on_ranks
+
+        return run_on_ranks(validated.recipe, model, runtime, out=out, overwrite=overwrite, catalogue=catalogue,
+                            force=force, name=name, progress=progress, host=host)
     if world.distributed:  # before anything is opened: the ranks were started alike, or nothing runs
         world.agree(ranks.start_facts(validated.recipe.to_yaml(), model, runtime), "recipe, model or runtime")
         force = True  # a rank cannot take a step from a catalogue only rank 0 reads
@@ -196,33 +164,6 @@ def run_recipe(
         if exports:  # after the model is saved, evaluated and recorded: it stays whatever happens here
             export_run_result(host, exports, result, cat, run_id, progress)
         return result
-
-
-def _on_ranks(validated: ValidatedRecipe, model: Any, runtime: RuntimeSpec, out: Any, overwrite: bool,
-              catalogue: Any, force: bool, name: str | None, progress: ProgressCallback | None,
-              host: Host) -> RunResult:
-    """The run on ``runtime.ranks`` ranks this process starts (see
-    :mod:`slimkit.core.distributed.spawn`); the result with the saved model opened again."""
-    from slimkit.core.distributed.spawn import run_on_ranks
-    from slimkit.core.errors import ExportError
-
-    def result(payload: dict[str, Any]) -> RunResult:
-        output = Path(payload["output"])
-        flow = Streamed(host, output, runtime.dtype, runtime.device) if runtime.stream else None
-        loaded = flow.reopen(str(output)) if flow is not None else \
-            load_model(output, dtype=runtime.dtype, device=runtime.device)
-        return RunResult(loaded, output, payload["steps"], payload["summaries"], payload["before"],
-                         payload["after"], payload["provenance"], payload["reused"], payload["run_id"],
-                         payload["exports"])
-
-    try:
-        payload = run_on_ranks(validated.recipe, model, runtime, out=out, overwrite=overwrite, catalogue=catalogue,
-                               force=force, name=name, progress=progress)
-    except ExportError as error:
-        if isinstance(error.result, dict):
-            error.result = result(error.result)
-        raise
-    return result(payload)
 
 
 def state_bytes(model: Any) -> int:

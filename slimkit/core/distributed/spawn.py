@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slimkit.core.distributed.launch import launch
-from slimkit.core.distributed.worker import PROGRESS_PREFIX
-from slimkit.core.errors import DistributedError
+from slimkit.core.errors import DistributedError, ExportError
+from slimkit.core.run_result import RunResult
 
 MODULE = "slimkit.core.distributed.worker"
+#: how rank 0 prints a progress event for the caller: this, then the event as JSON, on one line
+PROGRESS_PREFIX = "SLIMKIT-PROGRESS "
 
 
 def catalogue_reference(catalogue: Any) -> Any:
@@ -34,11 +36,13 @@ def catalogue_reference(catalogue: Any) -> Any:
 
 
 def run_on_ranks(recipe: Any, model: Any, runtime: Any, *, out: Any, overwrite: bool, catalogue: Any,
-                 force: bool, name: str | None, progress: Callable[[Any], None] | None) -> dict[str, Any]:
-    """Run ``recipe`` on ``runtime.ranks`` ranks; rank 0's result (:func:`.worker.payload`).
+                 force: bool, name: str | None, progress: Callable[[Any], None] | None, host: Any) -> RunResult:
+    """Run ``recipe`` on ``runtime.ranks`` ranks: rank 0's result, its saved model opened again here
+    (block by block when the run streamed).
 
     :raises DistributedError: ``model`` is in memory, there is nowhere to keep the result, or a
-        rank failed without saying why; rank 0's own error is raised as it was."""
+        rank failed without saying why; rank 0's own error is raised as it was (an
+        :class:`ExportError` with the run's result, when the model was saved and an export failed)."""
     import torch
 
     from slimkit.core.contracts import ProgressEvent
@@ -72,9 +76,21 @@ def run_on_ranks(recipe: Any, model: Any, runtime: Any, *, out: Any, overwrite: 
     if isinstance(error, DistributedError) and said:  # rank 0 saw another rank go: name which, and why
         error = DistributedError(f"{error}; {'; '.join(said)}")
     if error is not None:
-        if "result" in outcome:
-            error.result = outcome["result"]  # an export failed after the model was saved: the caller says both
+        if isinstance(error, ExportError) and "result" in outcome:  # saved and recorded: the caller says both
+            error.result = _result(outcome["result"], runtime, host)
         raise error
     if code != 0 or "result" not in outcome:
         raise DistributedError("; ".join(said) or f"the ranks failed (exit code {code}) without saying why")
-    return outcome["result"]
+    return _result(outcome["result"], runtime, host)
+
+
+def _result(payload: dict[str, Any], runtime: Any, host: Any) -> RunResult:
+    """Rank 0's result (:func:`.worker.payload`) with the model it saved, opened here."""
+    from slimkit.core.model_io import load_model
+    from slimkit.core.stream.steps import Streamed
+
+    output = Path(payload["output"])
+    loaded = Streamed(host, output, runtime.dtype, runtime.device).reopen(str(output)) if runtime.stream else \
+        load_model(output, dtype=runtime.dtype, device=runtime.device)
+    return RunResult(loaded, output, payload["steps"], payload["summaries"], payload["before"], payload["after"],
+                     payload["provenance"], payload["reused"], payload["run_id"], payload["exports"])

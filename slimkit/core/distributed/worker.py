@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PROGRESS_PREFIX = "SLIMKIT-PROGRESS "
+from slimkit.core.distributed.spawn import PROGRESS_PREFIX
 
 
 def _emit(event: Any) -> None:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.model_io import LoadedModel
     from slimkit.core.recipe import ExportSpec, ValidatedRecipe
     from slimkit.core.registry import MethodInfo
-    from slimkit.core.runner import RunResult
+    from slimkit.core.run_result import RunResult
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue.queries import Node
     from slimkit.core.model_io import LoadedModel
     from slimkit.core.present.lineage import Lineage
-    from slimkit.core.runner import RunResult
+    from slimkit.core.run_result import RunResult
 
 TABLE = 'style="border-collapse:collapse;text-align:left"'
 CELL = 'style="padding:2px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top"'
