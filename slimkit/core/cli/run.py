@@ -128,7 +128,7 @@ def _join(ctx: click.Context, nproc: int | None, parsed: Any) -> Any:
     if nproc is not None and nproc != started_as:
         raise click.UsageError(f"--nproc {nproc}, but this process is one of {started_as} ranks started by torchrun")
     world = join(merged_runtime(ctx, parsed.runtime).device)
-    stop_on_sigterm(world)
+    ctx.call_on_close(stop_on_sigterm(world))  # disarmed once the command is over
     return world
 
 

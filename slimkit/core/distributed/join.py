@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 from slimkit.core.distributed.world import SINGLE, World, current_world, launched_by_torchrun
 from slimkit.core.errors import DistributedError
@@ -55,16 +56,24 @@ def join(device: Any = None) -> World:
     return current_world()
 
 
-def stop_on_sigterm(world: World) -> None:
+def stop_on_sigterm(world: World) -> Callable[[], None]:
     """Make a launcher's SIGTERM (sent to every rank when one fails) an error of this rank, so that
-    the run is recorded as failed and its partial output removed, instead of the process vanishing."""
+    the run is recorded as failed and its partial output removed, instead of the process vanishing.
+    Returns the function that disarms it once the run is over (a SIGTERM is then ignored: the rank
+    is exiting anyway, and an error raised from interpreter shutdown would only print a traceback)."""
     import signal
 
     def stopped(signum: int, _frame: Any) -> None:
+        if sys.exc_info()[0] is not None:  # already failing: let the run record that and clean up
+            return
         raise DistributedError(f"rank {world.rank} of {world.size} was stopped by its launcher (signal {signum}), "
                                "most likely because another rank failed; nothing was saved")
 
+    def disarm() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     signal.signal(signal.SIGTERM, stopped)
+    return disarm
 
 
 def leave() -> None:

@@ -57,9 +57,10 @@ def main(job_file: str) -> int:
     outcome: dict[str, Any] = {}
     code = 0
     world = None
+    disarm = None
     try:
         world = join(job["runtime"].device)
-        stop_on_sigterm(world)
+        disarm = stop_on_sigterm(world)
         result = run_recipe(job["recipe"], job["model"], out=job["out"], overwrite=job["overwrite"],
                             catalogue=job["catalogue"], force=job["force"], name=job["name"],
                             runtime=job["runtime"], world=world, progress=_emit if world.leader else None)
@@ -74,6 +75,8 @@ def main(job_file: str) -> int:
             cause = str(error) if isinstance(error, SlimkitError) else f"{type(error).__name__}: {error}"
             print(f"Error: {cause}", file=sys.stderr)
     finally:
+        if disarm is not None:
+            disarm()  # the run is over: the outcome is written whatever the launcher does now
         if world is None or world.leader:
             Path(job["result"]).write_bytes(pickle.dumps(outcome))
         leave()
