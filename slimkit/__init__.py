@@ -44,6 +44,8 @@ _TOPICS: dict[str, dict[str, str]] = {
         "DataError": "slimkit.core.errors",
         "DeviceError": "slimkit.core.errors",
         "DistributedError": "slimkit.core.errors",
+        "ArtifactStoreError": "slimkit.core.artifact_store.manifest",
+        "ChecksumError": "slimkit.core.artifact_store.manifest",
         "ModelLoadError": "slimkit.core.errors",
         "OutputExistsError": "slimkit.core.errors",
         "PluginError": "slimkit.core.errors",
@@ -193,6 +195,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
         RunCancelled as RunCancelled,
         SlimkitError as SlimkitError,
         UnknownMethodError as UnknownMethodError,
+    )
+    from slimkit.core.artifact_store.manifest import (
+        ArtifactStoreError as ArtifactStoreError,
+        ChecksumError as ChecksumError,
     )
     from slimkit.core.export.contract import (
         CONTENT_ID_KEY as EXPORT_CONTENT_ID_KEY,  # noqa: F401 (in __all__, built from _TOPICS)
