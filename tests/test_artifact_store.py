@@ -384,6 +384,11 @@ def test_s3_store_publish_on_one_machine_pull_on_another(s3_server, recipe, tmp_
     (line,) = bad.stderr.strip().splitlines()
     assert "file model.safetensors has 15 bytes" in line, line
     assert not [p for p in (tmp_path / "cache-d").rglob("*") if p.is_file()]
+    # a machine that fetched it before (cache-c) copies its checked copy: the damaged object is not read
+    copied = slimkit_process("--catalogue", str(tmp_path / "b.db"), "pull", hex_id[:8], "--to",
+                             str(tmp_path / "copied"), env={**b, "SLIMKIT_ARTIFACT_CACHE": str(tmp_path / "cache-c")})
+    assert copied.returncode == 0, copied.stderr
+    assert not filecmp.dircmp(local, tmp_path / "copied").diff_files
     # A's gc keeps what A refers to
     assert slimkit_process("--catalogue", str(tmp_path / "a.db"), "gc", "--grace", "0", env=a).returncode == 0
     assert store.has(hex_id)

@@ -143,8 +143,18 @@ class FsspecStore(ArtifactStore):
     def copy_to(self, model_id: str, target: Path, label: str) -> Path:
         from slimkit.core.atomic import write_staged
 
-        write_staged(target, "folder", lambda staging: self._download(model_id, staging, label),
-                     what="cannot copy the model to")
+        cached = self.cache / id_hex(model_id)
+        local = Manifest.read(cached)
+
+        def fill(staging: Path) -> None:
+            if local is None:
+                self._download(model_id, staging, label)
+                return
+            # fetched here before (what open() trusts too): checked and copied, not downloaded again
+            local.verify(cached, f"{label} (local copy of {self.location(model_id)})")
+            shutil.copytree(cached, staging, dirs_exist_ok=True)
+
+        write_staged(target, "folder", fill, what="cannot copy the model to")
         return target
 
     def _download(self, model_id: str, staging: Path, label: str) -> None:
