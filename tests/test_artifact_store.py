@@ -20,6 +20,8 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner, Result
 
+from backends import free_port
+
 from slimkit.core.artifact_store import ChecksumError, open_store
 from slimkit.core.artifact_store.access import publish_result
 from slimkit.core.catalogue import Catalogue
@@ -289,19 +291,13 @@ def test_an_fsspec_store_commits_with_its_manifest_and_verifies_every_download(t
     assert other.remove(model_id) is True and other.ids() == [] and other.fs.ls(other.root) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[dict[str, str]]:
     """A moto S3 server on loopback (a real HTTP server in a subprocess), with bucket ``team``;
     yields the environment a client needs."""
     server = need_s3(server=True)
     assert server is not None
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -397,7 +393,7 @@ def test_s3_store_publish_on_one_machine_pull_on_another(s3_server, recipe, tmp_
 def test_an_unreachable_store_is_one_quick_line(recipe, tmp_path):
     need_s3(server=False)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}  # nothing listens there
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
     db = tmp_path / "a.db"
     started = time.perf_counter()
     result = slimkit_process("--catalogue", str(db), "--artifacts", "s3://team/models", "run", str(recipe),

@@ -241,11 +241,9 @@ class SequentialCalibration:
             raise ArchitectureError(f"{type(self.module).__name__} has no blocks to calibrate")
         self.calibration = calibration
         self.world: World = calibration.world or SINGLE
+        self.world.check_samples(calibration.n_samples)
         #: this rank's calibration samples (all of them in one process), a contiguous range
         self.samples = self.world.share(calibration.n_samples)
-        if not len(self.samples):
-            raise DataError(f"{calibration.n_samples} calibration samples cannot be divided among "
-                            f"{self.world.size} ranks: use at least one sample per rank")
         if batch_size is None:
             batch_size = batch_tokens // max(1, calibration.seq_len)
         self.batch_size = max(1, batch_size)

@@ -148,7 +148,7 @@ def run_recipe(
             check_disk_space(target, loaded.stream.source.nbytes if loaded.stream else state_bytes(loaded.model))
         calibration = validated.recipe.calibration_data(loaded)
         if world.distributed and calibration is not None:
-            ranks.check_samples(world, calibration)
+            world.check_samples(calibration.n_samples)
             world.agree({"calibration": calibration.fingerprint}, "calibration data")
             calibration = calibration.split(world)
         problems = validated.check_model(host, loaded, calibration)

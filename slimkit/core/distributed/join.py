@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from slimkit.core.distributed.world import SINGLE, World, current_world, launched_by_torchrun
 from slimkit.core.errors import DistributedError
+from slimkit.core.failures import first_line
 
 ENV_TIMEOUT = "SLIMKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800
@@ -50,9 +51,8 @@ def join(device: Any = None) -> World:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds()))
     except (RuntimeError, ValueError, OSError) as error:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise DistributedError(f"rank {rank} of {size} cannot join the others through {where} ({backend}): "
-                               f"{first}") from error
+                               f"{first_line(error)[:300]}") from error
     return current_world()
 
 

@@ -42,7 +42,7 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def launch(nproc: int, arguments: Sequence[str], *, module: str = "slimkit", echo: Callable[[str], None] = print,
+def launch(nproc: int, module: str, arguments: Sequence[str], *, echo: Callable[[str], None] = print,
            on_line: Callable[[str], None] | None = None) -> int:
     """Run ``python -m MODULE *arguments`` as ``nproc`` ranks; the exit code of the run (0 when
     every rank succeeded, else the first failed rank's). ``on_line``: called (in this thread) with

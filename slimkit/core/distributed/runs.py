@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.core.distributed.world import World
-from slimkit.core.errors import DataError, DistributedError
+from slimkit.core.errors import DistributedError
 
 
 def start_facts(recipe_text: str, model: Any, runtime: Any) -> dict[str, str]:
@@ -34,13 +34,6 @@ def start_facts(recipe_text: str, model: Any, runtime: Any) -> dict[str, str]:
         "device type": str(runtime.device).split(":")[0] if runtime.device is not None else "cpu",
         **runtime_versions(),
     }
-
-
-def check_samples(world: World, calibration: Any) -> None:
-    """Refuse calibration data that cannot give every rank a sample, before the model is touched."""
-    if calibration is not None and calibration.n_samples < world.size:
-        raise DataError(f"{calibration.n_samples} calibration samples cannot be divided among {world.size} ranks: "
-                        "use at least one sample per rank (calibration: n_samples)")
 
 
 def scratch_target(world: World) -> Path:

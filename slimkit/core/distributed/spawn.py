@@ -70,7 +70,7 @@ def run_on_ranks(recipe: Any, model: Any, runtime: Any, *, out: Any, overwrite: 
                "threads": max(1, torch.get_num_threads() // runtime.ranks)}
         job_file.write_bytes(pickle.dumps(job))
         job_file.chmod(0o600)  # a catalogue URL may hold a password
-        code = launch(runtime.ranks, [str(job_file)], module=MODULE, echo=said.append, on_line=line)
+        code = launch(runtime.ranks, MODULE, [str(job_file)], echo=said.append, on_line=line)
         outcome = pickle.loads(result_file.read_bytes()) if result_file.is_file() else {}
     error = outcome.get("error")
     if isinstance(error, DistributedError) and said:  # rank 0 saw another rank go: name which, and why
@@ -89,8 +89,7 @@ def _result(payload: dict[str, Any], runtime: Any, host: Any) -> RunResult:
     from slimkit.core.model_io import load_model
     from slimkit.core.stream.steps import Streamed
 
-    output = Path(payload["output"])
+    output = payload["output"]
     loaded = Streamed(host, output, runtime.dtype, runtime.device).reopen(str(output)) if runtime.stream else \
         load_model(output, dtype=runtime.dtype, device=runtime.device)
-    return RunResult(loaded, output, payload["steps"], payload["summaries"], payload["before"], payload["after"],
-                     payload["provenance"], payload["reused"], payload["run_id"], payload["exports"])
+    return RunResult(loaded, **payload)

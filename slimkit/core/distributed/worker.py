@@ -24,12 +24,11 @@ def _emit(event: Any) -> None:
 
 
 def payload(result: Any) -> dict[str, Any]:
-    """What the caller needs of a :class:`~slimkit.core.runner.RunResult` (all but the model,
-    which it opens from the output folder)."""
-    return {"output": str(result.output) if result.output is not None else None, "steps": result.steps,
-            "summaries": result.summaries, "before": result.before, "after": result.after,
-            "provenance": result.provenance, "reused": result.reused, "run_id": result.run_id,
-            "exports": result.exports}
+    """Every field of a :class:`~slimkit.core.run_result.RunResult` but the model, which the
+    caller opens from the output folder."""
+    from dataclasses import fields
+
+    return {field.name: getattr(result, field.name) for field in fields(result) if field.name != "model"}
 
 
 def _portable(error: BaseException) -> BaseException:

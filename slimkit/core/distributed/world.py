@@ -18,18 +18,17 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
-from slimkit.core.errors import DistributedError
+from slimkit.core.errors import DataError, DistributedError
+from slimkit.core.failures import first_line
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 _OPS = ("sum", "max", "min")
 
 
-def _first_line(error: BaseException) -> str:
+def _cause(error: BaseException) -> str:
     """The cause in a few words: the first sentence of the first line, without gloo's source location."""
-    lines = str(error).strip().splitlines()
-    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(error).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error))
     return text.split(". ")[0].rstrip(".")[:200]
 
 
@@ -57,6 +56,12 @@ class World:
         start = self.rank * base + min(self.rank, extra)
         return range(start, start + base + (1 if self.rank < extra else 0))
 
+    def check_samples(self, count: int) -> None:
+        """Refuse, on every rank alike, ``count`` samples that cannot give each rank one."""
+        if count < self.size:
+            raise DataError(f"{count} calibration samples cannot be divided among {self.size} ranks: "
+                            "use at least one sample per rank (calibration: n_samples)")
+
     @contextlib.contextmanager
     def collective(self, what: str) -> Iterator[None]:
         """Turn a transport failure inside the block into one :class:`DistributedError`."""
@@ -69,7 +74,7 @@ class World:
                 raise
             raise DistributedError(
                 f"rank {self.rank} of {self.size}: {what} failed because another rank stopped or cannot be "
-                f"reached ({_first_line(error)}); the run stops and saves nothing") from error
+                f"reached ({_cause(error)}); the run stops and saves nothing") from error
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum", what: str = "a reduction") -> torch.Tensor:
         """``tensor`` summed (or its maximum, minimum) over the ranks, in place; returned."""
@@ -200,8 +205,8 @@ class World:
         squares each: cheap, and exact for what was computed the same way on every rank)."""
         if not self.distributed:
             return True
-        summary = torch.tensor([v for t in tensors for v in _moments(t)], dtype=torch.float64)
-        every = self.gather_objects(summary.tolist(), what)
+        summary = [value for tensor in tensors for value in _moments(tensor)]
+        every = self.gather_objects(summary, what)
         return all(one == every[0] for one in every)
 
 
@@ -214,10 +219,7 @@ def _local(device: str) -> torch.device:
 
 
 def _moments(tensor: torch.Tensor) -> tuple[float, float]:
-    if tensor.dtype == torch.bool or not tensor.is_floating_point():
-        wide = tensor.detach().to(torch.float64)
-    else:
-        wide = tensor.detach().double()
+    wide = tensor.detach().double()  # integer codes and masks too
     return float(wide.sum()), float((wide * wide).sum())
 
 
