@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
     model = ensure_model(args.root, "1b", args.blocks)
     print(f"model: synthetic Llama-3.2-1B shapes, {args.blocks} blocks, bf16 ({model})")
+    import torch
+
     print(f"calibration: {args.samples} x {args.seq_len} tokens; {args.threads} threads in all; "
-          f"{args.repeats} repeat(s); load average before: {os.getloadavg()[0]:.2f}")
+          f"{args.repeats} repeat(s); torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; load average before: {os.getloadavg()[0]:.2f}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-dp-") as scratch:
         work = Path(scratch)
