@@ -67,7 +67,7 @@ def stop_on_sigterm(world: World) -> Callable[[], None]:
         if sys.exc_info()[0] is not None:  # already failing: let the run record that and clean up
             return
         raise DistributedError(f"rank {world.rank} of {world.size} was stopped by its launcher (signal {signum}), "
-                               "most likely because another rank failed; nothing was saved")
+                               "because the run was interrupted or another rank failed; nothing was saved")
 
     def disarm() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
