@@ -331,6 +331,10 @@ class BaseEvaluator(_MethodBase):
     #: ``model.stream.head_loaded()``. A streamed run and ``slimkit eval --stream`` refuse an
     #: evaluator that does not say it streams.
     streams: ClassVar[bool] = False
+    #: The metric names :meth:`evaluate` may return. Declared, they let a search check before any
+    #: work that its objectives and constraints name metrics this evaluator produces; empty: not
+    #: declared (any ``NAME.METRIC`` is then taken on trust and checked after the first trial).
+    metrics: ClassVar[tuple[str, ...]] = ()
 
     def check(self, model, config, ctx) -> None:
         """Raise a :class:`~slimkit.SlimkitError` if the metric does not apply."""

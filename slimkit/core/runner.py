@@ -53,7 +53,8 @@ def evaluate_all(
             for spec, info, config in validated.evaluations]
 
 
-def _calibration_spec(recipe: Recipe) -> dict[str, Any] | None:
+def calibration_record(recipe: Recipe) -> dict[str, Any] | None:
+    """The calibration section as steps record it (its text file as an absolute path)."""
     if recipe.calibration is None:
         return None
     spec = recipe.calibration.model_dump(mode="json")
@@ -199,7 +200,7 @@ def _execute(
     inputs = [describe_input(loaded, parent_id, before_records)] if cat is not None else []
 
     fingerprint = calibration.fingerprint if calibration is not None else None
-    calibration_spec = _calibration_spec(recipe)
+    calibration_spec = calibration_record(recipe)
     planned = validated.planned()
 
     start, reused_model = (0, None) if cat is None or force else \

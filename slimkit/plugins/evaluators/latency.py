@@ -65,6 +65,8 @@ class LatencyEvaluator(BaseEvaluator):
     """Prefill and decode latency at a fixed thread count, with the load average beside it."""
 
     name = "latency"
+    metrics = ("threads", "prefill_ms", "prefill_tokens_per_s", "decode_ms_per_token", "decode_tokens_per_s",
+               "load_avg_1m_before", "load_avg_1m_after")
     version = 1
     Config = LatencyConfig
 

@@ -85,6 +85,7 @@ class PerplexityEvaluator(BaseEvaluator):
     """Causal-LM perplexity over non-overlapping windows (GPTQ/SparseGPT protocol)."""
 
     name = "perplexity"
+    metrics = ("perplexity", "nll", "tokens", "windows")
     version = 1
     Config = PerplexityConfig
     streams = True

@@ -23,6 +23,7 @@ class SizeEvaluator(BaseEvaluator):
     """Parameter count, non-zero parameters, sparsity, in-memory and on-disk bytes."""
 
     name = "size"
+    metrics = ("params", "nonzero_params", "sparsity", "memory_bytes", "disk_bytes")
     version = 1
     Config = SizeConfig
 

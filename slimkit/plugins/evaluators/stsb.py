@@ -126,6 +126,7 @@ class StsbEvaluator(BaseEvaluator):
     """STS Benchmark Spearman x100 of a sentence encoder (mean pooling, cosine similarity)."""
 
     name = "stsb"
+    metrics = ("spearman", "pairs")
     version = 1
     Config = StsbConfig
 
