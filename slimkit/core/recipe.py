@@ -115,13 +115,7 @@ class Recipe(_Strict):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
-            if context and context_mark:  # where the unclosed thing began is often the real mistake
-                problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
-            raise RecipeError([f"malformed YAML{where}: {problem}"], source) from None
+            raise RecipeError([yaml_problem(error)], source) from None
         if data is None:
             raise RecipeError(["the recipe is empty"], source)
         return cls.from_data(data, source=source, base_dir=base_dir)
@@ -195,6 +189,17 @@ class Recipe(_Strict):
             model.tokenizer, source, n_samples=spec.n_samples, seq_len=spec.seq_len, seed=spec.seed,
             precision=spec.precision,
         )
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, what, and where the unclosed thing began."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark:  # where the unclosed thing began is often the real mistake
+        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return f"malformed YAML{where}: {problem}"
 
 
 def _locate(line: str) -> str:

@@ -163,9 +163,9 @@ def make_cli(host=None) -> click.Group:
 
         hf_logging.disable_progress_bar()
 
-    from slimkit.core.cli import catalogue, db, export, info, install, maintenance, run, store
+    from slimkit.core.cli import catalogue, db, export, info, install, maintenance, run, search, store
 
-    for module in (info, install, run, export, maintenance, store, catalogue, db):
+    for module in (info, install, run, search, export, maintenance, store, catalogue, db):
         for command in module.COMMANDS:
             cli.add_command(command)
 

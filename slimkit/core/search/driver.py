@@ -174,7 +174,7 @@ def _run(spec: SearchSpec, model: str, kind: Literal["sweep", "search"], *, budg
 
     result = SearchResult(kind, spec.name, goals=prepared.goals)
     holder: dict[str, Scheduler] = {}
-    pool = make_executor(executor, workers, address,
+    pool = make_executor(executor, workers, address, host=host,
                          on_progress=lambda key, event: holder["s"].progress(key, event) if "s" in holder else None)
     with recorded_run(cat, kind, spec.name, spec.to_yaml()) as run_id:
         result.run_id = run_id

@@ -48,13 +48,15 @@ def failure_of(error: BaseException) -> Failure:
 
 
 class InlineExecutor:
-    """Runs each task in this process when its result is asked for (progress reaches the caller)."""
+    """Runs each task in this process when its result is asked for, with the caller's plugins
+    (``host``); progress reaches the caller."""
 
     slots = 1
 
-    def __init__(self, on_progress: OnProgress | None = None) -> None:
+    def __init__(self, on_progress: OnProgress | None = None, host: Any = None) -> None:
         self._queue: deque[tuple[Any, Any]] = deque()
         self._on_progress = on_progress
+        self._host = host
 
     def submit(self, key: Any, task: Any) -> None:
         self._queue.append((key, task))
@@ -64,7 +66,7 @@ class InlineExecutor:
         report = self._on_progress
         forward = (lambda event: report(key, event)) if report is not None else None
         try:
-            return key, run_task(task, forward)
+            return key, run_task(task, forward, self._host)
         except Exception as error:  # the search goes on; KeyboardInterrupt stops it
             return key, failure_of(error)
 
@@ -76,6 +78,11 @@ def _worker_main(connection: Connection, threads: int) -> None:  # pragma: no co
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search's: it stops the workers itself
+
+    def interrupted(*_: object) -> None:  # stopped by the search: the run records itself as failed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     import torch
 
     torch.set_num_threads(threads)
@@ -188,11 +195,12 @@ class PoolExecutor:
 
 
 def make_executor(kind: str, workers: int = 2, address: str | None = None,
-                  on_progress: OnProgress | None = None) -> Executor:
-    """``inline``, ``pool`` (``workers`` processes) or ``ray`` (at ``address``: ``auto``, HOST:PORT,
-    or ``local`` to start a cluster of ``workers`` CPUs in this machine for the search)."""
+                  on_progress: OnProgress | None = None, host: Any = None) -> Executor:
+    """``inline`` (with ``host``'s plugins), ``pool`` (``workers`` processes) or ``ray`` (at
+    ``address``: ``auto``, HOST:PORT, or ``local`` to start a cluster of ``workers`` CPUs in this
+    machine for the search). Workers elsewhere load the installed plugins."""
     if kind == "inline":
-        return InlineExecutor(on_progress)
+        return InlineExecutor(on_progress, host)
     if kind == "pool":
         return PoolExecutor(workers, on_progress=on_progress)
     if kind == "ray":

@@ -49,6 +49,7 @@ class _Job:
     chain: list[_Node]
     evaluations: Evaluations
     full: bool  # the full evaluation (of a front trial), not the trial's own
+    retried: bool = False
 
 
 class Scheduler:
@@ -158,7 +159,7 @@ class Scheduler:
         """Block until one task ends, and carry its result on."""
         key, outcome = self.executor.next_done()
         owner, task = self.tasks.pop(key)
-        if isinstance(outcome, Failure) and outcome.died and not getattr(owner, "retried", True):
+        if isinstance(outcome, Failure) and outcome.died and not owner.retried:
             owner.retried = True
             for trial in self._trials_of(owner):
                 trial.retried = True

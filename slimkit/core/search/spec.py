@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slimkit.core.config import describe_validation_error
 from slimkit.core.errors import SlimkitError
-from slimkit.core.recipe import CalibrationSpec, EvalSpec
+from slimkit.core.recipe import CalibrationSpec, EvalSpec, yaml_problem
 from slimkit.core.runtime import RuntimeSpec
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -156,9 +156,7 @@ class SearchSpec(_Strict):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise SearchError([f"malformed YAML{where}: {getattr(error, 'problem', None) or error}"], source) from None
+            raise SearchError([yaml_problem(error)], source) from None
         if data is None:
             raise SearchError(["the file is empty"], source)
         return cls.from_data(data, source=source, base_dir=base_dir)

@@ -59,7 +59,7 @@ class EvalDone:
     ran: tuple[str, ...] = field(default=())
 
 
-def run_step_task(task: StepTask, progress: ProgressCallback | None = None) -> StepDone:
+def run_step_task(task: StepTask, progress: ProgressCallback | None = None, host: "Host | None" = None) -> StepDone:
     from slimkit.core.catalogue import Catalogue
     from slimkit.core.catalogue.artifacts import new_artifact_path
     from slimkit.core.recipe import Recipe
@@ -69,7 +69,7 @@ def run_step_task(task: StepTask, progress: ProgressCallback | None = None) -> S
     started = time.perf_counter()
     with Catalogue(task.catalogue) as cat:
         result = run_recipe(recipe, task.model, out=new_artifact_path(cat, task.label), catalogue=cat,
-                            progress=progress)
+                            progress=progress, host=host)
     record = result.steps[-1]
     assert record.child_id is not None and result.output is not None
     return StepDone(record.child_id, str(result.output), bool(result.reused[-1]), time.perf_counter() - started,
@@ -122,13 +122,13 @@ def recorded_metrics(cat: "Catalogue", host: "Host", model_id: str,
     return metrics, missing
 
 
-def run_eval_task(task: EvalTask, progress: ProgressCallback | None = None) -> EvalDone:
+def run_eval_task(task: EvalTask, progress: ProgressCallback | None = None, host: "Host | None" = None) -> EvalDone:
     from slimkit.core.catalogue import Catalogue
     from slimkit.core.evaluation import evaluate_model, model_id
     from slimkit.core.host import get_host
     from slimkit.core.model_io import disk_bytes, load_model
 
-    host = get_host()
+    host = host or get_host()
     started = time.perf_counter()
     loaded = load_model(task.model, dtype=task.dtype, device=task.device)  # type: ignore[arg-type]
     identity = model_id(loaded)
@@ -147,8 +147,8 @@ def run_eval_task(task: EvalTask, progress: ProgressCallback | None = None) -> E
                     str(loaded.path) if loaded.path else task.model, tuple(todo))
 
 
-def run_task(task: Any, progress: ProgressCallback | None = None) -> Any:
-    """Run a :class:`StepTask` or an :class:`EvalTask` (what every executor calls)."""
-    runner: Callable[[Any, ProgressCallback | None], Any] = \
-        run_step_task if isinstance(task, StepTask) else run_eval_task
-    return runner(task, progress)
+def run_task(task: Any, progress: ProgressCallback | None = None, host: "Host | None" = None) -> Any:
+    """Run a :class:`StepTask` or an :class:`EvalTask` (what every executor calls) with ``host``'s
+    plugins (default: the installed ones, as a worker process has)."""
+    runner: Callable[..., Any] = run_step_task if isinstance(task, StepTask) else run_eval_task
+    return runner(task, progress, host)
