@@ -138,6 +138,17 @@ _TOPICS: dict[str, dict[str, str]] = {
         "run_recipe": "slimkit.core.runner",
         "RunResult": "slimkit.core.run_result",
     },
+    "Sweeps and searches": {
+        "SearchSpec": "slimkit.core.search.spec",
+        "load_search": "slimkit.core.search.spec",
+        "Budget": "slimkit.core.search.spec",
+        "SearchError": "slimkit.core.search.spec",
+        "run_sweep": "slimkit.core.search.driver",
+        "run_search": "slimkit.core.search.driver",
+        "SearchResult": "slimkit.core.search.driver",
+        "SearchEvent": "slimkit.core.search.trials",
+        "Trial": "slimkit.core.search.trials",
+    },
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.py keeps it equal to _TOPICS
@@ -257,6 +268,18 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; tests/test_public_toolkit.
     from slimkit.core.run_result import RunResult as RunResult
     from slimkit.core.runner import run_recipe as run_recipe
     from slimkit.core.scores import Scores as Scores
+    from slimkit.core.search.driver import (
+        SearchResult as SearchResult,
+        run_search as run_search,
+        run_sweep as run_sweep,
+    )
+    from slimkit.core.search.spec import (
+        Budget as Budget,
+        SearchError as SearchError,
+        SearchSpec as SearchSpec,
+        load_search as load_search,
+    )
+    from slimkit.core.search.trials import SearchEvent as SearchEvent, Trial as Trial
     from slimkit.core.storage import (
         quantized_modules as quantized_modules,
         replaced_modules as replaced_modules,

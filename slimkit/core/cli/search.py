@@ -88,7 +88,7 @@ def _run(ctx: click.Context, kind: str, file: str, model_spec: str, executor: st
                 return
             if event.kind == "progress":
                 bars(event.event)
-            elif event.kind != "full":
+            elif event.kind not in {"full", "base"}:
                 bars._progress.console.print(_event_line(event), highlight=False, markup=False)
 
         runner = run_sweep if kind == "sweep" else run_search
@@ -141,6 +141,8 @@ def _event_line(event: Any) -> str:
     head = f"trial {trial.number}"
     if event.kind == "start":
         return f"{head}: {trial.label}"
+    if event.kind == "catalogue":
+        return f"{head} from the catalogue: {trial.label}"
     if event.kind == "done":
         values = ", ".join(f"{k}={_value(k, v)}" for k, v in trial.metrics.items() if _shown(k))
         return f"{head} done in {duration(trial.seconds)}: {values} ({_steps(trial)})"

@@ -14,29 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from slimkit.core.contracts import ProgressEvent
 from slimkit.core.errors import SlimkitError
 from slimkit.core.search.goals import Goals, build_goals
 from slimkit.core.search.schedule import Evaluations, Scheduler
 from slimkit.core.search.space import Point, Space, build_space
 from slimkit.core.search.spec import Budget, SearchError, SearchSpec
-from slimkit.core.search.trials import Trial, front, point_key
+from slimkit.core.search.trials import SearchEvent, Trial, front, point_key
 from slimkit.core.search.validity import ModelCheck, valid_points, why_empty
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue
     from slimkit.core.host import Host
-
-
-@dataclass(frozen=True)
-class SearchEvent:
-    """What a sweep or search reports as it goes: ``note``, ``start``, ``done``, ``failed``,
-    ``retry``, ``full`` (a trial's full evaluation), ``progress`` (``event`` of a trial's task)."""
-
-    kind: str
-    trial: Trial | None = None
-    message: str = ""
-    event: ProgressEvent | None = None
 
 
 @dataclass
@@ -180,9 +168,15 @@ def _run(spec: SearchSpec, model: str, kind: Literal["sweep", "search"], *, budg
         result.run_id = run_id
         runtime = spec.runtime
         dtype, device = (runtime.dtype, runtime.device) if runtime else ("float32", "cpu")
-        scheduler = Scheduler(pool, prepared.space, host, cat, location, (dtype, device),
-                              lambda what, trial, message: emit(SearchEvent(what, trial, message)) if trial.number
-                              else None,  # (the input model's evaluation is reported as a note)
+
+        def on_trial(what: str, trial: Trial, message: str) -> None:
+            if not trial.number:  # (the input model's evaluation is reported as a note)
+                return
+            if what == "done" and result.base_metrics:
+                trial.feasible = prepared.goals.feasible(trial.metrics, result.base_metrics)
+            emit(SearchEvent(what, trial, message))
+
+        scheduler = Scheduler(pool, prepared.space, host, cat, location, (dtype, device), on_trial,
                               lambda trial, event: emit(SearchEvent("progress", trial, "", event)))
         holder["s"] = scheduler
         try:
@@ -237,6 +231,7 @@ def _explore(prepared: Prepared, kind: str, scheduler: Scheduler, cat: "Catalogu
         trial.feasible = goals.feasible(metrics, base)
         result.trials.append(trial)
         known[key] = trial
+        emit(SearchEvent("catalogue", trial))
     if known:
         emit(SearchEvent("note", message=f"the catalogue already holds {len(known)} trial(s) of this space for this "
                                          "model and these evaluation settings: taken from there"))
@@ -280,6 +275,7 @@ def _evaluate_base(prepared: Prepared, scheduler: Scheduler, result: SearchResul
             result.base_metrics = base.full_metrics
     emit(SearchEvent("note", message="input model " + (result.base_id or "?")[:19] + ": " + ", ".join(
         f"{k}={v:.6g}" for k, v in sorted(result.base_metrics.items()))))
+    emit(SearchEvent("base", values=dict(result.base_metrics)))
     return result.base_metrics
 
 

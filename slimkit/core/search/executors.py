@@ -12,23 +12,14 @@ import multiprocessing
 import os
 import traceback
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Protocol
 
 from slimkit.core.contracts import ProgressEvent
-from slimkit.core.search.tasks import run_task
+from slimkit.core.search.tasks import Failure, failure_of, run_task
 
 #: (task key, event) from a task's progress, forwarded by the executor
 OnProgress = Callable[[Any, ProgressEvent], None]
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A task that did not finish: its error in one line, and whether its worker died."""
-
-    message: str
-    died: bool = False
 
 
 class Executor(Protocol):
@@ -39,12 +30,6 @@ class Executor(Protocol):
     def next_done(self) -> tuple[Any, Any]: ...
 
     def close(self) -> None: ...
-
-
-def failure_of(error: BaseException) -> Failure:
-    from slimkit.core.failures import describe
-
-    return Failure(describe(error))
 
 
 class InlineExecutor:

@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.search.executors import Failure
+from slimkit.core.search.tasks import Failure
 
 #: environment a worker needs to find the same catalogue, artifact store and plugins
 _FORWARDED = ("SLIMKIT_CATALOGUE", "SLIMKIT_ARTIFACTS", "SLIMKIT_ARTIFACT_CACHE", "SLIMKIT_LOAD_PLUGINS",
@@ -20,8 +20,7 @@ _FORWARDED = ("SLIMKIT_CATALOGUE", "SLIMKIT_ARTIFACTS", "SLIMKIT_ARTIFACT_CACHE"
 
 
 def _remote_task(task: Any) -> Any:  # pragma: no cover - runs in a Ray worker
-    from slimkit.core.search.executors import failure_of
-    from slimkit.core.search.tasks import run_task
+    from slimkit.core.search.tasks import failure_of, run_task
 
     try:
         return run_task(task)

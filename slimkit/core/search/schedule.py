@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from slimkit.core.contracts import ProgressEvent
-from slimkit.core.search.executors import Executor, Failure
-from slimkit.core.search.tasks import EvalDone, EvalTask, StepDone, StepTask, recorded_metrics
+from slimkit.core.search.executors import Executor
+from slimkit.core.search.tasks import EvalDone, EvalTask, Failure, StepDone, StepTask, recorded_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimkit.core.catalogue import Catalogue

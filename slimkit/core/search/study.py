@@ -76,8 +76,7 @@ def search_loop(prepared: "Prepared", scheduler: "Scheduler", result: "SearchRes
                 sampler: str, seed: int, check: "ModelCheck") -> None:
     import optuna
 
-    from slimkit.core.search.driver import SearchEvent
-    from slimkit.core.search.trials import Trial, point_key
+    from slimkit.core.search.trials import SearchEvent, Trial, point_key
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     goals, space = prepared.goals, prepared.space

@@ -59,6 +59,20 @@ class EvalDone:
     ran: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A task that did not finish: its error in one line, and whether its worker died."""
+
+    message: str
+    died: bool = False
+
+
+def failure_of(error: BaseException) -> Failure:
+    from slimkit.core.failures import describe
+
+    return Failure(describe(error))
+
+
 def run_step_task(task: StepTask, progress: ProgressCallback | None = None, host: "Host | None" = None) -> StepDone:
     from slimkit.core.catalogue import Catalogue
     from slimkit.core.catalogue.artifacts import new_artifact_path

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from slimkit.core.contracts import ProgressEvent
 from slimkit.core.search.goals import Goals
 
 #: how a trial ended: run now, taken from the catalogue, failed, or not run (refused by the space)
@@ -99,3 +100,17 @@ def front(goals: Goals, trials: Sequence[Trial], base: Mapping[str, float], *, f
         return []
     return sorted((candidates[i][0] for i in nondominated([row for _, row in candidates])),
                   key=lambda t: objective_row(goals, t.values() if full else t.metrics) or ())
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """What a sweep or search reports as it goes: ``note``, ``base`` (the input model's metrics in
+    ``values``, as trials are judged), ``catalogue`` (a trial taken from the catalogue), ``start``,
+    ``done``, ``failed``, ``retry``, ``full`` (a trial's full evaluation), ``progress`` (``event`` of
+    a trial's task)."""
+
+    kind: str
+    trial: "Trial | None" = None
+    message: str = ""
+    event: ProgressEvent | None = None
+    values: dict[str, float] = field(default_factory=dict)
