@@ -85,6 +85,8 @@ def test_a_search_fills_the_table_and_front_as_trials_finish_and_a_click_shows_t
     result = tab.last_result
     assert result.stopped is None and len(result.trials) == 3 and all(t.status == "done" for t in result.trials)
     assert result.front and {t.number for t in tab.front} == {t.number for t in result.front}
+    # the input model's metrics were known while it ran (the live feasibility): the search's own
+    assert tab.base is not None and tab.base["size"] == result.base_metrics["size"]
     shown = tab.table.svg
     assert shown.count("<tr class='slimkit-trial") == 3 and shown.count("slimkit-front-row") == len(result.front)
     assert "perplexity.perplexity ↓" in shown and "size ↓" in shown and ">yes<" in shown
