@@ -81,7 +81,7 @@ def space_yaml(recipe: dict[str, Any]) -> str:
     """A search file's text for the editor, from a recipe's data (the panel's Run recipe)."""
     keep = {k: v for k, v in recipe.items() if k not in GOAL_KEYS and v not in (None, {}, [])}
     keep["steps"] = recipe.get("steps", [])
-    ordered = {k: keep[k] for k in ("name", "calibration", "steps", "evaluate") if k in keep}
+    ordered: dict[str, Any] = {k: keep[k] for k in ("name", "calibration", "steps", "evaluate") if k in keep}
     ordered.update({k: v for k, v in keep.items() if k not in ordered})
     return HINT + yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None)
 
@@ -171,7 +171,7 @@ class SearchTab:
     # -- state ------------------------------------------------------------------------------
     def summary(self) -> str:
         """One line, computed by the kernel: what Start will do, whether it can, its state."""
-        goals = self.form.config() if self.form.valid else None
+        goals: Any = self.form.config() if self.form.valid else None
         kind = goals.kind if goals else "search"
         budget = (f", {goals.trials} trials" + (f" or {goals.time}" if goals.time else "")
                   if goals and kind == "search" else "")
