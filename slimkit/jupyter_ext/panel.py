@@ -1,6 +1,7 @@
 """The main panel: choose a model, configure methods, build a recipe, run it off the main thread,
 see results, lineage and trade-offs, and export the model in any installed format (the Export
-tab, :mod:`slimkit.jupyter_ext.export_tab`), all against one catalogue.
+tab, :mod:`slimkit.jupyter_ext.export_tab`), and search for the best recipes (the Search tab,
+:mod:`slimkit.jupyter_ext.search_tab`), all against one catalogue.
 
 Everything the panel does goes through the Python API (:func:`run_recipe`, the catalogue
 queries), so what it records is what the CLI would record. Its state is summarised, by the kernel,
@@ -33,6 +34,7 @@ from slimkit.jupyter_ext.forms import ConfigForm
 from slimkit.jupyter_ext.messages import error_html
 from slimkit.jupyter_ext.progress import ProgressRow
 from slimkit.jupyter_ext.recipe_builder import RecipeBuilder, describe_step
+from slimkit.jupyter_ext.search_tab import SearchTab
 from slimkit.jupyter_ext.serial import serialised
 from slimkit.jupyter_ext.tables import compare_table, results_table
 from slimkit.jupyter_ext.views import CatalogueViews, set_choices
@@ -148,6 +150,11 @@ class Panel:
         self.export_tab = ExportTab(self.host, self.catalogue, model_spec=lambda: self.model_spec,
                                 on_main=self._on_main, drain=self._drain_if_main)
         self.model_path.observe(serialised(lambda _: self.export_tab.model_changed()), names="value")
+        # the Search tab finds the best recipes for the panel's model (a sweep or an Optuna search)
+        self.search_tab = SearchTab(self.host, self.catalogue, model_spec=lambda: self.model_spec,
+                                    recipe_data=self.recipe_data, on_main=self._on_main, drain=self._drain_if_main,
+                                    on_finish=self.refresh, on_open=self._open_trial)
+        self.model_path.observe(serialised(lambda _: self.search_tab.model_changed()), names="value")
 
         run_row = w.HBox([self.run_button, self.cancel_button, self.progress, self.progress_text])
         tabs = w.Tab(children=[
@@ -159,10 +166,11 @@ class Panel:
             self.views.lineage_box,
             self.views.pareto_box,
             w.VBox([w.HBox([self.compare_a, self.compare_b, self.compare_button]), self.compare_out]),
+            self.search_tab.widget,
             self.export_tab.widget,
         ])
         for index, title in enumerate(("Model", "Method", "Recipe", "Results", "Lineage", "Pareto", "Compare",
-                                       "Export")):
+                                       "Search", "Export")):
             tabs.set_title(index, title)
         self.tabs = tabs
         self.widget = w.VBox([w.HTML("<b>slimkit</b>"), self.notice, tabs, self.name, run_row, self.error,
@@ -170,6 +178,7 @@ class Panel:
         self.widget.add_class("slimkit-panel")
         self.refresh()
         self._build_form(self.method.value)
+        self.search_tab.fill_from_recipe(quiet=True)  # the method's form exists now
 
     # -- display ----------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -220,6 +229,12 @@ class Panel:
         self.model_path.value = entry.label  # its name, or the short id: both resolve to it
         self.views.focus(entry.id)
         self.compare_b.value = entry.id if entry.id in [v for _, v in self.compare_b.options] else None
+
+    def _open_trial(self, model_id: str) -> None:
+        """A search's trial chosen in the Search tab: the panel's model, shown in the Lineage tab."""
+        self.refresh()
+        self.select_model(model_id)
+        self.tabs.selected_index = 4
 
     def refresh(self) -> None:
         """Re-read the catalogue's models (after a run, or another process's)."""

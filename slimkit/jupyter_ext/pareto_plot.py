@@ -11,7 +11,7 @@ leaks between calls. Output is deterministic (fixed ``svg.hashsalt``, no date).
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -47,6 +47,50 @@ def _wide(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) >= 100 * min(values)
 
 
+class Dot(NamedTuple):
+    """One model's point: its id (made clickable), the label written beside it, x and y."""
+
+    id: str
+    label: str
+    x: float
+    y: float
+
+
+def draw_points(figure: Figure, points: Sequence[Dot], front: Sequence[Dot], kx: str, ky: str, *,
+                minimize_x: bool = True, minimize_y: bool = True, chosen: str | None = None,
+                title: str = "") -> Figure:
+    """Draw ``points`` with the ``front`` (a subset, in x order) ringed and joined, ``chosen``
+    highlighted: the picture of :func:`pareto_figure`, for any points (a search's trials too)."""
+    axes = figure.add_subplot()
+    on_front = {p.id for p in front}
+    if len(front) > 1:
+        axes.step([p.x for p in front], [p.y for p in front], where="post" if minimize_x else "pre",
+                  color=FRONT, linewidth=1.5, alpha=0.8, zorder=1, label="Pareto front")
+    for p in front:
+        axes.plot([p.x], [p.y], linestyle="none", marker="o", markersize=14, markerfacecolor="none",
+                  markeredgecolor=FRONT, markeredgewidth=1.5, zorder=2, gid=FRONT_PREFIX + encode_id(p.id))
+    for p in points:
+        axes.plot([p.x], [p.y], linestyle="none", marker="o", markersize=9, zorder=3,
+                  color=FRONT if p.id in on_front else OTHER, markeredgecolor="#343a40",
+                  markeredgewidth=0.6, gid=element_id(p.id))
+        axes.annotate(_plain(p.label), (p.x, p.y), xytext=(7, 6), textcoords="offset points", fontsize=8,
+                      color="#212529", zorder=4)
+        if p.id == chosen:
+            axes.plot([p.x], [p.y], linestyle="none", marker="o", markersize=18, markerfacecolor="none",
+                      markeredgecolor=SELECTED, markeredgewidth=2.5, zorder=2,
+                      gid=HIGHLIGHT_PREFIX + encode_id(p.id))
+    if _wide([p.x for p in points]):
+        axes.set_xscale("log")
+    if _wide([p.y for p in points]):
+        axes.set_yscale("log")
+    axes.set_xlabel(_plain(f"{kx} ({_better(minimize_x)})"))
+    axes.set_ylabel(_plain(f"{ky} ({_better(minimize_y)})"))
+    axes.set_title(_plain(title), fontsize=10)
+    axes.grid(True, linewidth=0.4, alpha=0.5)
+    axes.margins(0.12)
+    return figure
+
+
 def pareto_figure(cat: Catalogue, x: str, y: str, *, minimize_x: bool = True, minimize_y: bool = True,
                   selected: str | None = None, size: tuple[float, float] = (6.4, 4.4)) -> Figure:
     """The figure behind :func:`pareto_svg` and :func:`pareto_png` (for callers that style it further)."""
@@ -65,34 +109,10 @@ def pareto_figure(cat: Catalogue, x: str, y: str, *, minimize_x: bool = True, mi
             chosen = cat.resolve(selected).id
         except CatalogueError:
             chosen = selected
-    axes = figure.add_subplot()
-    on_front = {p.model.id for p in front}
-    if len(front) > 1:
-        axes.step([p.x for p in front], [p.y for p in front], where="post" if minimize_x else "pre",
-                  color=FRONT, linewidth=1.5, alpha=0.8, zorder=1, label="Pareto front")
-    for p in front:
-        axes.plot([p.x], [p.y], linestyle="none", marker="o", markersize=14, markerfacecolor="none",
-                  markeredgecolor=FRONT, markeredgewidth=1.5, zorder=2, gid=FRONT_PREFIX + encode_id(p.model.id))
-    for p in points:
-        axes.plot([p.x], [p.y], linestyle="none", marker="o", markersize=9, zorder=3,
-                  color=FRONT if p.model.id in on_front else OTHER, markeredgecolor="#343a40",
-                  markeredgewidth=0.6, gid=element_id(p.model.id))
-        axes.annotate(_plain(p.model.label), (p.x, p.y), xytext=(7, 6), textcoords="offset points", fontsize=8,
-                      color="#212529", zorder=4)
-        if p.model.id == chosen:
-            axes.plot([p.x], [p.y], linestyle="none", marker="o", markersize=18, markerfacecolor="none",
-                      markeredgecolor=SELECTED, markeredgewidth=2.5, zorder=2,
-                      gid=HIGHLIGHT_PREFIX + encode_id(p.model.id))
-    if _wide([p.x for p in points]):
-        axes.set_xscale("log")
-    if _wide([p.y for p in points]):
-        axes.set_yscale("log")
-    axes.set_xlabel(_plain(f"{kx} ({_better(minimize_x)})"))
-    axes.set_ylabel(_plain(f"{ky} ({_better(minimize_y)})"))
-    axes.set_title(f"{len(front)} of {len(points)} model(s) on the Pareto front", fontsize=10)
-    axes.grid(True, linewidth=0.4, alpha=0.5)
-    axes.margins(0.12)
-    return figure
+    dots = [Dot(p.model.id, p.model.label, p.x, p.y) for p in points]
+    return draw_points(figure, dots, [Dot(p.model.id, p.model.label, p.x, p.y) for p in front], kx, ky,
+                       minimize_x=minimize_x, minimize_y=minimize_y, chosen=chosen,
+                       title=f"{len(front)} of {len(points)} model(s) on the Pareto front")
 
 
 def pareto_svg(cat: Catalogue, x: str, y: str, *, minimize_x: bool = True, minimize_y: bool = True,
@@ -105,9 +125,14 @@ def pareto_svg(cat: Catalogue, x: str, y: str, *, minimize_x: bool = True, minim
     ``slimkit-front-<...>``, the ``selected`` model (id, prefix or name) one ``slimkit-highlight-<...>``.
     With no model having both values, or an unknown metric, the picture is that message.
     """
-    figure = pareto_figure(cat, x, y, minimize_x=minimize_x, minimize_y=minimize_y, selected=selected, **options)
+    return figure_svg(pareto_figure(cat, x, y, minimize_x=minimize_x, minimize_y=minimize_y, selected=selected,
+                                    **options))
+
+
+def figure_svg(figure: Figure) -> str:
+    """A figure as a deterministic SVG string (text as text, stable ids, no date)."""
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "slimkit"}):  # text as text; stable ids
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "slimkit"}):
         FigureCanvasSVG(figure).print_svg(buffer, metadata={"Date": None})
     return buffer.getvalue()
 

@@ -2,7 +2,8 @@
 the bundled model, set magnitude pruning to 50% in the generated form, run, wait for the progress
 bar, read the results table and find the new model in the lineage drawing; bad form input and a
 failing run are shown in the panel; the Export tab writes the model with a third-party exporter
-registered in the notebook. Every test leaves screenshots (the docs' pictures)."""
+registered in the notebook; the Search tab runs a 2-trial search and a click on a front
+point draws its lineage. Every test leaves screenshots (the docs' pictures)."""
 
 from __future__ import annotations
 
@@ -265,3 +266,40 @@ def test_export_the_model_with_a_third_party_exporter(lab, page, screenshot, tmp
     assert note == "from the browser" and model_id.startswith("sha256:")
     expect(result).to_contain_text(model_id.split(":")[1][:12])  # the model, by its short id
     expect(result).to_contain_text(hashlib.sha256(written.read_bytes()).hexdigest()[:16])
+
+
+SEARCH_SPACE = """name: e2e-search
+calibration: {n_samples: 8, seq_len: 32}
+steps:
+  - method: quantize.rtn
+    params: {bits: [4, 8], group_size: 4}
+evaluate:
+  - metric: perplexity
+    params: {max_windows: 2, seq_len: 64}
+"""
+
+
+def test_search_the_bundled_model_from_the_search_tab(lab, page, screenshot, tmp_path):
+    _, slimkit, _ = open_panel(page, lab, tmp_path / "cat.db", "search.ipynb")
+    tab(slimkit, "Search")
+    search = slimkit.locator(".slimkit-search-tab")
+    summary = search.locator(".slimkit-search-summary")
+    expect(search.locator(".slimkit-search-yaml textarea")).to_have_value(re.compile("method: prune.unstructured"))
+    search.locator(".slimkit-search-yaml textarea").fill(SEARCH_SPACE)
+    enter(search.locator(".slimkit-field-trials .widget-readout"), "2")
+    expect(summary).to_contain_text("search: example:stories260K, 2 trials | ready | state: idle")
+    search.locator("button.slimkit-search-start").click()
+    expect(summary).to_contain_text("state: done | trials: 2 finished", timeout=300_000)
+    rows = search.locator("table.slimkit-trials tr.slimkit-trial")
+    expect(rows).to_have_count(2)
+    expect(search.locator("table.slimkit-trials")).to_contain_text("quantize.rtn(bits=4)")
+    expect(search.locator(".slimkit-search-outcome")).to_contain_text("search: 2 done")
+    # a click on a point of the front draws that trial's lineage: the input model and the trial's
+    point = search.locator("div.slimkit-search-front [id^='slimkit-select-']").first
+    chosen = unquote(point.get_attribute("id").removeprefix("slimkit-select-")).split(":")[-1][:12]
+    point.click()
+    lineage = search.locator("div.slimkit-search-lineage")
+    expect(lineage.locator("[id^='slimkit-select-']")).to_have_count(2)
+    expect(lineage).to_contain_text(chosen)
+    expect(search.locator("table.slimkit-trials tr.slimkit-selected-row")).to_have_count(1)
+    screenshot(search, "panel-search")
