@@ -283,9 +283,9 @@ class SearchTab:
 
     def _event(self, event: Any, total: int) -> None:
         """Called on the search's thread for every :class:`SearchEvent`."""
-        if event.kind == "note":
-            if event.message.startswith("input model ") and self.base is None:
-                self.base = self._base_metrics(event.message)
+        if event.kind == "base":
+            self.base = dict(event.values)  # what 'x base' constraints refer to, as trials are judged
+        elif event.kind == "note":
             text = event.message
             self._on_main(lambda: self._say(text))
         elif event.kind == "progress":
@@ -299,22 +299,6 @@ class SearchTab:
         elif event.trial is not None:
             snap = _snapshot(event.trial)
             self._on_main(lambda: self._trial(snap, event.kind, total))
-
-    def _base_metrics(self, note: str) -> dict[str, float] | None:
-        """The input model's metrics, read back from the catalogue by the id its note gives.
-
-        (The events carry no base metrics; a ``base`` event in the core would make this direct.)
-        """
-        from slimkit.core.search.tasks import recorded_metrics
-
-        try:
-            reference = note.split()[2].rstrip(":")
-            model_id = self.catalogue.resolve(reference).id
-            metrics, missing = recorded_metrics(self.catalogue, self.host, model_id,
-                                                self._prepared.trial_evaluations)
-        except Exception:  # live feasibility is a nicety: the result says it at the end
-            return None
-        return None if missing else metrics
 
     def _say(self, text: str) -> None:
         if self.run_state is not None and self.run_state.running:
