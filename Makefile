@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimkit-installed
 
-.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization bench-export bench-scale clean
+.PHONY: install demo test test-e2e docs-screenshots bench bench-pruning bench-quantization bench-export bench-scale bench-search clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ bench-export: $(STAMP)
 # process, llm-compressor beside it on the 1B shape; about an hour on 2 cores (docs/bench_scale.md).
 bench-scale: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python bench/scale.py
+
+# Recipe search (issue 18): TPE and random search over pruning + quantization recipes on
+# SmolLM2-135M at <= 0.3x the fp32 file, beside README's best hand-written recipe, then the TPE
+# search again on its own catalogue; about 25 minutes on 2 cores (docs/bench_search.md).
+bench-search: $(STAMP)
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs build *.egg-info
