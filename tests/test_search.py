@@ -208,6 +208,23 @@ def test_a_pool_worker_that_dies_loses_only_its_task_which_is_retried_once(tmp_p
     assert [t.status for t in result.trials] == ["done"] * 4
     assert any(t.retried for t in result.trials)
     assert rows(db, "select count(*) from steps where method = 'prune.unstructured'") == [(2,)]
+    # the killed task's run is marked failed (by the next worker opening the catalogue); the rest are done
+    assert rows(db, "select count(*) from runs where status = 'failed' and error like 'the process ended%'") == [(1,)]
+    assert rows(db, "select count(*) from runs where status = 'running'") == [(0,)]
+
+
+def test_pool_workers_record_into_one_postgresql_catalogue(pg_database: str) -> None:
+    from slimkit.core.catalogue import Catalogue
+
+    Catalogue(pg_database, upgrade=True).close()  # a server catalogue is created on request
+    result = run_sweep(spec_of(PRUNE_THEN_QUANT), MODEL, catalogue=pg_database, executor="pool", workers=2)
+    assert [t.status for t in result.trials] == ["done"] * 4 and result.steps_run == 6
+    with Catalogue(pg_database) as cat:
+        assert {t.model_id for t in result.trials} <= {m.id for m in cat.models()}
+        pruned = [s for m in cat.models() for s in cat.steps_into(m.id) if s.method == "prune.unstructured"]
+        assert len(pruned) == 2  # each pruning once, though two workers ran trials needing it
+    again = run_sweep(spec_of(PRUNE_THEN_QUANT), MODEL, catalogue=pg_database)
+    assert again.counts["catalogue"] == 4
 
 
 # -- searches ----------------------------------------------------------------------------------
@@ -230,6 +247,13 @@ def test_a_second_search_starts_from_the_first_and_repeats_no_trial(host: Any, t
     assert len(set(points)) == len(points)
     steps_before = rows(db, "select count(*) from steps")[0][0]
     assert steps_before == first.steps_run + second.steps_run
+
+
+def test_nsga2_and_random_samplers_search_too(host: Any, tmp_path: Path) -> None:
+    for sampler in ("nsga2", "random"):
+        result = run_search(spec_of(SEARCH_STEPS), MODEL, catalogue=str(tmp_path / f"{sampler}.db"), host=host,
+                            budget=Budget(trials=2), sampler=sampler)
+        assert result.counts["done"] == 2 and result.front
 
 
 def test_a_search_needs_objectives_and_a_budget(host: Any) -> None:

@@ -237,7 +237,7 @@ def _explore(prepared: Prepared, kind: str, scheduler: Scheduler, cat: "Catalogu
                                          "model and these evaluation settings: taken from there"))
     stopped = (lambda: bool(stop and stop()))
     if kind == "sweep":
-        _sweep(prepared, scheduler, result, known, base, stopped)
+        _sweep(prepared, scheduler, result, known, stopped)
     else:
         from slimkit.core.search.study import search_loop
 
@@ -287,7 +287,7 @@ def _proxy_note(prepared: Prepared) -> str:
 
 
 def _sweep(prepared: Prepared, scheduler: Scheduler, result: SearchResult, known: dict[str, Trial],
-           base: dict[str, float], stopped: Callable[[], bool]) -> None:
+           stopped: Callable[[], bool]) -> None:
     space = prepared.space
     for point, reason in prepared.refused:
         result.trials.append(Trial(len(result.trials) + 1, point, space.label(point), "invalid", error=reason))
@@ -297,14 +297,17 @@ def _sweep(prepared: Prepared, scheduler: Scheduler, result: SearchResult, known
         trial = Trial(len(result.trials) + 1, point, space.label(point))
         result.trials.append(trial)
         scheduler.start(trial, prepared.trial_evaluations)
+    _drain(scheduler, result, stopped)
+
+
+def _drain(scheduler: Scheduler, result: SearchResult, stopped: Callable[[], bool]) -> bool:
+    """Wait for every task in flight; ``False`` when stopped on request first."""
     while scheduler.busy:
         if stopped():
             result.stopped = "stopped on request"
-            return
+            return False
         scheduler.wait()
-    for trial in result.trials:
-        if trial.status == "done":
-            trial.feasible = prepared.goals.feasible(trial.metrics, base)
+    return True
 
 
 def _evaluate_front_fully(prepared: Prepared, scheduler: Scheduler, result: SearchResult,
@@ -313,10 +316,7 @@ def _evaluate_front_fully(prepared: Prepared, scheduler: Scheduler, result: Sear
     for trial in cheap:
         if not trial.full_metrics:
             scheduler.evaluate_fully(trial, prepared.evaluations)
-    while scheduler.busy:
-        if stopped():
-            result.stopped = "stopped on request"
-            return
-        scheduler.wait()
+    if not _drain(scheduler, result, stopped):
+        return
     result.notes.append(f"full evaluation of the {len(cheap)} trial(s) on the cheap front "
                         f"(of {sum(t.finished for t in result.trials)} evaluated cheaply)")

@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -168,28 +168,35 @@ class Space:
     # -- points ----------------------------------------------------------------------------------
     def grid(self) -> Iterator[Point]:
         """Every point of a sweep, once (an absent step's values are not multiplied in)."""
+        return self._points(Dimension.grid)
+
+    def corners(self) -> Iterator[Point]:
+        """Points that stand for the whole space when checking validity: every structure (order,
+        present steps, method) with each choice and both ends of each range."""
+        return self._points(Dimension.ends)
+
+    def _points(self, values: Callable[[Dimension], list[Any]]) -> Iterator[Point]:
         order_dim = self.order_dimension
         for order in (order_dim.grid() if order_dim else [None]):
             base: Point = {} if order is None else {"order": order}
-            per_step = [list(self._step_points(step)) for step in self.steps]
+            per_step = [list(self._step_points(step, values)) for step in self.steps]
             for parts in itertools.product(*per_step):
                 point = dict(base)
                 for part in parts:
                     point.update(part)
                 yield point
 
-    def _step_points(self, step: StepAxes) -> Iterator[Point]:
+    def _step_points(self, step: StepAxes, values: Callable[[Dimension], list[Any]]) -> Iterator[Point]:
         if step.optional:
             yield {step.present: False}
         head: Point = {step.present: True} if step.optional else {}
-        methods = step.methods if len(step.methods) > 1 else (None,)
         names = list(step.fields)
-        for method in methods:
-            for values in itertools.product(*(step.fields[n].grid() for n in names)):
+        for method in (step.methods if len(step.methods) > 1 else (None,)):
+            for chosen in itertools.product(*(values(step.fields[n]) for n in names)):
                 point = dict(head)
                 if method is not None:
                     point[step.method] = method
-                point.update({step.fields[n].name: v for n, v in zip(names, values)})
+                point.update({step.fields[n].name: v for n, v in zip(names, chosen)})
                 yield point
 
     def suggest(self, trial: Any) -> Point:
@@ -208,32 +215,6 @@ class Space:
             for dim in step.fields.values():
                 point[dim.name] = dim.suggest(trial)
         return point
-
-    def corners(self) -> Iterator[Point]:
-        """Points that stand for the whole space when checking validity: every structure (order,
-        present steps, method) with each choice and both ends of each range."""
-        order_dim = self.order_dimension
-        for order in (order_dim.grid() if order_dim else [None]):
-            base: Point = {} if order is None else {"order": order}
-            per_step = [list(self._step_corners(step)) for step in self.steps]
-            for parts in itertools.product(*per_step):
-                point = dict(base)
-                for part in parts:
-                    point.update(part)
-                yield point
-
-    def _step_corners(self, step: StepAxes) -> Iterator[Point]:
-        if step.optional:
-            yield {step.present: False}
-        head: Point = {step.present: True} if step.optional else {}
-        names = list(step.fields)
-        for method in (step.methods if len(step.methods) > 1 else (None,)):
-            for values in itertools.product(*(step.fields[n].ends() for n in names)):
-                point = dict(head)
-                if method is not None:
-                    point[step.method] = method
-                point.update({step.fields[n].name: v for n, v in zip(names, values)})
-                yield point
 
     # -- recipes ---------------------------------------------------------------------------------
     def active(self, point: Mapping[str, Any]) -> list[StepAxes]:
