@@ -326,6 +326,18 @@ def test_cli_bad_input_is_one_line_before_any_work(tmp_path: Path, args: list[st
     assert not (tmp_path / "c.db").exists() or rows(tmp_path / "c.db", "select count(*) from steps") == [(0,)]
 
 
+def test_cli_dry_run_shows_the_bundled_example_space_and_runs_nothing(tmp_path: Path) -> None:
+    result = invoke("--catalogue", str(tmp_path / "c.db"), "sweep", "example:prune-quantize", "-m", MODEL,
+                    "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["points"] == (1 + 2 * 2) * 2 and data["refused"] == []  # (absent, or 2 methods x 2 sparsities) x 2 bits
+    assert [d["name"] for d in data["dimensions"]] == ["step1.present", "step1.method", "step1.sparsity", "step2.bits"]
+    assert not (tmp_path / "c.db").exists()
+    result = invoke("search", "example:nope", "-m", MODEL, "--dry-run")
+    assert result.exit_code == 1 and "bundled: prune-quantize" in result.output
+
+
 def test_cli_unknown_metric_and_missing_file_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text(SWEEP_YAML.replace("size <= 0.5 x base", "accuracy >= 0.5"))
     result = invoke("search", str(tmp_path / "s.yaml"), "-m", MODEL, "--budget", "trials=2")

@@ -28,6 +28,7 @@ def _options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Draw the trials and the front (PNG, SVG or PDF) to FILE."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
         click.option("--no-progress", is_flag=True, help="Do not print a line per trial or draw progress bars."),
+        click.option("--dry-run", is_flag=True, help="Check FILE and show its space and goals; run nothing."),
     ]):
         command = option(command)
     return command
@@ -37,7 +38,7 @@ def _options(command: Callable[..., Any]) -> Callable[..., Any]:
 @_options
 @click.pass_context
 def sweep(ctx: click.Context, file: str, model_spec: str, executor: str, workers: int, address: str | None,
-          plot_path: str | None, as_json: bool, no_progress: bool) -> None:
+          plot_path: str | None, as_json: bool, no_progress: bool, dry_run: bool) -> None:
     """Run every combination of FILE's choices on MODEL, each a recorded trial.
 
     FILE is a recipe whose step params may list values (sparsity: [0.3, 0.5]), whose steps may
@@ -45,6 +46,8 @@ def sweep(ctx: click.Context, file: str, model_spec: str, executor: str, workers
     constraints for the front. Steps shared by trials run once; trials the catalogue already has
     are taken from there.
     """
+    if dry_run:
+        return _dry_run(ctx, "sweep", file, as_json)
     _run(ctx, "sweep", file, model_spec, executor, workers, address, plot_path, as_json, no_progress)
 
 
@@ -56,8 +59,8 @@ def sweep(ctx: click.Context, file: str, model_spec: str, executor: str, workers
 @click.option("--seed", type=int, help="The sampler's seed (default: the file's seed).")
 @click.pass_context
 def search(ctx: click.Context, file: str, model_spec: str, executor: str, workers: int, address: str | None,
-           plot_path: str | None, as_json: bool, no_progress: bool, budget: str | None, sampler: str | None,
-           seed: int | None) -> None:
+           plot_path: str | None, as_json: bool, no_progress: bool, dry_run: bool, budget: str | None,
+           sampler: str | None, seed: int | None) -> None:
     """Search FILE's space on MODEL for the best recipes under a budget (Optuna).
 
     The objectives (minimize perplexity, minimize size...) and constraints (size <= 0.3 x base...)
@@ -67,6 +70,8 @@ def search(ctx: click.Context, file: str, model_spec: str, executor: str, worker
     from slimkit.core.search.spec import Budget
 
     chosen = Budget.parse(budget) if budget else None
+    if dry_run:
+        return _dry_run(ctx, "search", file, as_json)
     _run(ctx, "search", file, model_spec, executor, workers, address, plot_path, as_json, no_progress,
          budget=chosen, sampler=sampler, seed=seed)
 
@@ -110,6 +115,30 @@ def _run(ctx: click.Context, kind: str, file: str, model_spec: str, executor: st
     show_search(result)
     if plot_path is not None:
         click.echo(f"plot: {plot_path}")
+
+
+def _dry_run(ctx: click.Context, kind: str, file: str, as_json: bool) -> None:
+    """The space's dimensions, how many points it has and which are refused, and the goals."""
+    from slimkit.core.search import load_search, prepare
+
+    prepared = prepare(load_search(file), get_host_from(ctx), kind)  # type: ignore[arg-type]
+    dimensions = [(d.name, d.kind, d.describe()) for d in prepared.space.dimensions()]
+    goals = prepared.goals
+    objectives, constraints = [str(o) for o in goals.objectives], [c.text for c in goals.constraints]
+    refused = [{"recipe": prepared.space.label(p), "why": why} for p, why in prepared.refused]
+    summary: dict[str, Any] = {"dimensions": [dict(zip(("name", "kind", "values"), row)) for row in dimensions],
+               "objectives": objectives, "constraints": constraints,
+               "points": len(prepared.points) if kind == "sweep" else None, "refused": refused}
+    if as_json:
+        return print_json(summary)
+    table(f"{kind} {prepared.spec.name or ''}: the space", ["dimension", "kind", "values"], dimensions)
+    if kind == "sweep":
+        click.echo(f"{len(prepared.points)} combination(s) to run, {len(prepared.refused)} refused "
+                   "(the model's own checks come when it is loaded)")
+    for entry in refused:
+        click.echo(f"refused: {entry['recipe']}: {entry['why']}")
+    click.echo(f"objectives: {'; '.join(objectives) or 'none'}; constraints: {'; '.join(constraints) or 'none'}")
+    return None
 
 
 def _check_plot_target(path: str) -> None:

@@ -166,8 +166,20 @@ class SearchSpec(_Strict):
 
 
 def load_search(path: str | os.PathLike[str]) -> SearchSpec:
-    """Read a sweep or search file."""
-    file = Path(path).expanduser()
+    """Read a sweep or search file, or a bundled one as ``example:NAME``."""
+    from slimkit.core.recipe import EXAMPLE_PREFIX
+
+    text = str(path)
+    if text.startswith(EXAMPLE_PREFIX):
+        from slimkit.core.model_io import examples_root
+
+        folder = examples_root() / "searches"
+        file = folder / f"{text[len(EXAMPLE_PREFIX):]}.yaml"
+        if not file.is_file():
+            bundled = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+            raise SlimkitError(f"no bundled sweep or search {text[len(EXAMPLE_PREFIX):]!r}; bundled: {bundled}")
+    else:
+        file = Path(path).expanduser()
     if not file.is_file():
         raise SlimkitError(f"no such sweep or search file: {path}")
     try:
