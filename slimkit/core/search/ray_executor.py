@@ -64,7 +64,9 @@ class RayExecutor:
             else:
                 ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
         except (ConnectionError, RuntimeError) as error:
-            raise SlimkitError(f"cannot join the Ray cluster at {address}: {str(error).splitlines()[0]}") from None
+            hint = " (start one with `ray start --head`, or use --address local)" if address == "auto" else ""
+            raise SlimkitError(f"cannot join the Ray cluster at {address}: "
+                               f"{str(error).splitlines()[0].split('. Please')[0]}{hint}") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.slots = max(1, min(workers, cpus))
         threads = max(1, cpus // self.slots)
