@@ -72,6 +72,22 @@ def test_lists_choices_ranges_optional_steps_and_orders_make_the_grid(host: Any)
     assert [s.method for s in space.recipe(turned).steps] == ["quantize.rtn", turned["step1.method"]]
 
 
+def test_a_param_applies_to_the_methods_of_the_step_that_have_it(host: Any) -> None:
+    spec = spec_of([{"method": ["prune.unstructured", "prune.sparsegpt"],
+                     "params": {"sparsity": [0.3, 0.5], "scorer": "wanda", "sequential": [True, False]}}])
+    space = build_space(spec, host)
+    recipes = [space.recipe(p).steps[0] for p in space.grid()]
+    assert len(recipes) == 2 * 2 + 2  # unstructured: sparsity x sequential; sparsegpt: sparsity only
+    assert all(r.params.get("scorer") == "wanda" for r in recipes if r.method == "prune.unstructured")
+    assert all(set(r.params) == {"sparsity"} for r in recipes if r.method == "prune.sparsegpt")
+    for point in space.grid():  # every one valid, and back from what it records
+        planned = space.recipe(point).resolve(host).planned()
+        chain = [(axes, p.info.name) for axes, p in zip(space.active(point), planned)]
+        assert space.point_of(chain, [p.serial["data"] for p in planned]) == point
+    with pytest.raises(SearchError, match="no method of the step .* has the field 'sparsty'"):
+        build_space(spec_of([{"method": ["prune.unstructured", "prune.sparsegpt"], "params": {"sparsty": 0.5}}]), host)
+
+
 def test_a_recorded_chain_maps_back_to_its_point(host: Any) -> None:
     space = build_space(spec_of(PRUNE_THEN_QUANT), host)
     for point in space.grid():

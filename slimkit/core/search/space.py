@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from pydantic import TypeAdapter, ValidationError
@@ -126,6 +126,20 @@ class StepAxes:
     fields: dict[str, Dimension]  # config field -> dimension
     optional: bool
     seed: int | None
+    #: each method's config fields: a param applies to the methods that have it (a Wanda scorer
+    #: for prune.unstructured, not for prune.sparsegpt, in one step choosing between them)
+    accepts: dict[str, frozenset[str]] = dataclass_field(default_factory=dict)
+
+    def dimensions_of(self, method: str) -> dict[str, Dimension]:
+        """The dimensions that apply to ``method`` (by config field)."""
+        known = self.accepts.get(method)
+        return {f: d for f, d in self.fields.items() if known is None or f in known}
+
+    def params_of(self, method: str, point: Mapping[str, Any]) -> dict[str, Any]:
+        """``method``'s params at ``point``: the fixed ones and the chosen values it takes."""
+        known = self.accepts.get(method)
+        fixed = {f: v for f, v in self.fixed.items() if known is None or f in known}
+        return {**fixed, **{f: point[d.name] for f, d in self.dimensions_of(method).items()}}
 
     @property
     def present(self) -> str:
@@ -190,13 +204,13 @@ class Space:
         if step.optional:
             yield {step.present: False}
         head: Point = {step.present: True} if step.optional else {}
-        names = list(step.fields)
-        for method in (step.methods if len(step.methods) > 1 else (None,)):
-            for chosen in itertools.product(*(values(step.fields[n]) for n in names)):
+        for method in step.methods:
+            dims = list(step.dimensions_of(method).values())
+            for chosen in itertools.product(*(values(d) for d in dims)):
                 point = dict(head)
-                if method is not None:
+                if len(step.methods) > 1:
                     point[step.method] = method
-                point.update({step.fields[n].name: v for n, v in zip(names, chosen)})
+                point.update({d.name: v for d, v in zip(dims, chosen)})
                 yield point
 
     def suggest(self, trial: Any) -> Point:
@@ -210,9 +224,10 @@ class Space:
                 point[step.present] = trial.suggest_categorical(step.present, [True, False])
                 if not point[step.present]:
                     continue
+            method = step.methods[0]
             if len(step.methods) > 1:
-                point[step.method] = trial.suggest_categorical(step.method, list(step.methods))
-            for dim in step.fields.values():
+                method = point[step.method] = trial.suggest_categorical(step.method, list(step.methods))
+            for dim in step.dimensions_of(method).values():
                 point[dim.name] = dim.suggest(trial)
         return point
 
@@ -229,8 +244,7 @@ class Space:
         steps = []
         for step in self.active(point):
             method = point.get(step.method, step.methods[0])
-            params = {**step.fixed, **{field: point[dim.name] for field, dim in step.fields.items()}}
-            steps.append(StepSpec(method=method, params=params, seed=step.seed))
+            steps.append(StepSpec(method=method, params=step.params_of(method, point), seed=step.seed))
         if not steps:
             raise SearchError(["a point of the space has no step (every step is optional and absent)"])
         return Recipe(name=name or spec.name, seed=spec.seed, calibration=spec.calibration, steps=steps,
@@ -240,8 +254,8 @@ class Space:
         """The point in a few words: each present step's method and chosen values."""
         parts = []
         for step in self.active(point):
-            chosen = [f"{field}={_text(point[dim.name])}" for field, dim in step.fields.items()]
             method = point.get(step.method, step.methods[0])
+            chosen = [f"{field}={_text(point[dim.name])}" for field, dim in step.dimensions_of(method).items()]
             parts.append(method + (f"({', '.join(chosen)})" if chosen else ""))
         return " -> ".join(parts)
 
@@ -273,7 +287,7 @@ class Space:
         for (step, method), data in zip(chain, configs):
             if len(step.methods) > 1:
                 point[step.method] = method
-            for field, dim in step.fields.items():
+            for field, dim in step.dimensions_of(method).items():
                 if field not in data or not dim.contains(data[field]):
                     return None
                 point[dim.name] = data[field]
@@ -310,6 +324,9 @@ def _step_axes(number: int, step: StepSpace, host: "Host", problems: list[str]) 
             problems.append(f"{label}: {error}")
     if len(fields_of) != len(step.methods):
         return None
+    for field in step.params:
+        if not any(field in f for f in fields_of):
+            problems.append(f"{label}: no method of the step ({', '.join(step.methods)}) has the field {field!r}")
     fixed: dict[str, Any] = {}
     dims: dict[str, Dimension] = {}
     for field, value in step.params.items():
@@ -320,7 +337,8 @@ def _step_axes(number: int, step: StepSpace, host: "Host", problems: list[str]) 
             fixed[field] = value
         else:
             dims[field] = dim
-    return StepAxes(number, step.methods, fixed, dims, step.optional, step.seed)
+    accepts = {m: frozenset(f) for m, f in zip(step.methods, fields_of)} if len(step.methods) > 1 else {}
+    return StepAxes(number, step.methods, fixed, dims, step.optional, step.seed, accepts)
 
 
 def _dimension(name: str, value: Any, annotations: list[Any], problems: list[str]) -> Dimension | None:

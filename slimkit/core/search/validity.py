@@ -4,7 +4,7 @@ can, which of these refuses them all."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.search.goals import Goals
@@ -69,6 +69,7 @@ class ModelCheck:
         self.host, self._load = host, load
         self._model: "LoadedModel | None" = None
         self._seen: dict[str, str | None] = {}
+        self._calibration: dict[str, Any] = {}  # drawn once per calibration section, not per recipe
 
     def problem(self, space: Space, point: Point) -> str | None:
         try:
@@ -81,7 +82,10 @@ class ModelCheck:
                 self._model = self._load()
             try:
                 validated = recipe.resolve(self.host)
-                calibration = recipe.calibration_data(self._model)
+                section = recipe.calibration.model_dump_json() if recipe.calibration else ""
+                if section not in self._calibration:
+                    self._calibration[section] = recipe.calibration_data(self._model)
+                calibration = self._calibration[section]
                 problems = validated.check_model(self.host, self._model, calibration)
             except SlimkitError as error:
                 problems = [str(error)]
