@@ -122,7 +122,7 @@ def best(result: Any) -> Any | None:
 def printer(base_size: list[float]) -> Any:
     def on_event(event: Any) -> None:
         trial = event.trial
-        if event.kind == "progress":
+        if event.kind in {"progress", "base"}:  # (the input model's metrics also come as a note)
             return
         if trial is None:
             print(f"  . {event.message}", flush=True)

@@ -10,7 +10,7 @@ died is retried once; a task that raised fails the trials that need it, and the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from slimkit.core.contracts import ProgressEvent
@@ -37,8 +37,6 @@ class _Node:
     result: StepDone | None = None
     error: str | None = None
     retried: bool = False
-    children: list["_Node"] = field(default_factory=list)
-    trials: list["Trial"] = field(default_factory=list)  # trials whose last step this is
 
 
 @dataclass
@@ -89,8 +87,6 @@ class Scheduler:
             if node is None:
                 node = _Node(key, parent, one.to_yaml(), f"trial{trial.number}-step{index + 1}", trial.number)
                 self.nodes[key] = node
-                if parent is not None:
-                    parent.children.append(node)
             chain.append(node)
             parent = node
         job = _Job(trial, chain, evaluations, False)
