@@ -44,6 +44,11 @@ PRUNE_THEN_QUANT = [{"method": "prune.unstructured", "params": {"sparsity": [0.3
                     {"method": "quantize.rtn", "params": {"bits": [4, 8], "group_size": 4}}]
 
 
+# two trials sharing their first step: the smallest space that shows a step run once for two trials
+SHARED_FIRST = [{"method": "prune.unstructured", "params": {"sparsity": 0.3}},
+                {"method": "quantize.rtn", "params": {"bits": [4, 8], "group_size": 4}}]
+
+
 def rows(db: Path, sql: str) -> list[tuple]:
     with sqlite3.connect(db) as connection:
         return connection.execute(sql).fetchall()
@@ -218,12 +223,12 @@ def test_a_pool_worker_that_dies_loses_only_its_task_which_is_retried_once(tmp_p
             killed.append(victim.pid)
             os.kill(victim.pid, signal.SIGKILL)
 
-    result = run_sweep(spec_of(PRUNE_THEN_QUANT), MODEL, catalogue=str(db), executor="pool", workers=2,
+    result = run_sweep(spec_of(SHARED_FIRST), MODEL, catalogue=str(db), executor="pool", workers=2,
                        on_event=kill_a_worker)
     assert killed
-    assert [t.status for t in result.trials] == ["done"] * 4
+    assert [t.status for t in result.trials] == ["done"] * 2
     assert any(t.retried for t in result.trials)
-    assert rows(db, "select count(*) from steps where method = 'prune.unstructured'") == [(2,)]
+    assert rows(db, "select count(*) from steps where method = 'prune.unstructured'") == [(1,)]
     # the killed task's run is marked failed (by the next worker opening the catalogue); the rest are done
     assert rows(db, "select count(*) from runs where status = 'failed' and error like 'the process ended%'") == [(1,)]
     assert rows(db, "select count(*) from runs where status = 'running'") == [(0,)]
@@ -233,14 +238,14 @@ def test_pool_workers_record_into_one_postgresql_catalogue(pg_database: str) -> 
     from slimkit.core.catalogue import Catalogue
 
     Catalogue(pg_database, upgrade=True).close()  # a server catalogue is created on request
-    result = run_sweep(spec_of(PRUNE_THEN_QUANT), MODEL, catalogue=pg_database, executor="pool", workers=2)
-    assert [t.status for t in result.trials] == ["done"] * 4 and result.steps_run == 6
+    result = run_sweep(spec_of(SHARED_FIRST), MODEL, catalogue=pg_database, executor="pool", workers=2)
+    assert [t.status for t in result.trials] == ["done"] * 2 and result.steps_run == 3
     with Catalogue(pg_database) as cat:
         assert {t.model_id for t in result.trials} <= {m.id for m in cat.models()}
         pruned = [s for m in cat.models() for s in cat.steps_into(m.id) if s.method == "prune.unstructured"]
-        assert len(pruned) == 2  # each pruning once, though two workers ran trials needing it
-    again = run_sweep(spec_of(PRUNE_THEN_QUANT), MODEL, catalogue=pg_database)
-    assert again.counts["catalogue"] == 4
+        assert len(pruned) == 1  # once, though two workers ran trials needing it
+    again = run_sweep(spec_of(SHARED_FIRST), MODEL, catalogue=pg_database)
+    assert again.counts["catalogue"] == 2
 
 
 # -- searches ----------------------------------------------------------------------------------
@@ -364,7 +369,7 @@ def test_cli_unknown_metric_and_missing_file_are_one_line(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text(SWEEP_YAML)
+    (tmp_path / "s.yaml").write_text(SWEEP_YAML)  # 4 trials: interrupted with 3 to go
     command = [sys.executable, "-m", "slimkit", "--catalogue", str(tmp_path / "c.db"), "sweep",
                str(tmp_path / "s.yaml"), "-m", MODEL]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -373,15 +378,15 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(tmp_path: Pat
     lines = []
     for line in process.stderr:
         lines.append(line)
-        if line.startswith("trial 2 done"):
+        if line.startswith("trial 1 done"):
             process.send_signal(signal.SIGINT)
             break
     _, rest = process.communicate(timeout=120)
     assert process.returncode == 130, "".join(lines) + rest
-    assert "Interrupted: 2 finished trial(s) are in the catalogue" in rest
+    assert "Interrupted: 1 finished trial(s) are in the catalogue" in rest
     again = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=300)
     data = json.loads(again.stdout)
-    assert data["counts"]["catalogue"] >= 2 and data["counts"]["done"] + data["counts"]["catalogue"] == 4
+    assert data["counts"]["catalogue"] >= 1 and data["counts"]["done"] + data["counts"]["catalogue"] == 4
 
 
 @pytest.mark.slow
@@ -397,10 +402,10 @@ def test_trials_on_a_local_ray_cluster_write_to_the_same_catalogue(tmp_path: Pat
     try:
         db = tmp_path / "c.db"
         begun = time.monotonic()
-        result = run_sweep(spec_of(PRUNE_THEN_QUANT), MODEL, catalogue=str(db), executor="ray",
+        result = run_sweep(spec_of(SHARED_FIRST), MODEL, catalogue=str(db), executor="ray",
                            address=f"127.0.0.1:{port}", workers=2)
-        assert [t.status for t in result.trials] == ["done"] * 4, [t.error for t in result.trials]
-        assert rows(db, "select count(*) from steps where method = 'prune.unstructured'") == [(2,)]
+        assert [t.status for t in result.trials] == ["done"] * 2, [t.error for t in result.trials]
+        assert rows(db, "select count(*) from steps where method = 'prune.unstructured'") == [(1,)]
         assert all(Path(t.location, "config.json").is_file() for t in result.trials)
         assert math.isfinite(result.trials[0].metrics["perplexity.perplexity"])
         assert time.monotonic() - begun < 300
