@@ -217,15 +217,16 @@ def test_a_pool_worker_that_dies_loses_only_its_task_which_is_retried_once(tmp_p
     db = tmp_path / "c.db"
     killed: list[int] = []
 
-    def kill_a_worker(event: Any) -> None:
-        if event.kind == "progress" and event.trial.number >= 1 and not killed:  # a trial's step, not the base
-            victim = multiprocessing.active_children()[0]
-            killed.append(victim.pid)
-            os.kill(victim.pid, signal.SIGKILL)
+    def kill_the_workers(event: Any) -> None:
+        # at a trial's first progress: the worker running its first step dies, and so does the idle one
+        if event.kind == "progress" and event.trial.number >= 1 and not killed:
+            for victim in multiprocessing.active_children():
+                killed.append(victim.pid)
+                os.kill(victim.pid, signal.SIGKILL)
 
     result = run_sweep(spec_of(SHARED_FIRST), MODEL, catalogue=str(db), executor="pool", workers=2,
-                       on_event=kill_a_worker)
-    assert killed
+                       on_event=kill_the_workers)
+    assert len(killed) == 2
     assert [t.status for t in result.trials] == ["done"] * 2
     assert any(t.retried for t in result.trials)
     assert rows(db, "select count(*) from steps where method = 'prune.unstructured'") == [(1,)]

@@ -121,13 +121,25 @@ class PoolExecutor:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        for worker in self._workers:
+        for index in range(len(self._workers)):
             if not self._waiting:
                 return
-            if not worker.busy:
-                worker.key, task = self._waiting.popleft()
-                worker.busy = True
-                worker.connection.send((worker.key, task))
+            if self._workers[index].busy:
+                continue
+            key, task = self._waiting.popleft()
+            for _ in range(2):  # an idle worker that died (killed, out of memory) is replaced, not used
+                worker = self._workers[index]
+                try:
+                    if not worker.process.is_alive():
+                        raise BrokenPipeError
+                    worker.connection.send((key, task))
+                    break
+                except OSError:  # BrokenPipeError included
+                    worker.connection.close()
+                    self._workers[index] = _Worker(self._context, self._threads)
+            else:  # a fresh worker that cannot take a task: leave it to the caller, as a failure of the task
+                raise RuntimeError("cannot start a search worker process")
+            worker.key, worker.busy = key, True
 
     def next_done(self) -> tuple[Any, Any]:
         while True:
