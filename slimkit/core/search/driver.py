@@ -261,8 +261,7 @@ def _evaluate_base(prepared: Prepared, scheduler: Scheduler, result: SearchResul
         if full and not prepared.proxied:
             result.base_full = result.base_metrics
             break
-        base = Trial(0, {}, "input model", model_id=None, location=location)
-        base.status, base.location = "done", location
+        base = Trial(0, {}, "input model", "done", location=location)
         scheduler.evaluate_fully(base, evaluations)
         while scheduler.busy:
             scheduler.wait()

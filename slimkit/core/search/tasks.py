@@ -11,7 +11,7 @@ elsewhere opens the same one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,9 +35,8 @@ class StepTask:
 class StepDone:
     model_id: str
     location: str
-    reused: bool
+    reused: bool  # taken from the catalogue, not computed
     seconds: float
-    summary: str
 
 
 @dataclass(frozen=True)
@@ -53,10 +52,8 @@ class EvalTask:
 class EvalDone:
     model_id: str
     metrics: dict[str, float]  # EVALUATOR.METRIC and the columns size, params
-    reused: tuple[str, ...]  # evaluators taken from the catalogue
     seconds: float
-    location: str = ""
-    ran: tuple[str, ...] = field(default=())
+    ran: tuple[str, ...]  # the evaluators run now (the others were taken from the catalogue)
 
 
 @dataclass(frozen=True)
@@ -86,8 +83,7 @@ def run_step_task(task: StepTask, progress: ProgressCallback | None = None, host
                             progress=progress, host=host)
     record = result.steps[-1]
     assert record.child_id is not None and result.output is not None
-    return StepDone(record.child_id, str(result.output), bool(result.reused[-1]), time.perf_counter() - started,
-                    result.summaries[-1].description)
+    return StepDone(record.child_id, str(result.output), bool(result.reused[-1]), time.perf_counter() - started)
 
 
 def recorded_evaluation(cat: "Catalogue", model_id: str, evaluator: str, version: int,
@@ -156,9 +152,7 @@ def run_eval_task(task: EvalTask, progress: ProgressCallback | None = None, host
     if size is not None:
         metrics["size"] = float(size)
     metrics["params"] = float(sum(p.numel() for p in loaded.model.parameters()))
-    reused = tuple(name for name, _ in task.evaluations if name not in missing)
-    return EvalDone(identity, metrics, reused, time.perf_counter() - started,
-                    str(loaded.path) if loaded.path else task.model, tuple(todo))
+    return EvalDone(identity, metrics, time.perf_counter() - started, tuple(todo))
 
 
 def run_task(task: Any, progress: ProgressCallback | None = None, host: "Host | None" = None) -> Any:
